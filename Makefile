@@ -1,0 +1,70 @@
+# label-pipeline — `make run` runs the pipeline on the embedded default data,
+# `make test` runs the test suite. Both create/update the environment first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+RES    := .cache/.resources-ready
+
+export HF_HUB_OFFLINE ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export LABEL_PIPELINE_NLTK_DATA ?= $(CURDIR)/.cache/nltk_data
+
+.PHONY: env resources run test test-fast lint format bench clean-store help
+
+# deployment, server, worker and Dask targets
+-include deploy.mk
+
+help:
+	@echo "make run     - run label-pipeline on the embedded default data (creates the env)"
+	@echo "make test    - run the whole test suite (creates the env)"
+	@echo "make bench   - run the benchmarks and print their figures"
+	@echo "make lint    - ruff"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q -e ".[dev,dask]"
+	$(PIP) install -q --no-deps textblob-aptagger
+	touch $(STAMP)
+
+env: $(STAMP)
+
+# Offline resources: WordNet from Debian packages (when apt is available and we are
+# root) and the POS tagger, converted into the project's NLTK_DATA directory.
+$(RES): $(STAMP) label_pipeline/resources.py
+	@if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null)) \
+		|| echo "warning: could not install wordnet-base/wordnet-sense-index with apt-get"; \
+	fi
+	$(PY) -m label_pipeline.resources
+	mkdir -p .cache && touch $(RES)
+
+resources: $(RES)
+
+run: $(RES)
+	$(PY) -m flows.label_pipeline
+
+test: $(RES)
+	$(PY) -m pytest -q
+
+test-fast: $(RES)
+	$(PY) -m pytest -q -m "not slow"
+
+lint:
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: $(RES)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-store:
+	rm -rf .store

@@ -1,0 +1,181 @@
+"""Fine-tuning benchmarks.
+
+``default``: time a default ``finetune`` fit on the embedded default data (300 train / 150 valid
+rows sampled with the seed, MiniLM-L6) and report test micro/macro-F1 on the other 150 rows.
+
+``emotion``: few-label quality on /work/shared/datasets/emotion (single-label, 6 labels): N
+labelled rows per class sampled from train.csv with each seed, a validation set of N rows per
+class from dev.csv, test accuracy and macro-F1 on the full test.csv (2000 rows) for ``finetune``
+and ``setfit`` from the bundled all-MiniLM-L6-v2.
+
+    .venv/bin/python bench/bench_finetune.py default
+    .venv/bin/python bench/bench_finetune.py emotion --n 8 64 --seeds 0 1 2
+
+Prints one line per run and writes ``bench/results/bench_finetune_<mode>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EMOTION = Path("/work/shared/datasets/emotion")
+EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+
+
+def _rows(texts, y, names, multi):
+    from label_pipeline.methods import LabelledTexts
+
+    return LabelledTexts(list(texts), np.asarray(y), names, multi)
+
+
+def _scores(p: np.ndarray, y: np.ndarray, multi: bool) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if multi:
+        pred = (p >= 0.5).astype(int)
+        return {
+            "micro_f1": round(100 * f1_score(y, pred, average="micro", zero_division=0), 2),
+            "macro_f1": round(100 * f1_score(y, pred, average="macro", zero_division=0), 2),
+        }
+    yi, pi = y.argmax(1), p.argmax(1)
+    return {
+        "accuracy": round(100 * accuracy_score(yi, pi), 2),
+        "macro_f1": round(100 * f1_score(yi, pi, average="macro", zero_division=0), 2),
+    }
+
+
+def _fit_eval(method: str, params: dict, train, valid, test, seed: int, pool=None) -> dict:
+    from label_pipeline.methods import FitContext, get_method
+
+    ctx = FitContext(seed=seed, unlabeled_texts=pool)
+    t0 = time.time()
+    m = get_method(method)(**params).fit(train, valid, ctx)
+    fit_s = time.time() - t0
+    t0 = time.time()
+    p = m.predict_proba(test.texts)
+    out = {
+        "method": method,
+        "params": params,
+        "seed": seed,
+        "train_rows": len(train),
+        "fit_s": round(fit_s, 1),
+        "predict_s": round(time.time() - t0, 1),
+        **_scores(p, test.y, test.multi_label),
+    }
+    for key in ("self_training", "diverged"):
+        if key in ctx.info:
+            out[key] = ctx.info[key]
+    return out
+
+
+def bench_default(args) -> list[dict]:
+    import pandas as pd
+
+    from label_pipeline.data import label_matrix
+
+    df = pd.read_csv(ROOT / "data" / "goemotions-ekman-sample.csv").fillna("")
+    lab = df[df["labels"] != ""].reset_index(drop=True)
+    names = sorted({x for s in lab["labels"] for x in s.split(";")})
+    y = label_matrix([s.split(";") for s in lab["labels"]], names)
+    perm = np.random.default_rng(args.seeds[0]).permutation(len(lab))
+    parts = [perm[:300], perm[300:450], perm[450:]]
+    train, valid, test = (_rows(lab["text"][i], y[i], names, True) for i in parts)
+    return [_fit_eval("finetune", {}, train, valid, test, args.seeds[0])]
+
+
+def _sample_per_class(df, n: int, seed: int):
+    """``n`` rows of each label (fewer where a label has fewer), sampled with ``seed``."""
+    import pandas as pd
+
+    parts = [g.sample(n=min(n, len(g)), random_state=seed) for _, g in df.groupby("labels")]
+    return pd.concat(parts).reset_index(drop=True)
+
+
+def bench_emotion(args) -> list[dict]:
+    import pandas as pd
+
+    train_all = pd.read_csv(EMOTION / "train.csv")
+    dev = pd.read_csv(EMOTION / "dev.csv")
+    test_df = pd.read_csv(EMOTION / "test.csv")
+    if args.test_rows:
+        test_df = test_df.sample(n=args.test_rows, random_state=0)
+    eye = np.eye(len(EMOTION_LABELS), dtype=np.int64)
+
+    def rows(df):
+        return _rows(df["text"], eye[df["labels"].to_numpy()], EMOTION_LABELS, False)
+
+    test = rows(test_df)
+    results = []
+    for n in args.n:
+        for seed in args.seeds:
+            train = rows(_sample_per_class(train_all, n, seed))
+            valid = rows(_sample_per_class(dev, max(n, 8), seed))
+            pool = None
+            if args.pool:
+                pool = list(train_all.sample(n=args.pool, random_state=seed + 1000)["text"])
+            for method in args.methods:
+                params = json.loads(args.params.get(method, "{}")) if args.params else {}
+                r = _fit_eval(method, params, train, valid, test, seed, pool)
+                r["n_per_class"] = n
+                results.append(r)
+                print(json.dumps(r), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["default", "emotion"])
+    parser.add_argument("--n", type=int, nargs="+", default=[8, 64], help="rows per class")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=["finetune", "setfit"])
+    parser.add_argument(
+        "--param", action="append", default=[], help='METHOD=JSON params, e.g. setfit={"epochs":2}'
+    )
+    parser.add_argument(
+        "--pool", type=int, default=0, help="unlabeled train rows for self-training"
+    )
+    parser.add_argument("--test-rows", type=int, default=0, help="0 = the full test set")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
+    args = parser.parse_args(argv)
+    args.params = dict(p.split("=", 1) for p in args.param)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = bench_default(args) if args.mode == "default" else bench_emotion(args)
+    for r in results:
+        keys = ("method", "n_per_class", "seed", "train_rows", "fit_s", "predict_s")
+        head = " ".join(f"{k}={r[k]}" for k in keys if k in r)
+        score = " ".join(f"{k}={r[k]}" for k in ("accuracy", "micro_f1", "macro_f1") if k in r)
+        print(f"{head} | {score}")
+    for method in sorted({r["method"] for r in results}):
+        for n in sorted({r.get("n_per_class", 0) for r in results}):
+            sel = [r for r in results if r["method"] == method and r.get("n_per_class", 0) == n]
+            if len(sel) > 1:
+                mean = {
+                    k: round(float(np.mean([r[k] for r in sel])), 2)
+                    for k in ("accuracy", "macro_f1")
+                    if k in sel[0]
+                }
+                print(f"mean {method} N={n} over {len(sel)} seeds: {mean}")
+    out = ROOT / "bench" / "results" / f"bench_finetune_{args.mode}{args.tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

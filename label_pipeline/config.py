@@ -1,0 +1,76 @@
+"""The typed pipeline configuration: one pydantic model per stage, composed here.
+
+The same object is the ``label-pipeline`` flow's parameter, so the Prefect UI shows
+and validates it and ``prefect.yaml`` sets it per deployment. Defaults run on the
+embedded data on a CPU laptop.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from label_pipeline.devices import DeviceConfig
+from label_pipeline.runners import RunnerConfig
+from tasks.adapt import AdaptConfig
+from tasks.augment import AugmentConfig
+from tasks.clean import CleanConfig
+from tasks.evaluate import EvaluateConfig
+from tasks.ingest import IngestConfig
+from tasks.label import LabelConfig
+from tasks.report import ReportConfig
+from tasks.split import SplitConfig
+from tasks.train import TrainConfig
+from tasks.zero_shot import ZeroShotConfig
+
+
+class PipelineConfig(BaseModel):
+    """Everything a ``label-pipeline`` run needs.
+
+    Attributes:
+        store: root of the stage store (a local directory); every stage writes
+            ``<store>/<stage>/<fingerprint>/``.
+        reports_dir: where ``<run_name>/report.md`` and figures are written.
+        run_name: names the report folder; default: derived from the input and time.
+        refresh: stage names to recompute even when cached (``["all"]`` for every stage).
+        device: device, precision and batch sizes for the model stages.
+        runner: where tasks run (Prefect's thread pool or a Dask cluster) and how many
+            shards the row-wise stages use.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str = ".store"
+    reports_dir: str = "reports"
+    run_name: str | None = None
+    refresh: list[str] = Field(default_factory=list)
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    def refreshes(self, stage: str) -> bool:
+        return "all" in self.refresh or stage in self.refresh
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PipelineConfig:
+        """Load a JSON or YAML config file."""
+        p = Path(path)
+        text = p.read_text()
+        if p.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        return cls.model_validate(data)

@@ -1,0 +1,103 @@
+"""The interface every classification method implements (baselines and fine-tuning).
+
+A method is a small class registered under a name; add one by adding one module to
+``label_pipeline/methods/`` that decorates its class with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from label_pipeline.devices import DeviceChoice
+
+
+@dataclass
+class LabelledTexts:
+    """Texts with a multi-hot label matrix.
+
+    Attributes:
+        texts: the texts.
+        y: int array (n_rows, n_labels), 1 where the row carries the label. For single-label
+            tasks each row has exactly one 1.
+        label_names: column names of ``y``.
+        multi_label: True for multi-label tasks (sigmoid outputs), False for single-label (softmax).
+        sample_weight: optional per-row weight (e.g. down-weighted pseudo-labels); None = all 1.
+        ids: optional row ids.
+    """
+
+    texts: list[str]
+    y: np.ndarray
+    label_names: list[str]
+    multi_label: bool
+    sample_weight: np.ndarray | None = None
+    ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def y_index(self) -> np.ndarray:
+        """Single-label class indices (argmax of ``y``)."""
+        return self.y.argmax(axis=1)
+
+
+@dataclass
+class FitContext:
+    """What a method may use besides its training rows."""
+
+    device: DeviceChoice | None = None
+    seed: int = 0
+    encoder: str | None = None  # resolved directory of the encoder to start from
+    unlabeled_texts: list[str] | None = None
+    work_dir: Path | None = None  # scratch space for checkpoints
+    info: dict[str, Any] = field(default_factory=dict)  # facts the method reports back
+
+
+class Method(ABC):
+    """fit / predict_proba / save / load, scikit-learn style: no work in ``__init__``,
+    ``fit`` returns self, fitted state ends in ``_``."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Method:
+        """Train on ``train`` (``valid`` for early stopping or tuning only)."""
+
+    @abstractmethod
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Probabilities (n_texts, n_labels): sigmoid for multi-label, softmax for single-label."""
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Write everything needed to predict into the directory ``path``."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: Path) -> Method:
+        """Inverse of :meth:`save`."""
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    from label_pipeline import methods as _pkg  # noqa: F401  (imports every method module)
+
+    if name not in REGISTRY:
+        from label_pipeline.errors import ConfigError
+
+        raise ConfigError(
+            f"train.methods: unknown method {name!r}; available: {', '.join(sorted(REGISTRY))}"
+        )
+    return REGISTRY[name]

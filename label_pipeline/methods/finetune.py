@@ -1,0 +1,532 @@
+"""``finetune``: a transformer sequence classifier trained end to end on the labelled rows.
+
+Multi-label tasks train sigmoid outputs with binary cross-entropy (``pos_weight`` for rare
+labels), single-label tasks softmax outputs with cross-entropy (class weights). Row weights
+(``LabelledTexts.sample_weight``, e.g. down-weighted pseudo-labels) scale each row's loss.
+Batches are padded dynamically and grouped by length; on a GPU training runs in mixed precision
+with larger batches. Training stops early when the validation score stops improving and the
+best checkpoint is kept. A non-finite loss stops training, restores the last good checkpoint and
+records why in ``ctx.info["diverged"]``; with no good checkpoint it raises
+:class:`~label_pipeline.errors.TrainingDivergedError`.
+
+Self-training on the unlabeled pool is built in: ``self_training_rounds > 0`` (see
+:mod:`label_pipeline.methods.self_training`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from label_pipeline.devices import DeviceChoice, choose_device
+from label_pipeline.errors import ConfigError, TrainingDivergedError
+from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
+from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
+from label_pipeline.progress import stage_logger
+
+PARAMS_FILE = "method.json"
+
+
+# ---------------------------------------------------------------- helpers shared by methods
+
+
+def encoder_dir(ctx: FitContext) -> Path:
+    """The encoder to start from: ``ctx.encoder`` or the default sentence encoder."""
+    from label_pipeline.models import DEFAULT_ENCODER, resolve_model
+
+    return resolve_model(ctx.encoder or DEFAULT_ENCODER, purpose="train encoder")
+
+
+def device_of(ctx: FitContext | None) -> DeviceChoice:
+    return (ctx.device if ctx is not None else None) or choose_device()
+
+
+def autocast(device: DeviceChoice) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision on GPUs (bf16/fp16 as chosen), nothing on the CPU."""
+    import torch
+
+    if device.device == "cuda" and device.precision in {"fp16", "bf16"}:
+        return torch.autocast("cuda", dtype=device.torch_dtype)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def length_grouped_batches(
+    lengths: list[int] | np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 50
+) -> list[np.ndarray]:
+    """Shuffled batches of row indices whose rows have similar lengths.
+
+    Rows are shuffled, cut into groups of ``group`` batches, sorted by length inside a group and
+    cut into batches; the batch order is shuffled again. Padding shrinks while batches stay
+    random across epochs.
+    """
+    lengths = np.asarray(lengths)
+    order = rng.permutation(len(lengths))
+    batches: list[np.ndarray] = []
+    span = batch_size * group
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Inference batches: indices sorted by length, in order."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def check_labelled(rows: LabelledTexts, what: str, method: str) -> None:
+    from label_pipeline.errors import EmptyPoolError, InputDataError
+
+    if len(rows) == 0:
+        raise EmptyPoolError(f"{method}: the {what} rows are empty; the training slice needs rows")
+    if rows.y.shape != (len(rows.texts), len(rows.label_names)):
+        raise InputDataError(
+            f"{method}: {what} label matrix has shape {rows.y.shape}, expected "
+            f"({len(rows.texts)}, {len(rows.label_names)}) for {len(rows.label_names)} labels"
+        )
+    if rows.sample_weight is not None and len(rows.sample_weight) != len(rows.texts):
+        raise InputDataError(
+            f"{method}: {what} has {len(rows.sample_weight)} sample weights for {len(rows)} rows"
+        )
+
+
+# ---------------------------------------------------------------- the method
+
+
+@register
+class FineTune(Method):
+    """Fine-tune a transformer encoder with a classification head.
+
+    Args:
+        epochs: most passes over the training rows.
+        patience: epochs without a better validation score before stopping (0 = never stop).
+        monitor: validation score for early stopping and the kept checkpoint: ``micro_f1``
+            (accuracy for single-label) or ``loss``.
+        lr: peak learning rate (linear warm-up, then linear decay).
+        head_lr: learning rate of the freshly initialised head (None = ``lr``).
+        weight_decay: AdamW weight decay.
+        warmup_ratio: share of steps spent warming the learning rate up.
+        batch_size: training rows per step; None = 16 on the CPU, 32 on a GPU (capped so an
+            epoch has at least 8 steps).
+        eval_batch_size: rows per inference step; None = the device's batch size.
+        max_length: tokens per text (longer texts are truncated).
+        class_weighting: ``balanced`` (pos_weight per label for multi-label, inverse class
+            frequency for single-label) or ``none``.
+        max_pos_weight: cap on the multi-label ``pos_weight`` of very rare labels.
+        dropout: dropout of the classification head (None = the encoder's config).
+        self_training_rounds: rounds of self-training on ``ctx.unlabeled_texts`` (0 = off).
+        self_training_floor / self_training_per_label / self_training_weight /
+            self_training_pool_size: see :mod:`label_pipeline.methods.self_training`.
+    """
+
+    name = "finetune"
+
+    def __init__(
+        self,
+        epochs: int = 12,
+        patience: int = 3,
+        monitor: Literal["micro_f1", "loss"] = "micro_f1",
+        lr: float = 1e-4,
+        head_lr: float | None = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        batch_size: int | None = None,
+        eval_batch_size: int | None = None,
+        max_length: int = 128,
+        class_weighting: Literal["balanced", "none"] = "balanced",
+        max_pos_weight: float = 10.0,
+        dropout: float | None = None,
+        self_training_rounds: int = 0,
+        self_training_floor: float = 0.9,
+        self_training_per_label: int = 64,
+        self_training_weight: float = 0.5,
+        self_training_pool_size: int = 2000,
+    ) -> None:
+        self.epochs = epochs
+        self.patience = patience
+        self.monitor = monitor
+        self.lr = lr
+        self.head_lr = head_lr
+        self.weight_decay = weight_decay
+        self.warmup_ratio = warmup_ratio
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_length = max_length
+        self.class_weighting = class_weighting
+        self.max_pos_weight = max_pos_weight
+        self.dropout = dropout
+        self.self_training_rounds = self_training_rounds
+        self.self_training_floor = self_training_floor
+        self.self_training_per_label = self_training_per_label
+        self.self_training_weight = self_training_weight
+        self.self_training_pool_size = self_training_pool_size
+
+    # ------------------------------------------------------------ params
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in (
+                "epochs patience monitor lr head_lr weight_decay warmup_ratio batch_size "
+                "eval_batch_size max_length class_weighting max_pos_weight dropout "
+                "self_training_rounds self_training_floor self_training_per_label "
+                "self_training_weight self_training_pool_size"
+            ).split()
+        }
+
+    def _validate(self) -> None:
+        p = f"train.method_params.{self.name}"
+        if self.epochs < 1:
+            raise ConfigError(f"{p}.epochs={self.epochs} must be >= 1")
+        if self.patience < 0:
+            raise ConfigError(f"{p}.patience={self.patience} must be >= 0 (0 = no early stopping)")
+        if self.monitor not in {"micro_f1", "loss"}:
+            raise ConfigError(f"{p}.monitor={self.monitor!r} must be 'micro_f1' or 'loss'")
+        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
+            raise ConfigError(f"{p}.lr and head_lr must be > 0 (got {self.lr}, {self.head_lr})")
+        if self.class_weighting not in {"balanced", "none"}:
+            raise ConfigError(f"{p}.class_weighting must be 'balanced' or 'none'")
+        if self.max_length < 8:
+            raise ConfigError(f"{p}.max_length={self.max_length} must be >= 8 tokens")
+        self._self_training_params().validate(self.name)
+
+    def _self_training_params(self) -> SelfTrainingParams:
+        return SelfTrainingParams(
+            rounds=self.self_training_rounds,
+            floor=self.self_training_floor,
+            per_label=self.self_training_per_label,
+            weight=self.self_training_weight,
+            pool_size=self.self_training_pool_size,
+        )
+
+    # ------------------------------------------------------------ fit
+
+    def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> FineTune:
+        """Train on ``train``, stop early and keep the best checkpoint on ``valid``."""
+        self._validate()
+        check_labelled(train, "train", self.name)
+        if valid is not None and len(valid) == 0:
+            valid = None
+        self.label_names_ = list(train.label_names)
+        self.multi_label_ = bool(train.multi_label)
+        self.device_ = device_of(ctx)
+        start = encoder_dir(ctx)
+        ctx.info.setdefault("encoder", str(start))
+        ctx.info.setdefault("device", self.device_.describe())
+        run_self_training(
+            fit_once=lambda rows: self._fit_once(rows, valid, ctx, start),
+            predict=self.predict_proba,
+            snapshot=lambda: (self.model_, self.tokenizer_, dict(self.history_)),
+            restore=self._restore,
+            train=train,
+            valid=valid,
+            ctx=ctx,
+            params=self._self_training_params(),
+        )
+        ctx.info["history"] = self.history_
+        return self
+
+    def _restore(self, state: tuple[Any, Any, dict[str, Any]]) -> None:
+        self.model_, self.tokenizer_, self.history_ = state
+
+    def _class_weights(self, rows: LabelledTexts) -> np.ndarray | None:
+        if self.class_weighting == "none":
+            return None
+        y = rows.y.astype(np.float64)
+        n = len(rows)
+        if self.multi_label_:
+            pos = y.sum(axis=0)
+            # pos_weight = negatives / positives, labels with no positives left at 1
+            w = np.where(pos > 0, (n - pos) / np.maximum(pos, 1.0), 1.0)
+            return np.clip(w, 1.0, self.max_pos_weight)
+        counts = y.sum(axis=0)
+        present = counts > 0
+        w = np.ones(y.shape[1])
+        w[present] = n / (present.sum() * counts[present])
+        return w
+
+    def _loss(self, logits: Any, targets: Any, weights: Any, class_w: Any) -> Any:
+        """Mean of row losses weighted by ``weights`` (logits in float32)."""
+        import torch.nn.functional as F
+
+        logits = logits.float()
+        if self.multi_label_:
+            per = F.binary_cross_entropy_with_logits(
+                logits, targets.float(), pos_weight=class_w, reduction="none"
+            ).mean(dim=1)
+        else:
+            per = F.cross_entropy(logits, targets.argmax(dim=1), weight=class_w, reduction="none")
+        return (per * weights).sum() / weights.sum().clamp(min=1e-8)
+
+    def _train_batch_size(self, n: int) -> int:
+        if self.batch_size:
+            return int(self.batch_size)
+        base = 32 if self.device_.device != "cpu" else 16
+        return max(4, min(base, math.ceil(n / 8)))
+
+    def _fit_once(
+        self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext, start: Path
+    ) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        log = stage_logger()
+        seed_everything(ctx.seed)
+        dev = self.device_
+        id2label = dict(enumerate(self.label_names_))
+        extra: dict[str, Any] = {}
+        if self.dropout is not None:
+            extra["classifier_dropout"] = self.dropout
+        tokenizer = AutoTokenizer.from_pretrained(str(start))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(start),
+            num_labels=len(self.label_names_),
+            id2label=id2label,
+            label2id={v: k for k, v in id2label.items()},
+            problem_type="multi_label_classification"
+            if self.multi_label_
+            else "single_label_classification",
+            ignore_mismatched_sizes=True,
+            **extra,
+        )
+        model.to(dev.device)
+        self.model_, self.tokenizer_ = model, tokenizer
+
+        enc = tokenizer(list(train.texts), truncation=True, max_length=self.max_length)
+        ids = enc["input_ids"]
+        lengths = np.array([len(x) for x in ids])
+        y = torch.tensor(train.y, dtype=torch.float32)
+        w = torch.tensor(
+            np.ones(len(train)) if train.sample_weight is None else train.sample_weight,
+            dtype=torch.float32,
+        )
+        cw = self._class_weights(train)
+        class_w = None if cw is None else torch.tensor(cw, dtype=torch.float32, device=dev.device)
+
+        bs = self._train_batch_size(len(train))
+        steps_per_epoch = math.ceil(len(train) / bs)
+        total = steps_per_epoch * self.epochs
+        head_names = {
+            n
+            for n, _ in model.named_parameters()
+            if not n.startswith(model.base_model_prefix + ".")
+        }
+        head = [p for n, p in model.named_parameters() if n in head_names]
+        body = [p for n, p in model.named_parameters() if n not in head_names]
+        optim = torch.optim.AdamW(
+            [
+                {"params": body, "lr": self.lr},
+                {"params": head, "lr": self.head_lr or self.lr},
+            ],
+            weight_decay=self.weight_decay,
+        )
+        warm = max(1, int(total * self.warmup_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optim,
+            lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))),
+        )
+        scaler = torch.amp.GradScaler(
+            "cuda", enabled=dev.device == "cuda" and dev.precision == "fp16"
+        )
+        rng = np.random.default_rng(ctx.seed)
+
+        best: dict[str, Any] | None = None
+        best_score: tuple[float, ...] = (-math.inf,)
+        history: dict[str, Any] = {"epochs": [], "batch_size": bs, "rows": len(train)}
+        bad_epochs = 0
+        started = time.time()
+        for epoch in range(1, self.epochs + 1):
+            model.train()
+            losses: list[float] = []
+            diverged = None
+            for idx in length_grouped_batches(lengths, bs, rng):
+                batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+                batch = {k: v.to(dev.device) for k, v in batch.items()}
+                with autocast(dev):
+                    logits = model(**batch).logits
+                loss = self._loss(logits, y[idx].to(dev.device), w[idx].to(dev.device), class_w)
+                if not torch.isfinite(loss):
+                    diverged = f"non-finite training loss ({loss.item()}) in epoch {epoch}"
+                    break
+                optim.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optim)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(optim)
+                scaler.update()
+                sched.step()
+                losses.append(float(loss.item()))
+            if diverged is not None:
+                self._on_divergence(diverged, best, ctx, history)
+                break
+            fact: dict[str, Any] = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 5)}
+            if valid is None:
+                history["epochs"].append(fact)
+                continue
+            v_loss, v_f1 = self._evaluate(valid, class_w)
+            fact.update(valid_loss=round(v_loss, 5), valid_micro_f1=round(v_f1, 4))
+            history["epochs"].append(fact)
+            if not math.isfinite(v_loss):
+                self._on_divergence(
+                    f"non-finite validation loss in epoch {epoch}", best, ctx, history
+                )
+                break
+            # micro-F1 ties (common on small valid sets) go to the lower loss
+            score = (-v_loss,) if self.monitor == "loss" else (round(v_f1, 6), -v_loss)
+            if best is None or score > best_score:
+                best_score, bad_epochs = score, 0
+                best = {"epoch": epoch, "state": _cpu_state(model)}
+            else:
+                bad_epochs += 1
+                if self.patience and bad_epochs >= self.patience:
+                    history["stopped_early"] = (
+                        f"no better valid {self.monitor} for {bad_epochs} epochs"
+                    )
+                    break
+        if best is not None and "diverged" not in history:
+            model.load_state_dict(best["state"])
+            history["best_epoch"] = best["epoch"]
+        history["seconds"] = round(time.time() - started, 2)
+        self.history_ = history
+        model.eval()
+        log.info(
+            "%s: trained on %d rows, best epoch %s, %.1fs",
+            self.name,
+            len(train),
+            history.get("best_epoch", len(history["epochs"])),
+            history["seconds"],
+        )
+
+    def _on_divergence(
+        self, why: str, best: dict[str, Any] | None, ctx: FitContext, history: dict[str, Any]
+    ) -> None:
+        hint = (
+            f"lower train.method_params.{self.name}.lr (now {self.lr}) or head_lr "
+            f"(now {self.head_lr}), or check the training rows"
+        )
+        if best is None:
+            raise TrainingDivergedError(
+                f"{self.name}: training diverged before any good checkpoint: {why}. Fix: {hint}"
+            )
+        self.model_.load_state_dict(best["state"])
+        history["diverged"] = why
+        history["best_epoch"] = best["epoch"]
+        msg = f"{why}; training stopped, checkpoint of epoch {best['epoch']} kept ({hint})"
+        ctx.info["diverged"] = msg
+        stage_logger().warning("%s: %s", self.name, msg)
+
+    def _evaluate(self, valid: LabelledTexts, class_w: Any) -> tuple[float, float]:
+        """Validation loss and micro-F1 (accuracy for single-label)."""
+        import torch
+
+        from label_pipeline.methods.self_training import valid_score
+
+        logits = torch.tensor(self._logits(valid.texts))
+        y = torch.tensor(valid.y, dtype=torch.float32)
+        cw = None if class_w is None else class_w.cpu()
+        w = torch.ones(len(valid))
+        loss = (
+            float(self._loss(logits, y, w, cw).item()) if torch.isfinite(logits).all() else math.nan
+        )
+        return loss, valid_score(self._to_proba(logits.numpy()), valid)
+
+    # ------------------------------------------------------------ predict
+
+    def _logits(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        model, tok, dev = self.model_, self.tokenizer_, self.device_
+        bs = int(self.eval_batch_size or dev.batch_size)
+        out = np.zeros((len(texts), len(self.label_names_)), dtype=np.float32)
+        if not texts:
+            return out
+        ids = tok([str(t) for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
+        model.eval()
+        with torch.inference_mode():
+            for idx in sorted_batches([len(x) for x in ids], bs):
+                batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+                batch = {k: v.to(dev.device) for k, v in batch.items()}
+                with autocast(dev):
+                    logits = model(**batch).logits
+                out[idx] = logits.float().cpu().numpy()
+        return out
+
+    def _to_proba(self, logits: np.ndarray) -> np.ndarray:
+        if self.multi_label_:
+            return 1.0 / (1.0 + np.exp(-logits))
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Probabilities (n_texts, n_labels): sigmoid (multi-label) or softmax (single-label)."""
+        proba = self._to_proba(self._logits(list(texts)))
+        if not np.isfinite(proba).all():
+            raise TrainingDivergedError(
+                f"{self.name}: the model outputs non-finite probabilities; retrain with a lower "
+                f"train.method_params.{self.name}.lr"
+            )
+        return proba
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, path: Path) -> None:
+        """``path/model/`` (weights, config, tokenizer) and ``path/method.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model_.save_pretrained(str(path / "model"))
+        self.tokenizer_.save_pretrained(str(path / "model"))
+        (path / PARAMS_FILE).write_text(
+            json.dumps(
+                {
+                    "method": self.name,
+                    "params": self.get_params(),
+                    "label_names": self.label_names_,
+                    "multi_label": self.multi_label_,
+                    "history": self.history_,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+
+    @classmethod
+    def load(cls, path: Path, device: DeviceChoice | None = None) -> FineTune:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        meta = json.loads((path / PARAMS_FILE).read_text())
+        self = cls(**meta["params"])
+        self.label_names_ = list(meta["label_names"])
+        self.multi_label_ = bool(meta["multi_label"])
+        self.history_ = meta.get("history", {})
+        self.device_ = device or choose_device()
+        self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "model"))
+        self.model_ = AutoModelForSequenceClassification.from_pretrained(str(path / "model"))
+        self.model_.to(self.device_.device).eval()
+        return self
+
+
+def _cpu_state(model: Any) -> dict[str, Any]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

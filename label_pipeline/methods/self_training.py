@@ -1,0 +1,185 @@
+"""Self-training (a simplified UST): the trained model labels the unlabeled pool, confident
+rows join the training set with a lower weight, and the model is trained again.
+
+Used by the transformer methods through their ``self_training_*`` parameters
+(``self_training_rounds=0`` turns it off). Each round:
+
+1. predict the pool (``ctx.unlabeled_texts``, at most ``pool_size`` rows sampled with the seed);
+2. keep confident rows of the whole pool, relabelled by the current model (:func:`select_confident`): single-label, the top probability is at
+   least ``floor``; multi-label, every label's probability is at least ``floor`` or at most
+   ``1 - floor`` and at least one label is on. At most ``per_label`` rows per label, the most
+   confident first, so a frequent label cannot flood the training set;
+3. retrain from the starting encoder on gold rows plus pseudo rows (weight ``weight``);
+4. keep the new model only if it does not score worse on the validation split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from label_pipeline.methods.base import FitContext, LabelledTexts
+from label_pipeline.progress import stage_logger
+
+
+@dataclass(frozen=True)
+class SelfTrainingParams:
+    """Self-training settings (see the module docstring)."""
+
+    rounds: int = 0
+    floor: float = 0.9
+    per_label: int = 64
+    weight: float = 0.5
+    pool_size: int = 2000
+
+    def validate(self, method: str) -> None:
+        from label_pipeline.errors import ConfigError
+
+        if self.rounds < 0:
+            raise ConfigError(f"train.method_params.{method}.self_training_rounds must be >= 0")
+        if not 0.5 <= self.floor <= 1.0:
+            raise ConfigError(
+                f"train.method_params.{method}.self_training_floor={self.floor} must lie in "
+                "[0.5, 1]: it is the probability a pseudo-label needs"
+            )
+        if self.per_label < 1 or self.pool_size < 1:
+            raise ConfigError(
+                f"train.method_params.{method}.self_training_per_label and "
+                "self_training_pool_size must be >= 1"
+            )
+        if not 0.0 < self.weight <= 1.0:
+            raise ConfigError(
+                f"train.method_params.{method}.self_training_weight={self.weight} must lie in (0, 1]"
+            )
+
+
+def select_confident(
+    proba: np.ndarray, multi_label: bool, floor: float, per_label: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Confident rows of ``proba`` (n_rows, n_labels) and their pseudo-label matrix.
+
+    Returns ``(row_indices, y)``: at most ``per_label`` rows per label (a multi-label row counts
+    for every label it carries), the most confident first; ``y`` is multi-hot int64.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    n, k = proba.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, k), dtype=np.int64)
+    if multi_label:
+        y_all = (proba >= 0.5).astype(np.int64)
+        certain = ((proba >= floor) | (proba <= 1.0 - floor)).all(axis=1) & (y_all.sum(axis=1) > 0)
+    else:
+        top = proba.argmax(axis=1)
+        y_all = np.zeros((n, k), dtype=np.int64)
+        y_all[np.arange(n), top] = 1
+        certain = proba.max(axis=1) >= floor
+    chosen: list[int] = []
+    taken = np.zeros(n, dtype=bool)
+    for j in range(k):
+        cand = np.flatnonzero(certain & (y_all[:, j] == 1))
+        cand = cand[np.argsort(-proba[cand, j], kind="stable")]
+        count = 0
+        for i in cand:
+            if count >= per_label:
+                break
+            count += 1
+            if not taken[i]:
+                taken[i] = True
+                chosen.append(int(i))
+    idx = np.array(sorted(chosen), dtype=np.int64)
+    return idx, y_all[idx]
+
+
+def with_pseudo_rows(
+    train: LabelledTexts, texts: list[str], y: np.ndarray, weight: float
+) -> LabelledTexts:
+    """``train`` plus pseudo-labelled rows of weight ``weight`` (gold rows keep theirs)."""
+    gold_w = (
+        np.ones(len(train), dtype=np.float64)
+        if train.sample_weight is None
+        else np.asarray(train.sample_weight, dtype=np.float64)
+    )
+    return LabelledTexts(
+        texts=list(train.texts) + list(texts),
+        y=np.vstack([train.y, y]).astype(np.int64),
+        label_names=train.label_names,
+        multi_label=train.multi_label,
+        sample_weight=np.concatenate([gold_w, np.full(len(texts), weight, dtype=np.float64)]),
+        ids=None,
+    )
+
+
+def valid_score(proba: np.ndarray, valid: LabelledTexts) -> float:
+    """Micro-F1 at 0.5 (multi-label) or accuracy (single-label) on the validation rows."""
+    if valid.multi_label:
+        pred = (proba >= 0.5).astype(np.int64)
+        tp = float((pred & valid.y).sum())
+        denom = float(pred.sum() + valid.y.sum())
+        return 2.0 * tp / denom if denom else 0.0
+    return float((proba.argmax(axis=1) == valid.y_index).mean())
+
+
+def run_self_training(
+    fit_once: Callable[[LabelledTexts], None],
+    predict: Callable[[list[str]], np.ndarray],
+    snapshot: Callable[[], Any],
+    restore: Callable[[Any], None],
+    train: LabelledTexts,
+    valid: LabelledTexts | None,
+    ctx: FitContext,
+    params: SelfTrainingParams,
+) -> None:
+    """Fit on ``train``, then run ``params.rounds`` self-training rounds.
+
+    ``fit_once(rows)`` trains the method from its starting point; ``snapshot()`` / ``restore(s)``
+    capture and reinstate its fitted state, so a round that scores worse on ``valid`` is undone.
+    Facts go to ``ctx.info["self_training"]``.
+    """
+    fit_once(train)
+    pool = [t for t in (ctx.unlabeled_texts or []) if t and t.strip()]
+    if params.rounds <= 0:
+        return
+    log = stage_logger()
+    rounds: list[dict[str, Any]] = []
+    ctx.info["self_training"] = rounds
+    if not pool:
+        ctx.info["self_training_skipped"] = "no unlabeled texts were given"
+        log.warning("self-training skipped: no unlabeled texts were given")
+        return
+    known = set(train.texts)
+    pool = list(dict.fromkeys(t for t in pool if t not in known))
+    rng = np.random.default_rng(ctx.seed)
+    if len(pool) > params.pool_size:
+        pool = [pool[i] for i in sorted(rng.choice(len(pool), params.pool_size, replace=False))]
+    best_score = (
+        valid_score(predict(valid.texts), valid) if valid is not None and len(valid) else None
+    )
+    for r in range(1, params.rounds + 1):
+        proba = predict(pool)
+        idx, y = select_confident(proba, train.multi_label, params.floor, params.per_label)
+        fact: dict[str, Any] = {"round": r, "pool": len(pool), "added": int(len(idx))}
+        if len(idx) == 0:
+            fact["stopped"] = f"no pool row reached probability {params.floor}"
+            rounds.append(fact)
+            break
+        fact["added_per_label"] = {
+            name: int(c) for name, c in zip(train.label_names, y.sum(axis=0), strict=True)
+        }
+        before = snapshot()
+        fit_once(with_pseudo_rows(train, [pool[i] for i in idx], y, params.weight))
+        if best_score is not None:
+            score = valid_score(predict(valid.texts), valid)
+            fact["valid_before"], fact["valid_after"] = round(best_score, 4), round(score, 4)
+            if score < best_score:
+                restore(before)
+                fact["kept"] = False
+                rounds.append(fact)
+                log.info("self-training round %d scored worse on valid; previous model kept", r)
+                break
+            best_score = score
+        fact["kept"] = True
+        rounds.append(fact)
+        log.info("self-training round %d: %d pseudo-labelled rows added", r, len(idx))

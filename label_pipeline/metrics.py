@@ -1,0 +1,104 @@
+"""Classification metrics of predictions against gold labels, as plain JSON values.
+
+Thin, tested wrappers over scikit-learn so every stage reports the same numbers with the
+same conventions (``zero_division=0``; a label absent from both truth and prediction has
+F1 0 and counts in the macro average).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def f1_micro_macro(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Micro- and macro-F1 of 0/1 matrices (rows x labels)."""
+    from sklearn.metrics import f1_score
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape[0] == 0:
+        return {"micro_f1": float("nan"), "macro_f1": float("nan")}
+    return {
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+
+
+def log_loss_of(y_true: np.ndarray, probs: np.ndarray, multi_label: bool) -> float:
+    """Mean per-label binary cross-entropy (multi-label) or categorical log loss (single)."""
+    eps = 1e-7
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(y_true, dtype=np.float64)
+    if y.shape[0] == 0:
+        return float("nan")
+    if multi_label:
+        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    p = p / p.sum(axis=1, keepdims=True)
+    return float(-np.log(p[np.arange(len(y)), y.argmax(axis=1)]).mean())
+
+
+def classification_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    y_pred: np.ndarray,
+    label_names: list[str],
+    multi_label: bool,
+) -> dict[str, Any]:
+    """Everything the evaluate stage reports for one set of predictions.
+
+    Args:
+        y_true: 0/1 gold matrix (rows x labels).
+        probs: probabilities (rows x labels).
+        y_pred: 0/1 predicted matrix after the decision rule.
+
+    Returns a dict with ``micro_f1``, ``macro_f1``, ``log_loss``, ``per_label`` (precision,
+    recall, f1, support per label), ``n``; single-label adds ``accuracy`` and
+    ``confusion_matrix`` (rows = gold, columns = predicted, in ``label_names`` order); a
+    two-label single-label task adds ``roc_auc`` and ``roc_curve`` (positive = second label).
+    Multi-label adds ``subset_accuracy``.
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+        roc_curve,
+    )
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    out: dict[str, Any] = {"n": int(y_true.shape[0]), **f1_micro_macro(y_true, y_pred)}
+    out["log_loss"] = log_loss_of(y_true, probs, multi_label)
+    if y_true.shape[0] == 0:
+        out["per_label"] = []
+        return out
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    out["per_label"] = [
+        {
+            "label": name,
+            "precision": float(p[j]),
+            "recall": float(r[j]),
+            "f1": float(f[j]),
+            "support": int(s[j]),
+        }
+        for j, name in enumerate(label_names)
+    ]
+    if multi_label:
+        out["subset_accuracy"] = float(accuracy_score(y_true, y_pred))
+        return out
+    gold, pred = y_true.argmax(axis=1), y_pred.argmax(axis=1)
+    out["accuracy"] = float(accuracy_score(gold, pred))
+    out["confusion_matrix"] = confusion_matrix(
+        gold, pred, labels=list(range(len(label_names)))
+    ).tolist()
+    if len(label_names) == 2 and len(set(gold.tolist())) == 2:
+        out["roc_auc"] = float(roc_auc_score(gold, probs[:, 1]))
+        fpr, tpr, thr = roc_curve(gold, probs[:, 1])
+        out["roc_curve"] = {
+            "fpr": fpr.tolist(),
+            "tpr": tpr.tolist(),
+            "thresholds": [float(min(t, 1.0)) for t in thr],
+        }
+    return out

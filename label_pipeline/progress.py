@@ -1,0 +1,111 @@
+"""Progress for long stages: a terminal bar, a Prefect progress artifact and an ETA."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+
+from tqdm.auto import tqdm
+
+from label_pipeline.artifacts import artifact_key, in_prefect_run
+
+log = logging.getLogger("label_pipeline.progress")
+
+
+class Progress:
+    """Count work done towards ``total`` units.
+
+    Use as a context manager; call ``update(n)`` as work completes. In a Prefect run
+    it keeps a progress artifact (key ``<stage>-progress``) up to date and logs the
+    estimated time remaining at most every ``log_every_s`` seconds.
+    """
+
+    def __init__(
+        self, total: int, stage: str, desc: str = "", unit: str = "rows", log_every_s: float = 15.0
+    ):
+        self.total = max(int(total), 0)
+        self.stage = stage
+        self.desc = desc or stage
+        self.unit = unit
+        self.log_every_s = log_every_s
+        self.done = 0
+        self._bar: tqdm | None = None
+        self._artifact_id = None
+        self._started = 0.0
+        self._last_log = 0.0
+
+    def __enter__(self) -> Progress:
+        self._started = self._last_log = time.time()
+        self._bar = tqdm(
+            total=self.total, desc=self.desc, unit=self.unit, leave=False, mininterval=1.0
+        )
+        if in_prefect_run():
+            try:
+                from prefect.artifacts import create_progress_artifact
+
+                self._artifact_id = create_progress_artifact(
+                    progress=0.0, key=artifact_key(self.stage, "progress"), description=self.desc
+                )
+            except Exception as exc:
+                log.debug("no progress artifact: %s", exc)
+        return self
+
+    def eta_seconds(self) -> float | None:
+        if self.done <= 0:
+            return None
+        elapsed = time.time() - self._started
+        return elapsed / self.done * (self.total - self.done)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        now = time.time()
+        if now - self._last_log >= self.log_every_s or self.done >= self.total:
+            self._last_log = now
+            eta = self.eta_seconds()
+            pct = 100.0 * self.done / self.total if self.total else 100.0
+            msg = f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:.0f}%)"
+            if eta is not None and self.done < self.total:
+                msg += f", about {eta:.0f}s left"
+            _run_logger().info(msg)
+            if self._artifact_id is not None:
+                try:
+                    from prefect.artifacts import update_progress_artifact
+
+                    update_progress_artifact(artifact_id=self._artifact_id, progress=pct)
+                except Exception as exc:
+                    log.debug("progress artifact update failed: %s", exc)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if exc_type is None and self._artifact_id is not None:
+            try:
+                from prefect.artifacts import update_progress_artifact
+
+                update_progress_artifact(artifact_id=self._artifact_id, progress=100.0)
+            except Exception:
+                pass
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    if in_prefect_run():
+        try:
+            from prefect import get_run_logger
+
+            return get_run_logger()
+        except Exception:
+            pass
+    return log
+
+
+def stage_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a run, the module logger outside."""
+    return _run_logger()

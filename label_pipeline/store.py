@@ -1,0 +1,329 @@
+"""The stage store: every stage output lives in ``<root>/<stage>/<fingerprint>/``.
+
+A stage directory is built in a temporary sibling directory and renamed into
+place only when complete, with ``manifest.json`` written last. A directory
+without a manifest is never taken for complete. Two runs building the same
+stage at once serialise on a lock file, and the second finds the first's result.
+
+The root may also be an fsspec URL (``s3://bucket/store``, ``gs://...``, ``memory://``
+for tests) so that workers on several machines share one store. A stage is then built
+in a local cache directory exactly as above, uploaded to ``<url>/<stage>/.tmp-...``,
+moved into ``<url>/<stage>/<fingerprint>/`` and completed by writing its manifest last;
+reading a stage downloads it once into the local cache. ``file://`` URLs and plain paths
+use the local directory directly (a shared network mount works that way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+MANIFEST = "manifest.json"
+#: local cache of remote stores: ``$LABEL_PIPELINE_STORE_CACHE/<hash of url>/``
+CACHE_ENV = "LABEL_PIPELINE_STORE_CACHE"
+_TRACKED_LIBRARIES = (
+    "label-pipeline",
+    "datasets",
+    "transformers",
+    "torch",
+    "prefect",
+    "scikit-learn",
+    "sentence-transformers",
+    "nlpaug",
+)
+
+
+class StageRef(BaseModel):
+    """What flows between tasks: a stage's name, fingerprint and directory.
+
+    Never the data itself; open the directory with ``datasets.load_from_disk``.
+    """
+
+    stage: str
+    fingerprint: str
+    path: str
+    cached: bool = False
+    #: URL of a remote store holding the stage (None: ``path`` is the only copy)
+    store: str | None = None
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.path)
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.dir / MANIFEST).read_text())
+
+
+def _canonical(value: Any) -> Any:
+    """Turn configs and inputs into plain JSON-able values with stable ordering."""
+    if isinstance(value, BaseModel):
+        return _canonical(value.model_dump(mode="json"))
+    if isinstance(value, StageRef):
+        return value.fingerprint
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_canonical(v) for v in value]
+        return sorted(items, key=json.dumps) if isinstance(value, set | frozenset) else items
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def fingerprint_of(stage: str, version: str, config: Any, inputs: Mapping[str, Any]) -> str:
+    """hash(stage name, stage code version, the stage's config, its inputs' fingerprints)."""
+    payload = {
+        "stage": stage,
+        "version": version,
+        "config": _canonical(config),
+        "inputs": {k: (v.fingerprint if isinstance(v, StageRef) else v) for k, v in inputs.items()},
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Content hash of a file, or of every file below a directory (names included)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        h.update(str(f.relative_to(p) if f != p else f.name).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:20]
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _TRACKED_LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+@dataclass
+class BuildContext:
+    """Handed to a stage's builder: where to write, and a place for manifest facts."""
+
+    dir: Path
+    stage: str
+    fingerprint: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class StageStore:
+    """Content-addressed, crash-safe directories for stage outputs.
+
+    Args:
+        root: directory under which ``<stage>/<fingerprint>/`` folders live, or an
+            fsspec URL of one (see the module docstring).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.fs: Any = None  # fsspec filesystem of a remote store, None when local
+        self.remote_root = ""
+        root_str = os.fspath(root)
+        scheme = root_str.split("://", 1)[0] if "://" in root_str else ""
+        if scheme in {"", "file", "local"}:
+            self.url = None
+            path = root_str.split("://", 1)[1] if scheme else root_str
+            self.root = Path(path).expanduser().resolve()
+        else:
+            import fsspec
+
+            self.url = root_str.rstrip("/")
+            self.fs, remote = fsspec.core.url_to_fs(self.url)
+            self.remote_root = remote.rstrip("/")
+            cache = Path(os.environ.get(CACHE_ENV, "~/.cache/label-pipeline/stores")).expanduser()
+            self.root = (cache / hashlib.sha256(self.url.encode()).hexdigest()[:16]).resolve()
+
+    def __repr__(self) -> str:
+        return f"StageStore({self.url or str(self.root)!r})"
+
+    @property
+    def is_remote(self) -> bool:
+        return self.fs is not None
+
+    def _remote(self, stage: str, fingerprint: str, *parts: str) -> str:
+        return "/".join([self.remote_root, stage, fingerprint, *parts])
+
+    def path(self, stage: str, fingerprint: str) -> Path:
+        return self.root / stage / fingerprint
+
+    def is_complete(self, stage: str, fingerprint: str) -> bool:
+        if self.is_remote:
+            return bool(self.fs.exists(self._remote(stage, fingerprint, MANIFEST)))
+        return (self.path(stage, fingerprint) / MANIFEST).is_file()
+
+    def ref(self, stage: str, fingerprint: str, cached: bool = False) -> StageRef:
+        """A reference to a complete stage; from a remote store, its local copy."""
+        if self.is_remote:
+            self._fetch(stage, fingerprint)
+        return StageRef(
+            stage=stage,
+            fingerprint=fingerprint,
+            path=str(self.path(stage, fingerprint)),
+            cached=cached,
+            store=self.url,
+        )
+
+    def localize(self, ref: StageRef) -> StageRef:
+        """``ref`` with a ``path`` that exists on this machine (downloading it if needed)."""
+        if ref.store is None or (Path(ref.path) / MANIFEST).is_file():
+            return ref
+        return StageStore(ref.store).ref(ref.stage, ref.fingerprint, cached=ref.cached)
+
+    def _fetch(self, stage: str, fingerprint: str) -> None:
+        """Download a remote stage into the local cache unless the cached copy is current."""
+        final = self.path(stage, fingerprint)
+        remote_manifest = self.fs.cat_file(self._remote(stage, fingerprint, MANIFEST))
+        local_manifest = final / MANIFEST
+        if local_manifest.is_file() and local_manifest.read_bytes() == remote_manifest:
+            return
+        with self._lock(stage, fingerprint):
+            if local_manifest.is_file() and local_manifest.read_bytes() == remote_manifest:
+                return
+            tmp = final.parent / f".dl-{fingerprint}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            try:
+                base = self._remote(stage, fingerprint)
+                for src in sorted(self.fs.find(base)):
+                    rel = src[len(base) :].lstrip("/") if src.startswith(base) else None
+                    if rel is None:  # some filesystems drop a leading "/"
+                        rel = src.split(f"/{stage}/{fingerprint}/", 1)[1]
+                    if rel == MANIFEST:
+                        continue
+                    dst = tmp / rel
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    self.fs.get_file(src, str(dst))
+                (tmp / MANIFEST).write_bytes(remote_manifest)  # the copy is complete
+                self._swap_into_place(tmp, final, fingerprint)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+
+    def _upload(self, stage: str, fingerprint: str, local: Path) -> None:
+        """Copy a complete local stage directory into the remote store, manifest last."""
+        base = "/".join([self.remote_root, stage])
+        tmp = f"{base}/.tmp-{fingerprint}-{uuid.uuid4().hex[:8]}"
+        final = self._remote(stage, fingerprint)
+        files = sorted(f for f in local.rglob("*") if f.is_file() and f != local / MANIFEST)
+        try:
+            for f in files:
+                self.fs.put_file(str(f), f"{tmp}/{f.relative_to(local).as_posix()}")
+            if self.fs.exists(final):  # refresh: retract the old manifest first, then replace
+                if self.fs.exists(f"{final}/{MANIFEST}"):
+                    self.fs.rm_file(f"{final}/{MANIFEST}")
+                self.fs.rm(final, recursive=True)
+            for f in files:
+                rel = f.relative_to(local).as_posix()
+                self.fs.mv(f"{tmp}/{rel}", f"{final}/{rel}")
+            self.fs.put_file(str(local / MANIFEST), f"{final}/{MANIFEST}")
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp, recursive=True)
+
+    @staticmethod
+    def _swap_into_place(tmp: Path, final: Path, fingerprint: str) -> None:
+        if final.exists():  # refresh: move the old one aside, then swap
+            trash = final.parent / f".old-{fingerprint}-{uuid.uuid4().hex[:8]}"
+            final.rename(trash)
+            tmp.rename(final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(final)
+
+    @contextlib.contextmanager
+    def _lock(self, stage: str, fingerprint: str) -> Iterator[None]:
+        lock_dir = self.root / stage
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f".{fingerprint}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def build(
+        self,
+        stage: str,
+        version: str,
+        config: Any,
+        inputs: Mapping[str, Any],
+        builder: Callable[[BuildContext], dict[str, Any] | None],
+        refresh: bool = False,
+    ) -> StageRef:
+        """Return the stage directory for these inputs, building it only if needed.
+
+        ``builder(ctx)`` writes everything into ``ctx.dir`` and returns facts for the
+        manifest (row counts, decisions...). If it raises, nothing is left behind.
+        """
+        fp = fingerprint_of(stage, version, config, inputs)
+        if not refresh and self.is_complete(stage, fp):
+            return self.ref(stage, fp, cached=True)
+        with self._lock(stage, fp):
+            # another run may have finished it while we waited for the lock
+            if not refresh and self.is_complete(stage, fp):
+                return self.ref(stage, fp, cached=True)
+            final = self.path(stage, fp)
+            tmp = final.parent / f".tmp-{fp}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            started = time.time()
+            try:
+                ctx = BuildContext(dir=tmp, stage=stage, fingerprint=fp)
+                facts = builder(ctx) or {}
+                manifest = {
+                    "stage": stage,
+                    "version": version,
+                    "fingerprint": fp,
+                    "config": _canonical(config),
+                    "inputs": {
+                        k: (v.model_dump() if isinstance(v, StageRef) else v)
+                        for k, v in inputs.items()
+                    },
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "host": socket.gethostname(),
+                    "seconds": round(time.time() - started, 3),
+                    "libraries": library_versions(),
+                    **_canonical(ctx.info),
+                    **_canonical(facts),
+                }
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+                self._swap_into_place(tmp, final, fp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if self.is_remote:
+                try:
+                    self._upload(stage, fp, final)
+                except BaseException:
+                    shutil.rmtree(final, ignore_errors=True)
+                    raise
+        return self.ref(stage, fp, cached=False)
+
+    def clean_stale_tmp(self, older_than_s: float = 3600.0) -> int:
+        """Remove temporary build directories left by killed runs; returns how many."""
+        removed = 0
+        now = time.time()
+        for tmp in self.root.glob("*/.tmp-*"):
+            if now - tmp.stat().st_mtime > older_than_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed += 1
+        return removed

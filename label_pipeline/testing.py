@@ -1,0 +1,105 @@
+"""Tiny, randomly initialised models built from a config and a tokenizer trained with
+``tokenizers`` — for tests and speed benchmarks on machines with no hub access."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+DEFAULT_CORPUS = [
+    "the cat sat on the mat",
+    "a dog chased the ball in the park",
+    "this is great news and i am happy",
+    "i am so angry about this bug",
+    "the build fails with an error on windows",
+    "please add support for a new feature",
+    "what a surprise, i did not expect that",
+    "this is sad and disappointing",
+]
+
+
+def train_wordpiece_tokenizer(out_dir: str | Path, corpus: Iterable[str], vocab_size: int = 500):
+    """Train a BERT-style WordPiece tokenizer on ``corpus`` and save it to ``out_dir``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, min_frequency=1
+    )
+    tok.train_from_iterator(list(corpus), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def make_tiny_bert(
+    out_dir: str | Path,
+    kind: str = "mlm",
+    corpus: Iterable[str] | None = None,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    intermediate_size: int = 64,
+    num_labels: int = 2,
+    id2label: dict[int, str] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Save a tiny random BERT with its tokenizer to ``out_dir`` and return the path.
+
+    kind: ``"mlm"`` (BertForMaskedLM), ``"base"`` (BertModel), ``"nli"`` (sequence
+    classification with entailment/neutral/contradiction labels) or ``"cls"``
+    (sequence classification with ``num_labels`` labels).
+    """
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        BertForSequenceClassification,
+        BertModel,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = train_wordpiece_tokenizer(out, corpus or DEFAULT_CORPUS)
+    if kind == "nli":
+        id2label = {0: "entailment", 1: "neutral", 2: "contradiction"}
+    elif id2label is None:
+        id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
+    torch.manual_seed(seed)
+    cls = {
+        "mlm": BertForMaskedLM,
+        "base": BertModel,
+        "nli": BertForSequenceClassification,
+        "cls": BertForSequenceClassification,
+    }[kind]
+    cls(config).save_pretrained(str(out))
+    return out

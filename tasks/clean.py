@@ -1,0 +1,617 @@
+"""The `clean` stage: normalised text, no empty rows, no duplicates, conflicts reported.
+
+Rules, in order (each switchable in :class:`CleanConfig`):
+
+1. fenced code blocks (```` ``` ```` / ``~~~``) kept, shortened to their first lines or
+   dropped; the other rules never touch code;
+2. HTML comments (issue-template hints ``<!-- ... -->``), markdown images and ``<img>`` tags
+   removed;
+3. issue-template boilerplate lines removed (markdown headings such as ``### Describe the
+   bug``, checkbox lines ``- [ ] ...``, bold template prompts; ``boilerplate_patterns``);
+4. URLs removed (a markdown link keeps its text), ``@mentions`` removed;
+5. HTML entities unescaped, Unicode normalised (NFKC), whitespace collapsed.
+
+Then rows are dropped, each with its reason in ``dropped/``:
+
+- ``empty`` / ``too_short``: nothing left, or fewer than ``min_chars`` characters;
+- ``duplicate``: the same text (case and spacing ignored) as a kept row;
+- ``near_duplicate``: word-shingle Jaccard similarity >= ``near_dup_threshold`` with a kept
+  row, found by MinHash signatures and LSH banding (linear in rows: only rows sharing a band
+  are compared);
+- ``conflict``: with ``conflicts="drop"``, every copy of a text labelled differently.
+
+The labelled copy of a duplicate is the one kept (then the earliest). Copies that carry
+different labels are a *conflict*: with ``conflicts="report"`` (default) one copy per
+distinct label set is kept, with ``"drop"`` all are dropped; either way every conflict is
+listed in ``conflicts.json`` and the summary, never resolved silently.
+
+Output: ``rows/`` (canonical rows), ``dropped/`` (``id``, ``text`` as ingested, ``labels``,
+``reason``, ``duplicate_of``), ``conflicts.json``, ``labels.json``, ``user_slices.json``
+(passed on from ingest), ``summary.md``, ``sample.json``. Rows in = rows out + dropped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from label_pipeline.artifacts import md_table
+from label_pipeline.data import (
+    CANONICAL_FEATURES,
+    load_rows,
+    read_label_info,
+    save_dataset,
+    write_label_info,
+)
+from label_pipeline.errors import ConfigError, InputDataError
+from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.progress import stage_logger
+from label_pipeline.store import BuildContext, StageRef, StageStore
+
+STAGE = "clean"
+VERSION = "1"
+
+DROPPED_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "text": datasets.Value("string"),
+        "labels": datasets.Sequence(datasets.Value("string")),
+        "reason": datasets.Value("string"),
+        "duplicate_of": datasets.Value("string"),
+    }
+)
+REASONS = ("empty", "too_short", "duplicate", "near_duplicate", "conflict")
+
+#: lines of GitHub issue templates: headings, checkbox lists, bold prompts
+DEFAULT_BOILERPLATE = [
+    r"^\s{0,3}#{1,6}\s.*$",
+    r"^\s*[-*+]\s+\[[ xX]?\]\s.*$",
+    r"^\s*\*\*[^*\n]{1,60}\*\*:?\s*$",
+]
+
+_CODE = re.compile(r"(^|\n)[ \t]*(```|~~~)[^\n]*\n.*?(\n[ \t]*\2[ \t]*(?=\n|$)|$)", re.S)
+_HTML_COMMENT = re.compile(r"<!--.*?(-->|$)", re.S)
+_MD_IMAGE = re.compile(r"!\[[^\]\n]*\]\([^)\n]*\)|<img\b[^>]*>", re.I)
+_MD_LINK = re.compile(r"\[([^\]\n]*)\]\((?:https?://|www\.)[^)\n]*\)", re.I)
+_URL = re.compile(r"\b(?:https?://|www\.)[^\s<>()\[\]]+", re.I)
+_MENTION = re.compile(r"(?<![\w.@/])@[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})\b")
+_SPACES = re.compile(r"[ \t\f\v\u00a0]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+_WORD = re.compile(r"\w+")
+
+
+class CleanConfig(BaseModel):
+    """Settings of the ``clean`` stage.
+
+    Attributes:
+        unicode_form: Unicode normalisation (``NFKC`` folds compatibility characters such
+            as full-width letters and ligatures); ``None`` leaves text as is.
+        unescape_html: turn ``&amp;``, ``&gt;``, ``&#39;`` ... into characters.
+        remove_html_comments: drop ``<!-- ... -->`` (issue-template hints).
+        remove_markdown_images: drop ``![alt](url)`` and ``<img>`` tags.
+        remove_urls: drop URLs; a markdown link ``[text](url)`` keeps its text.
+        remove_mentions: drop ``@user`` mentions (e-mail addresses are kept).
+        remove_boilerplate: drop lines matching ``boilerplate_patterns`` from texts of
+            several lines (a text of one line is never taken for a template).
+        boilerplate_patterns: regular expressions, each matched against a whole line
+            (default: markdown headings, checkbox lines ``- [ ]``, bold prompts ``**Bug**``).
+        code_blocks: fenced code blocks are kept (``keep``), cut to ``code_max_lines``
+            lines (``shorten``) or removed (``drop``).
+        code_max_lines: lines kept of each code block with ``code_blocks="shorten"``.
+        min_chars: rows whose cleaned text is shorter are dropped (``too_short``).
+        dedup_exact: drop rows whose text equals a kept row's (case and spacing ignored).
+        near_duplicates: drop rows nearly equal to a kept row (MinHash/LSH).
+        near_dup_threshold: Jaccard similarity of word shingles from which two texts are
+            near duplicates.
+        shingle_words: words per shingle (texts with fewer words form a single shingle).
+        num_perm: MinHash permutations (more: more accurate similarity, slower).
+        conflicts: same text with different labels: ``report`` keeps one copy per label
+            set, ``drop`` drops every copy; both list them in ``conflicts.json``.
+        sample_rows: rows in ``sample.json`` (changed texts first, then dropped rows).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    unicode_form: Literal["NFKC", "NFC", "NFKD", "NFD"] | None = "NFKC"
+    unescape_html: bool = True
+    remove_html_comments: bool = True
+    remove_markdown_images: bool = True
+    remove_urls: bool = True
+    remove_mentions: bool = True
+    remove_boilerplate: bool = True
+    boilerplate_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_BOILERPLATE))
+    code_blocks: Literal["keep", "shorten", "drop"] = "shorten"
+    code_max_lines: int = Field(10, ge=1)
+    min_chars: int = Field(3, ge=1)
+    dedup_exact: bool = True
+    near_duplicates: bool = True
+    near_dup_threshold: float = Field(0.85, gt=0.0, le=1.0)
+    shingle_words: int = Field(3, ge=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    conflicts: Literal["report", "drop"] = "report"
+    sample_rows: int = Field(15, ge=0, le=100)
+
+    @field_validator("boilerplate_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(
+                    f"clean.boilerplate_patterns: {p!r} is not a valid regex ({exc})"
+                ) from None
+        return patterns
+
+
+# ---------------------------------------------------------------- text rules
+
+
+class TextCleaner:
+    """Applies the text rules of a :class:`CleanConfig`; counts the texts each rule changed."""
+
+    def __init__(self, cfg: CleanConfig) -> None:
+        self.cfg = cfg
+        self.changed: Counter = Counter()
+        self._boilerplate = (
+            re.compile("|".join(f"(?:{p})" for p in cfg.boilerplate_patterns), re.M)
+            if cfg.remove_boilerplate and cfg.boilerplate_patterns
+            else None
+        )
+
+    def _sub(self, rule: str, pattern: re.Pattern, repl: str, text: str) -> str:
+        out = pattern.sub(repl, text)
+        if out != text:
+            self.changed[rule] += 1
+        return out
+
+    def _prose(self, text: str) -> str:
+        cfg = self.cfg
+        if cfg.remove_html_comments and "<!--" in text:
+            text = self._sub("html_comments", _HTML_COMMENT, "", text)
+        if cfg.remove_markdown_images:
+            text = self._sub("markdown_images", _MD_IMAGE, "", text)
+        # templates span several lines; a one-line heading or bold text is the content itself
+        if self._boilerplate is not None and "\n" in text.strip():
+            text = self._sub("boilerplate", self._boilerplate, "", text)
+        if cfg.remove_urls:
+            text = self._sub("urls", _URL, "", self._sub("urls", _MD_LINK, r"\1", text))
+        if cfg.remove_mentions and "@" in text:
+            text = self._sub("mentions", _MENTION, "", text)
+        if cfg.unescape_html and "&" in text:
+            text = self._apply("html_entities", html.unescape, text)
+        if cfg.unicode_form:
+            text = self._apply(
+                "unicode", lambda t: unicodedata.normalize(cfg.unicode_form, t), text
+            )
+        lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+        return _BLANK_LINES.sub("\n\n", "\n".join(lines))
+
+    def _apply(self, rule: str, fn: Any, text: str) -> str:
+        out = fn(text)
+        if out != text:
+            self.changed[rule] += 1
+        return out
+
+    def _code(self, block: str) -> str:
+        if self.cfg.code_blocks == "keep":
+            return block.strip("\n")
+        lines = block.strip("\n").split("\n")
+        fence = lines[0].strip()[:3]
+        body = lines[1:-1] if len(lines) > 1 and lines[-1].strip().startswith(fence) else lines[1:]
+        if self.cfg.code_blocks == "drop":
+            self.changed["code_blocks"] += 1
+            return ""
+        if len(body) <= self.cfg.code_max_lines:
+            return block.strip("\n")
+        self.changed["code_blocks"] += 1
+        return "\n".join([lines[0], *body[: self.cfg.code_max_lines], "...", fence])
+
+    def __call__(self, text: str) -> str:
+        if "```" not in text and "~~~" not in text:
+            return self._prose(text).strip()
+        parts, last = [], 0
+        for m in _CODE.finditer(text):
+            parts.append(self._prose(text[last : m.start()]).strip())
+            parts.append(self._code(m.group(0)))
+            last = m.end()
+        parts.append(self._prose(text[last:]).strip())
+        return _BLANK_LINES.sub("\n\n", "\n".join(p for p in parts if p.strip())).strip()
+
+
+def exact_key(text: str) -> str:
+    """The form under which two texts count as the same (case and spacing ignored)."""
+    return " ".join(text.casefold().split())
+
+
+def shingles(text: str, k: int) -> list[str]:
+    """Word k-shingles of ``text`` (lower-cased words; fewer words: one shingle)."""
+    words = _WORD.findall(text.casefold())
+    if len(words) <= k:
+        return [" ".join(words)] if words else []
+    return [" ".join(words[i : i + k]) for i in range(len(words) - k + 1)]
+
+
+# ---------------------------------------------------------------- near duplicates
+
+
+_PRIME = np.uint64((1 << 61) - 1)
+
+
+def minhash_signatures(docs: list[list[str]], num_perm: int, seed: int = 1) -> np.ndarray:
+    """MinHash signatures (docs x num_perm, uint64) of shingle lists, vectorised: every
+    shingle gets an integer id, and each permutation is ``(a * id + b) mod p``."""
+    n = len(docs)
+    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=n)
+    flat = [s for d in docs for s in d]
+    sig = np.full((n, num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
+    if not flat:
+        return sig
+    codes, _ = pd.factorize(pd.Series(flat, dtype=object), sort=False)
+    rng = np.random.RandomState(seed)
+    a = rng.randint(1, 1 << 30, size=num_perm).astype(np.uint64)
+    b = rng.randint(0, 1 << 30, size=num_perm).astype(np.uint64)
+    # ids are < 2**31 and a, b < 2**30, so a * id + b never overflows uint64
+    ids = codes.astype(np.uint64)
+    has = lengths > 0
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[has]
+    chunk = max(1, (1 << 23) // max(len(ids), 1))
+    for j in range(0, num_perm, chunk):
+        h = (ids[:, None] * a[None, j : j + chunk] + b[None, j : j + chunk]) % _PRIME
+        sig[has, j : j + chunk] = np.minimum.reduceat(h, starts, axis=0)
+    return sig
+
+
+def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows per band) minimising false positives + negatives at ``threshold``
+    (datasketch's choice for its MinHashLSH)."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return int(lsh.b), int(lsh.r)
+
+
+def candidate_pairs(
+    sig: np.ndarray, bands: int, rows: int, max_per_bucket: int = 50
+) -> set[tuple[int, int]]:
+    """Pairs (i, j), i < j, of rows sharing at least one LSH band. A bucket pairs each
+    member with at most ``max_per_bucket`` earlier members, so the work stays linear."""
+    n = sig.shape[0]
+    pairs: set[tuple[int, int]] = set()
+    if n < 2:
+        return pairs
+    mult = (
+        np.random.RandomState(7).randint(1, 1 << 62, size=rows, dtype=np.int64).astype(np.uint64)
+        | 1
+    )
+    idx = np.arange(n)
+    for band in range(bands):
+        block = sig[:, band * rows : (band + 1) * rows]
+        with np.errstate(over="ignore"):  # a wrapping polynomial hash of the band
+            keys = (block * mult[None, :]).sum(axis=1, dtype=np.uint64)
+        order = np.lexsort((idx, keys))
+        k = keys[order]
+        same = np.flatnonzero(k[1:] == k[:-1])
+        if not len(same):
+            continue
+        # runs of equal keys: start of each run among the "same" positions
+        starts = np.flatnonzero(np.diff(np.concatenate([[-2], same])) != 1)
+        for s in starts:
+            lo = same[s]
+            hi = lo + 1
+            while hi + 1 < n and k[hi + 1] == k[lo]:
+                hi += 1
+            members = order[lo : hi + 1]
+            for p in range(1, len(members)):
+                for q in members[max(0, p - max_per_bucket) : p]:
+                    pairs.add(
+                        (int(q), int(members[p])) if q < members[p] else (int(members[p]), int(q))
+                    )
+    return pairs
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    union = len(a | b)
+    return len(a & b) / union if union else 0.0
+
+
+# ---------------------------------------------------------------- the row pass
+
+
+@dataclass
+class CleanResult:
+    """What :func:`clean_rows` decided: kept row indices (input order), cleaned texts,
+    dropped rows, conflicts, counts of texts each rule changed."""
+
+    kept: list[int]
+    texts: list[str]
+    dropped: list[dict[str, Any]]
+    conflicts: list[dict[str, Any]]
+    rule_changes: dict[str, int] = field(default_factory=dict)
+
+
+def clean_rows(
+    ids: list[str], texts: list[str], labels: list[list[str]], cfg: CleanConfig
+) -> CleanResult:
+    """Clean texts and drop empty, short, duplicate and (with ``conflicts='drop'``)
+    conflicting rows. Every input row ends up either in ``kept`` or in ``dropped``."""
+    cleaner = TextCleaner(cfg)
+    cleaned = [cleaner(t or "") for t in texts]
+    n = len(texts)
+    alive = np.ones(n, dtype=bool)
+    dropped: list[dict[str, Any]] = []
+    conflicts: list[dict[str, Any]] = []
+
+    def drop(i: int, reason: str, of: str = "") -> None:
+        alive[i] = False
+        dropped.append(
+            {
+                "id": ids[i],
+                "text": texts[i],
+                "labels": list(labels[i]),
+                "reason": reason,
+                "duplicate_of": of,
+            }
+        )
+
+    for i, t in enumerate(cleaned):
+        if not t:
+            drop(i, "empty")
+        elif len(t) < cfg.min_chars:
+            drop(i, "too_short")
+
+    labelled = np.array([bool(x) for x in labels], dtype=bool)
+    # labelled rows first, then input order: the first survivor of a group is the one kept
+    priority = np.lexsort((np.arange(n), ~labelled))
+    label_key = ["\x1f".join(x) for x in labels]
+
+    def resolve_group(members: list[int], kind: str, similarity: float | None = None) -> None:
+        """Members in priority order, all copies of one text: keep, drop or report."""
+        sets = list(dict.fromkeys(label_key[i] for i in members if labelled[i]))
+        if len(sets) > 1:
+            entry = {
+                "kind": kind,
+                "ids": [ids[i] for i in members if labelled[i]],
+                "labels": [labels[i] for i in members if labelled[i]],
+                "texts": [cleaned[i] for i in members if labelled[i]][:2],
+                "action": "dropped" if cfg.conflicts == "drop" else "kept one copy per label set",
+            }
+            if similarity is not None:
+                entry["similarity"] = round(similarity, 3)
+            conflicts.append(entry)
+            if cfg.conflicts == "drop":
+                for i in members:
+                    drop(i, "conflict")
+                return
+        first_of: dict[str, int] = {}
+        head = members[0]
+        for i in members:
+            key = label_key[i] if labelled[i] else ""
+            if labelled[i] and key not in first_of:
+                first_of[key] = i
+                continue
+            if not labelled[i] and i == head:
+                continue
+            of = first_of.get(key, head) if labelled[i] else head
+            drop(i, "duplicate" if kind == "exact" else "near_duplicate", ids[of])
+
+    key_of = [exact_key(t) for t in cleaned]
+    if cfg.dedup_exact:
+        keys = pd.Series(key_of)
+        order = [i for i in priority if alive[i]]
+        groups = keys.iloc[order].groupby(keys.iloc[order].values, sort=False).indices
+        for positions in groups.values():
+            if len(positions) > 1:
+                resolve_group([order[p] for p in positions], "exact")
+
+    if cfg.near_duplicates:
+        rows = [i for i in priority if alive[i]]
+        sh = [shingles(cleaned[i], cfg.shingle_words) for i in rows]
+        # texts without a word (emoji, punctuation) have no shingles: exact matching only
+        rows = [i for i, s in zip(rows, sh, strict=True) if s]
+        sh = [s for s in sh if s]
+        sig = minhash_signatures(sh, cfg.num_perm)
+        bands, per_band = lsh_params(cfg.near_dup_threshold, cfg.num_perm)
+        pairs = candidate_pairs(sig, bands, per_band)
+        # positions are in priority order, so (p, q) with p < q: q is the later copy
+        later: dict[int, list[int]] = {}
+        for p, q in pairs:
+            later.setdefault(q, []).append(p)
+        sets: dict[int, set[str]] = {}
+        for q in sorted(later):
+            i = rows[q]
+            if not alive[i]:
+                continue
+            sq = sets.setdefault(q, set(sh[q]))
+            for p in sorted(later[q]):
+                j = rows[p]
+                if not alive[j] or (cfg.dedup_exact and key_of[i] == key_of[j]):
+                    continue  # copies of one text were settled (or reported) above
+                sim = jaccard(sets.setdefault(p, set(sh[p])), sq)
+                if sim < cfg.near_dup_threshold:
+                    continue
+                if labelled[i] and labelled[j] and label_key[i] != label_key[j]:
+                    resolve_group([j, i], "near", sim)
+                    if not alive[i]:
+                        break
+                    continue
+                drop(i, "near_duplicate", ids[j])
+                break
+
+    kept = [i for i in range(n) if alive[i]]
+    if len(kept) + len(dropped) != n:  # each row is kept or dropped exactly once
+        raise RuntimeError(f"clean: {n} rows in, {len(kept)} kept + {len(dropped)} dropped")
+    return CleanResult(kept, cleaned, dropped, conflicts, dict(cleaner.changed))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _label_counts(labels: list[list[str]]) -> Counter:
+    return Counter(lab for row in labels for lab in row)
+
+
+def _summary(
+    n_in: int,
+    result: CleanResult,
+    before: Counter,
+    after: Counter,
+    names: list[str],
+    cfg: CleanConfig,
+) -> str:
+    reasons = Counter(d["reason"] for d in result.dropped)
+    n_lab_dropped = sum(1 for d in result.dropped if d["labels"])
+    lines = [
+        f"Rows in: **{n_in}**; rows out: **{len(result.kept)}**; dropped: **{len(result.dropped)}** "
+        f"({n_lab_dropped} of them labelled).\n",
+        "### Dropped rows by reason\n",
+        md_table([{"reason": r, "rows": reasons.get(r, 0)} for r in REASONS]),
+        "### Label counts before and after\n",
+        md_table(
+            [{"label": k, "before": before.get(k, 0), "after": after.get(k, 0)} for k in names]
+        ),
+        "### Texts changed by each rule\n",
+        md_table([{"rule": k, "texts": v} for k, v in sorted(result.rule_changes.items())]),
+    ]
+    if result.conflicts:
+        lines += [
+            f"### Conflicts: {len(result.conflicts)} text(s) with different labels "
+            f"(policy `{cfg.conflicts}`; all in `conflicts.json`)\n",
+            md_table(
+                [
+                    {
+                        "kind": c["kind"],
+                        "ids": ", ".join(c["ids"][:4]),
+                        "labels": " / ".join(";".join(x) for x in c["labels"][:4]),
+                        "text": c["texts"][0][:80],
+                        "action": c["action"],
+                    }
+                    for c in result.conflicts[:20]
+                ]
+            ),
+        ]
+    else:
+        lines.append("No conflicting labels for the same text.\n")
+    lost = [k for k in names if before.get(k, 0) and not after.get(k, 0)]
+    if lost:
+        lines.append(f"**Warning**: label(s) {lost} have no rows left after cleaning.\n")
+    return "\n".join(lines)
+
+
+def _sample(
+    ids: list[str], texts: list[str], labels: list[list[str]], result: CleanResult, k: int
+) -> list[dict]:
+    changed = [i for i in result.kept if result.texts[i] != (texts[i] or "").strip()]
+    out = [
+        {
+            "id": ids[i],
+            "status": "cleaned",
+            "original": texts[i],
+            "cleaned": result.texts[i],
+            "labels": labels[i],
+            "reason": "",
+        }
+        for i in changed[: (k + 1) // 2]
+    ]
+    for d in result.dropped[: k - len(out)]:
+        out.append(
+            {
+                "id": d["id"],
+                "status": "dropped",
+                "original": d["text"],
+                "cleaned": "",
+                "labels": d["labels"],
+                "reason": f"{d['reason']} {d['duplicate_of']}".strip(),
+            }
+        )
+    shown = set(changed[: (k + 1) // 2])
+    kept_rest = (i for i in result.kept if i not in shown)
+    for i, _ in zip(kept_rest, range(k - len(out)), strict=False):
+        out.append(
+            {
+                "id": ids[i],
+                "status": "kept",
+                "original": texts[i],
+                "cleaned": result.texts[i],
+                "labels": labels[i],
+                "reason": "",
+            }
+        )
+    return out
+
+
+def run_clean(
+    store: StageStore, cfg: CleanConfig, rows: StageRef, refresh: bool = False
+) -> StageRef:
+    """Clean the ingest stage's ``rows/`` (``rows`` is its StageRef)."""
+
+    def builder(ctx: BuildContext) -> dict[str, Any]:
+        log = stage_logger()
+        if not (rows.dir / "rows").is_dir():
+            raise InputDataError(f"{rows.dir}: no rows/ dataset; re-run the ingest stage")
+        ds = load_rows(rows.dir)
+        names, multi_label = read_label_info(rows.dir)
+        cols = ds.to_dict()
+        ids, texts, labels = cols["id"], cols["text"], cols["labels"]
+        split = cols.get("split") or [""] * len(ids)
+        result = clean_rows(ids, texts, labels, cfg)
+        kept = result.kept
+        out = {
+            "id": [ids[i] for i in kept],
+            "text": [result.texts[i] for i in kept],
+            "labels": [labels[i] for i in kept],
+            "split": [split[i] for i in kept],
+        }
+        save_dataset(datasets.Dataset.from_dict(out, features=CANONICAL_FEATURES), ctx.dir / "rows")
+        # from_dict, not from_list: an empty list would lose the columns
+        dropped_cols = {k: [d[k] for d in result.dropped] for k in DROPPED_FEATURES}
+        save_dataset(
+            datasets.Dataset.from_dict(dropped_cols, features=DROPPED_FEATURES), ctx.dir / "dropped"
+        )
+        (ctx.dir / "conflicts.json").write_text(
+            json.dumps(result.conflicts, indent=1, ensure_ascii=False)
+        )
+        write_label_info(ctx.dir, names, multi_label)
+        if (rows.dir / "user_slices.json").is_file():
+            shutil.copyfile(rows.dir / "user_slices.json", ctx.dir / "user_slices.json")
+        before, after = _label_counts(labels), _label_counts(out["labels"])
+        reasons = Counter(d["reason"] for d in result.dropped)
+        if result.conflicts:
+            log.warning(
+                "clean: %d text(s) carry conflicting labels (policy %r); see conflicts.json",
+                len(result.conflicts),
+                cfg.conflicts,
+            )
+        if not any(out["labels"]):
+            raise InputDataError(
+                f"clean: no labelled row survives cleaning of {rows.dir} ({dict(reasons)}); "
+                "lower clean.min_chars or switch off rules (clean.conflicts='report')"
+            )
+        write_summary(
+            ctx.dir,
+            _summary(len(ids), result, before, after, names, cfg),
+            _sample(ids, texts, labels, result, cfg.sample_rows),
+        )
+        return {
+            "rows_in": len(ids),
+            "rows_out": len(kept),
+            "dropped": len(result.dropped),
+            "dropped_by_reason": dict(reasons),
+            "labelled_out": sum(1 for x in out["labels"] if x),
+            "conflicts": len(result.conflicts),
+        }
+
+    if not isinstance(rows, StageRef):
+        raise ConfigError("clean: `rows` must be the ingest stage's StageRef")
+    return store.build(STAGE, VERSION, cfg, stage_inputs({"rows": rows}), builder, refresh)

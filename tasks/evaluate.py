@@ -1,0 +1,310 @@
+"""The `evaluate` stage: score every trained run on the test split (and valid), draw the
+learning curves and name the final model.
+
+Output directory:
+
+- ``metrics.json``: ``{"labels", "multi_label", "runs": [{method, slice, slice_size,
+  run_dir, fallback, test: {...}, valid: {...}}], "zero_shot": {...} | null}``; each
+  ``test``/``valid`` entry is ``label_pipeline.metrics.classification_metrics`` (micro/macro-F1,
+  per-label precision/recall/F1, log loss; accuracy and confusion matrix for single-label;
+  ROC-AUC and curve for two-label single-label tasks);
+- ``learning_curves.json``: per method, slice sizes and test micro/macro-F1 (+ the zero-shot
+  line); ``figures/learning_curve_micro.png``, ``figures/learning_curve_macro.png``;
+- ``best.json``: ``{"method", "slice", "run_dir", "metric", "valid", "test"}``, the best
+  method on valid at the largest slice (the label stage uses it);
+- ``summary.md``, ``sample.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from label_pipeline.artifacts import md_table
+from label_pipeline.decision import Decision, apply_decision
+from label_pipeline.errors import InputDataError
+from label_pipeline.metrics import classification_metrics
+from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.progress import stage_logger
+from label_pipeline.store import BuildContext, StageRef, StageStore
+
+STAGE = "evaluate"
+VERSION = "1"
+
+
+class EvaluateConfig(BaseModel):
+    """Evaluation of the trained runs.
+
+    Attributes:
+        enabled: run the stage.
+        select_by: validation metric that names the final model (``best.json``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    select_by: Literal["micro_f1", "macro_f1"] = "micro_f1"
+
+
+def zero_shot_line(zero_shot_dir: Path | None) -> dict[str, Any] | None:
+    """Test (and valid) micro/macro-F1 of the zero-shot stage from its ``metrics.json``.
+
+    Accepts ``{"test": {"micro_f1": ...}}`` and flat ``{"test_micro_f1": ...}`` layouts.
+    """
+    if zero_shot_dir is None or not (Path(zero_shot_dir) / "metrics.json").is_file():
+        return None
+    data = json.loads((Path(zero_shot_dir) / "metrics.json").read_text())
+    out: dict[str, Any] = {}
+    for split in ("test", "valid"):
+        block = data.get(split) if isinstance(data.get(split), dict) else {}
+        for metric in ("micro_f1", "macro_f1", "accuracy"):
+            value = block.get(metric, data.get(f"{split}_{metric}"))
+            if isinstance(value, int | float):
+                out.setdefault(split, {})[metric] = float(value)
+    if "test" not in out:
+        return None
+    sel = data.get("selection")
+    if isinstance(sel, dict):
+        out["selection"] = sel
+    return out
+
+
+def evaluate_run(
+    run_dir: Path, y_valid: np.ndarray, y_test: np.ndarray, labels: list[str], multi_label: bool
+) -> dict[str, Any]:
+    """Valid and test metrics of one saved run (probabilities + decision rule)."""
+    decision = Decision.from_json(json.loads((run_dir / "decision.json").read_text()))
+    out = {}
+    for split, y in (("valid", y_valid), ("test", y_test)):
+        probs = np.load(run_dir / f"{split}_probs.npy").astype(np.float64)
+        if probs.shape != y.shape:
+            raise InputDataError(
+                f"{run_dir / f'{split}_probs.npy'} has shape {probs.shape} but the {split} split "
+                f"has {y.shape}; the train and split stages do not match, re-run train"
+            )
+        out[split] = classification_metrics(
+            y, probs, apply_decision(probs, decision), labels, multi_label
+        )
+    out["decision"] = decision.to_json()
+    return out
+
+
+def learning_curves(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
+    """Per method: slice names, sizes and test micro/macro-F1, ordered by slice size."""
+    curves: dict[str, dict[str, list[Any]]] = {}
+    for r in sorted(runs, key=lambda r: (r["method"], r["slice_size"])):
+        c = curves.setdefault(
+            r["method"], {"slice": [], "size": [], "micro_f1": [], "macro_f1": []}
+        )
+        c["slice"].append(r["slice"])
+        c["size"].append(r["slice_size"])
+        c["micro_f1"].append(r["test"]["micro_f1"])
+        c["macro_f1"].append(r["test"]["macro_f1"])
+    return curves
+
+
+def plot_learning_curve(
+    curves: dict[str, dict[str, list[Any]]],
+    metric: str,
+    zero_shot: dict[str, Any] | None,
+    path: Path,
+) -> None:
+    """F1 vs training-slice size for every method (log x axis), zero-shot as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sizes: set[int] = set()
+    for method, c in curves.items():
+        ax.plot(c["size"], c[metric], marker="o", label=method)
+        sizes.update(c["size"])
+    if zero_shot and metric in zero_shot.get("test", {}):
+        ax.axhline(zero_shot["test"][metric], color="black", linestyle="--", label="zero-shot")
+    if sizes and len(sizes) > 1:
+        ax.set_xscale("log")
+        ticks = sorted(sizes)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel("training rows (slice size)")
+    ax.set_ylabel(f"test {metric.replace('_', '-')}")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"Learning curve: test {metric.replace('_', '-')}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def choose_best(runs: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The run with the best valid ``metric`` at the largest slice; fallback runs only when
+    nothing else exists."""
+    if not runs:
+        return None
+    largest = max(r["slice_size"] for r in runs)
+    pool = [r for r in runs if r["slice_size"] == largest]
+    healthy = [r for r in pool if not r["fallback"]] or pool
+
+    def key(r: dict[str, Any]) -> tuple[float, float]:
+        v = r["valid"].get(metric)
+        return (-1.0 if v is None or v != v else v, -r["order"])
+
+    return max(healthy, key=key)
+
+
+def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: StageRef | None):
+    def build(ctx: BuildContext) -> dict[str, Any]:
+        from label_pipeline.data import label_matrix, load_splits, read_label_info
+
+        log = stage_logger()
+        labels, multi_label = read_label_info(splits_ref.dir)
+        runs_path = trained.dir / "runs.json"
+        if not runs_path.is_file():
+            raise InputDataError(f"{runs_path} is missing; re-run the train stage")
+        train_runs = json.loads(runs_path.read_text())
+        splits = load_splits(splits_ref.dir)
+        ys = {
+            s: label_matrix([list(x) for x in splits[s]["labels"]], labels)
+            for s in ("valid", "test")
+        }
+        runs = []
+        for order, tr in enumerate(train_runs):
+            run_dir = trained.dir / tr["dir"]
+            m = evaluate_run(run_dir, ys["valid"], ys["test"], labels, multi_label)
+            runs.append(
+                {
+                    "method": tr["method"],
+                    "slice": tr["slice"],
+                    "slice_size": tr["slice_size"],
+                    "train_rows": tr["train_rows"],
+                    "run_dir": str(run_dir),
+                    "fallback": tr.get("fallback", ""),
+                    "order": order,
+                    **m,
+                }
+            )
+        zero = zero_shot_line(zs.dir if zs is not None else None)
+        if zs is not None and zero is None:
+            log.warning("evaluate: %s has no usable test metrics; no zero-shot line", zs.dir)
+        curves = learning_curves(runs)
+        for metric in ("micro_f1", "macro_f1"):
+            short = metric.split("_")[0]
+            plot_learning_curve(
+                curves, metric, zero, ctx.dir / "figures" / f"learning_curve_{short}.png"
+            )
+        best = choose_best(runs, cfg.select_by)
+        best_json = None
+        if best is not None:
+            best_json = {
+                "method": best["method"],
+                "slice": best["slice"],
+                "run_dir": best["run_dir"],
+                "model_dir": str(Path(best["run_dir"]) / "model"),
+                "metric": f"valid {cfg.select_by}",
+                "valid": {k: best["valid"][k] for k in ("micro_f1", "macro_f1")},
+                "test": {k: best["test"][k] for k in ("micro_f1", "macro_f1")},
+                "decision": best["decision"],
+            }
+            (ctx.dir / "best.json").write_text(json.dumps(best_json, indent=2))
+        metrics = {"labels": labels, "multi_label": multi_label, "runs": runs, "zero_shot": zero}
+        (ctx.dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))
+        (ctx.dir / "learning_curves.json").write_text(
+            json.dumps(_clean({"methods": curves, "zero_shot": zero}), indent=1)
+        )
+        _write_summary(ctx.dir, runs, zero, best_json, multi_label, cfg)
+        return {
+            "runs": len(runs),
+            "best": best_json and {k: best_json[k] for k in ("method", "slice", "test")},
+            "zero_shot_test": zero and zero.get("test"),
+        }
+
+    return build
+
+
+def _clean(value: Any) -> Any:
+    from label_pipeline.data import to_jsonable
+
+    return to_jsonable(value)
+
+
+def _f(v: Any) -> str:
+    return "–" if v is None or v != v else f"{v:.3f}"
+
+
+def results_table(runs: list[dict[str, Any]], multi_label: bool) -> list[dict[str, Any]]:
+    """One row per run for markdown and Prefect tables."""
+    rows = []
+    for r in runs:
+        row = {
+            "method": r["method"],
+            "slice": r["slice"],
+            "rows": r["train_rows"],
+            "test micro-F1": _f(r["test"]["micro_f1"]),
+            "test macro-F1": _f(r["test"]["macro_f1"]),
+            "valid micro-F1": _f(r["valid"]["micro_f1"]),
+            "valid macro-F1": _f(r["valid"]["macro_f1"]),
+            "test log loss": _f(r["test"]["log_loss"]),
+        }
+        if not multi_label:
+            row["test accuracy"] = _f(r["test"].get("accuracy"))
+        if "roc_auc" in r["test"]:
+            row["test ROC-AUC"] = _f(r["test"]["roc_auc"])
+        if r["fallback"]:
+            row["note"] = "fallback: label prior"
+        rows.append(row)
+    return rows
+
+
+def _write_summary(
+    directory: Path,
+    runs: list[dict[str, Any]],
+    zero: dict[str, Any] | None,
+    best: dict[str, Any] | None,
+    multi_label: bool,
+    cfg: EvaluateConfig,
+) -> None:
+    lines = []
+    if best:
+        lines.append(
+            f"- final model: **{best['method']}** on slice `{best['slice']}` (best {best['metric']}"
+            f" {_f(best['valid'][cfg.select_by])}; test micro-F1 {_f(best['test']['micro_f1'])}, "
+            f"macro-F1 {_f(best['test']['macro_f1'])})"
+        )
+    if zero:
+        lines.append(
+            f"- zero-shot on test: micro-F1 {_f(zero['test'].get('micro_f1'))}, "
+            f"macro-F1 {_f(zero['test'].get('macro_f1'))}"
+        )
+    lines += ["", md_table(results_table(runs, multi_label))]
+    lines += [
+        "",
+        "![learning curve micro](figures/learning_curve_micro.png)",
+        "![learning curve macro](figures/learning_curve_macro.png)",
+    ]
+    write_summary(directory, "\n".join(lines) + "\n", results_table(runs, multi_label))
+
+
+def run_evaluate(
+    store: StageStore,
+    cfg: EvaluateConfig,
+    splits: StageRef,
+    trained: StageRef,
+    zero_shot: StageRef | None = None,
+    refresh: bool = False,
+) -> StageRef:
+    """Evaluate every run of the train stage; see the module docstring."""
+    splits = store.localize(splits)
+    trained = store.localize(trained)
+    zero_shot = store.localize(zero_shot) if zero_shot is not None else None
+    inputs = stage_inputs({"splits": splits, "trained": trained, "zero_shot": zero_shot})
+    return store.build(
+        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, trained, zero_shot), refresh
+    )

@@ -1,0 +1,688 @@
+"""The `ingest` stage: a raw labelled/unlabelled text file in, canonical rows out.
+
+Reads CSV, TSV, JSONL (or a JSON array), Parquet, a ``datasets.save_to_disk`` directory or
+a raw GitHub REST API issue dump (JSONL of issue objects). The format is taken from the
+extension (``.csv``, ``.tsv``, ``.jsonl``/``.json``, ``.parquet``, a directory; ``.gz``
+allowed for the text formats) or set with ``format``; a JSONL file whose records look like
+GitHub issues (``title``, ``body``, ``labels[].name``) is read as a GitHub dump.
+
+Output directory:
+
+- ``rows/``: ``id``, ``text``, ``labels`` (sorted list of label names, empty = unlabeled),
+  ``split`` (the user's train/valid/test/unlabeled, "" when not given);
+- ``labels.json`` (sorted label names, ``multi_label``);
+- ``user_slices.json`` when a training-slice file is given (nested: each slice holds the
+  ids of every smaller one);
+- ``summary.md``, ``sample.json``.
+
+Undecodable bytes are replaced (U+FFFD) and the line numbers are logged and listed in the
+summary; ``encoding_errors="strict"`` fails instead, naming the line and the ``encoding``
+option. Empty texts are kept here and dropped, with their reason, by the clean stage.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from label_pipeline.artifacts import md_table
+from label_pipeline.data import CANONICAL_FEATURES, SPLITS, save_dataset, write_label_info
+from label_pipeline.errors import ConfigError, InputDataError
+from label_pipeline.orchestration import write_summary
+from label_pipeline.progress import stage_logger
+from label_pipeline.store import BuildContext, StageRef, StageStore, file_fingerprint
+
+STAGE = "ingest"
+VERSION = "1"
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PATH = "data/goemotions-ekman-sample.csv"
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "hf_disk", "github")
+#: accepted spellings of the user's split names
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "valid": "valid",
+    "validation": "valid",
+    "val": "valid",
+    "dev": "valid",
+    "test": "test",
+    "testing": "test",
+    "unlabeled": "unlabeled",
+    "unlabelled": "unlabeled",
+    "": "",
+}
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_TEXT_FORMATS = {"csv", "tsv", "jsonl", "github"}
+
+
+class IngestConfig(BaseModel):
+    """Settings of the ``ingest`` stage.
+
+    Attributes:
+        path: input file or ``save_to_disk`` directory, or a list of files of one format
+            (rows concatenated in order). Relative paths are looked up in the current
+            directory, then in the project root. Default: the embedded GoEmotions sample.
+        format: ``auto`` (from the extension; JSONL records shaped like GitHub issues are
+            read as ``github``), ``csv``, ``tsv``, ``jsonl``, ``parquet``, ``hf_disk`` or
+            ``github`` (GitHub REST API issues: text = title + blank line + body, labels =
+            ``labels[].name``).
+        text_column: column holding the text (ignored for ``github``).
+        label_column: column holding the labels: a string joined by ``label_separator``, a
+            JSON-ish list (``["a", "b"]``) or a list value (JSONL/Parquet/datasets). Empty
+            = unlabeled row. Ignored for ``github``.
+        label_separator: separator of several labels in one string cell.
+        id_column: column of unique row ids; ``None``: ids ``row-<n>`` (n = 0-based row
+            number over all input files, so they are stable for a given file).
+        split_column: column with the user's own split (train/valid/test/unlabeled;
+            ``validation``/``dev`` read as valid, empty = let the split stage decide).
+        header: CSV/TSV files have a header line; without one the columns are named
+            ``"0"``, ``"1"``, ...
+        label_map: rename labels (``{"kind/bug": "bug", "bug": "bug"}``); labels absent
+            from the map are kept as they are unless ``keep_only_mapped``.
+        keep_only_mapped: drop every label that ``label_map`` does not name (rows left
+            without a label become unlabeled); counted and listed in the summary.
+        multi_label: ``None`` detects it (any row with more than one label: multi-label);
+            ``False`` fails on rows with several labels.
+        slice_file: optional training slices: JSON ``{"8": [ids], "16": [ids], ...}`` or a
+            CSV with columns ``id,slice``; slices are made nested (each holds every smaller
+            one) and override the split stage's own.
+        include_pull_requests: keep pull requests of a GitHub dump (default: issues only).
+        encoding: text encoding of CSV/TSV/JSONL files.
+        encoding_errors: ``replace`` undecodable bytes (logged with their line numbers) or
+            ``strict`` (fail naming the first bad line).
+        sample_rows: rows in ``sample.json``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | list[str] = DEFAULT_PATH
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf_disk", "github"] = "auto"
+    text_column: str = "text"
+    label_column: str = "labels"
+    label_separator: str = ";"
+    id_column: str | None = None
+    split_column: str | None = None
+    header: bool = True
+    label_map: dict[str, str] = Field(default_factory=dict)
+    keep_only_mapped: bool = False
+    multi_label: bool | None = None
+    slice_file: str | None = None
+    include_pull_requests: bool = False
+    encoding: str = "utf-8"
+    encoding_errors: Literal["replace", "strict"] = "replace"
+    sample_rows: int = Field(15, ge=0, le=100)
+
+    @field_validator("path")
+    @classmethod
+    def _non_empty(cls, v: str | list[str]) -> str | list[str]:
+        if not v:
+            raise ValueError("ingest.path is empty: give an input file or directory")
+        return v
+
+    def paths(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+
+# ---------------------------------------------------------------- locating and reading
+
+
+def resolve_path(path: str, what: str = "ingest.path") -> Path:
+    """An existing file/directory: as given (relative to the current directory), else
+    relative to the project root."""
+    p = Path(path).expanduser()
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, PROJECT_ROOT / p]
+    for c in candidates:
+        if c.exists():
+            return c.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise InputDataError(
+        f"{what}: {path!r} not found (looked at {tried}); set {what} to an existing file"
+    )
+
+
+def detect_format(path: Path, fmt: str = "auto") -> str:
+    """The reader for ``path``: ``fmt`` when set, else from the extension or directory."""
+    if fmt != "auto":
+        return fmt
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return "hf_disk"
+        raise ConfigError(
+            f"ingest.path: directory {path} is not a datasets.save_to_disk directory (no "
+            "dataset_info.json / dataset_dict.json); point ingest.path at a file or set ingest.format"
+        )
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    ext = suffixes[-1] if suffixes else ""
+    if ext not in _EXTENSIONS:
+        raise ConfigError(
+            f"ingest.format: cannot tell the format of {path} from its extension {ext or '(none)'!r}; "
+            f"set ingest.format to one of {', '.join(FORMATS)}"
+        )
+    return _EXTENSIONS[ext]
+
+
+def _read_text(path: Path, cfg: IngestConfig, warnings: list[str]) -> str:
+    """Decode a text file; undecodable bytes are replaced (with a warning naming the lines)
+    or, with ``encoding_errors='strict'``, fail naming the first bad line."""
+    raw = path.read_bytes()
+    if path.suffix.lower() == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except OSError as exc:
+            raise InputDataError(f"{path}: not a valid gzip file ({exc})") from None
+    encoding = (
+        "utf-8-sig" if cfg.encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else cfg.encoding
+    )
+    try:
+        return raw.decode(encoding)
+    except LookupError:
+        raise ConfigError(
+            f"ingest.encoding: unknown encoding {cfg.encoding!r}; use e.g. 'utf-8' or 'latin-1'"
+        ) from None
+    except UnicodeDecodeError:
+        pass
+    bad = []
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line.decode(encoding)
+        except UnicodeDecodeError:
+            bad.append(n)
+    shown = ", ".join(map(str, bad[:10])) + (
+        f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+    )
+    if cfg.encoding_errors == "strict":
+        raise InputDataError(
+            f"{path}: line {bad[0] if bad else '?'} is not valid {cfg.encoding} (bad lines: {shown}); "
+            "set ingest.encoding to the file's encoding (e.g. 'latin-1', 'cp1252') or "
+            "ingest.encoding_errors='replace'"
+        )
+    warnings.append(
+        f"{path.name}: {len(bad)} line(s) not valid {cfg.encoding} (lines {shown}); undecodable "
+        "bytes replaced by U+FFFD (set ingest.encoding if the file uses another encoding)"
+    )
+    return raw.decode(encoding, errors="replace")
+
+
+def _json_records(path: Path, text: str) -> list[Any]:
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # a JSON array (e.g. one page of the REST API)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputDataError(
+                f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}"
+            ) from None
+        return list(data)
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InputDataError(
+                f"{path}: line {n} is not valid JSON ({exc.msg}); a JSONL file holds one JSON "
+                "object per line"
+            ) from None
+    return records
+
+
+def _check_objects(path: Path, records: list[Any]) -> None:
+    for n, r in enumerate(records, start=1):
+        if not isinstance(r, dict):
+            raise InputDataError(f"{path}: record {n} is a {type(r).__name__}, not a JSON object")
+
+
+def _looks_like_github(records: list[Any]) -> bool:
+    first = next((r for r in records if isinstance(r, dict)), None)
+    if first is None or not {"title", "labels"} <= set(first):
+        return False
+    labels = first.get("labels")
+    return isinstance(labels, list) and all(isinstance(x, dict) and "name" in x for x in labels)
+
+
+def _github_frame(path: Path, records: list[Any], cfg: IngestConfig) -> tuple[pd.DataFrame, int]:
+    """GitHub issues to a frame with ``text`` and ``labels``; returns (frame, PRs excluded)."""
+    _check_objects(path, records)
+    keep = [r for r in records if cfg.include_pull_requests or not r.get("pull_request")]
+    texts = [f"{r.get('title') or ''}\n\n{r.get('body') or ''}".strip() for r in keep]
+    labels = [
+        [x.get("name") if isinstance(x, dict) else x for x in (r.get("labels") or [])] for r in keep
+    ]
+    frame = pd.DataFrame({"text": texts, "labels": labels})
+    for col in (cfg.id_column, cfg.split_column):
+        if col and col not in frame:
+            frame[col] = [r.get(col) for r in keep]
+    return frame, len(records) - len(keep)
+
+
+def _hf_frame(path: Path) -> pd.DataFrame:
+    try:
+        obj = datasets.load_from_disk(str(path))
+    except Exception as exc:  # a broken or foreign directory: say which and why
+        raise InputDataError(
+            f"{path}: cannot be read as a datasets.save_to_disk directory ({exc})"
+        ) from None
+    parts = list(obj.values()) if isinstance(obj, datasets.DatasetDict) else [obj]
+    frames = []
+    for ds in parts:
+        frame = ds.to_pandas()
+        # class-label ids become their names
+        for name, feat in ds.features.items():
+            inner = getattr(feat, "feature", None)
+            if isinstance(feat, datasets.ClassLabel):
+                frame[name] = [
+                    None if v is None or v < 0 else feat.int2str(int(v)) for v in frame[name]
+                ]
+            elif isinstance(inner, datasets.ClassLabel):
+                frame[name] = [
+                    [] if v is None else [inner.int2str(int(x)) for x in v] for v in frame[name]
+                ]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def read_frame(
+    path: Path, fmt: str, cfg: IngestConfig, warnings: list[str]
+) -> tuple[pd.DataFrame, str, int]:
+    """One input file as a DataFrame; returns (frame, format used, pull requests excluded)."""
+    import io
+
+    excluded = 0
+    try:
+        if fmt in _TEXT_FORMATS:
+            text = _read_text(path, cfg, warnings)
+            if fmt in {"csv", "tsv"}:
+                import csv
+
+                frame = pd.read_csv(
+                    io.StringIO(text),
+                    sep="," if fmt == "csv" else "\t",
+                    dtype=str,
+                    keep_default_na=False,
+                    header=0 if cfg.header else None,
+                    quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+                )
+                frame.columns = [str(c) for c in frame.columns]
+            else:
+                records = _json_records(path, text)
+                if fmt == "github" or (cfg.format == "auto" and _looks_like_github(records)):
+                    frame, excluded = _github_frame(path, records, cfg)
+                    fmt = "github"
+                else:
+                    _check_objects(path, records)
+                    frame = pd.DataFrame.from_records(records)
+        elif fmt == "parquet":
+            frame = pd.read_parquet(path)
+        elif fmt == "hf_disk":
+            frame = _hf_frame(path)
+        else:
+            raise ConfigError(
+                f"ingest.format: unknown format {fmt!r}; use one of {', '.join(FORMATS)}"
+            )
+    except (InputDataError, ConfigError):
+        raise
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputDataError(
+            f"{path}: cannot be parsed as {fmt} ({str(exc).strip()}); check ingest.format"
+        ) from None
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        raise InputDataError(
+            f"{path}: cannot be read as {fmt} ({exc}); check ingest.format"
+        ) from None
+    return frame, fmt, excluded
+
+
+# ---------------------------------------------------------------- labels
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return False
+
+
+def parse_labels(value: Any, separator: str) -> list[str]:
+    """One label cell as a list of label names (no duplicates, empty = unlabeled)."""
+    if _is_missing(value):
+        return []
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        out = []
+        for x in value:
+            if isinstance(x, dict):
+                x = x.get("name")
+            if not _is_missing(x) and str(x).strip():
+                out.append(_scalar_label(x))
+        return list(dict.fromkeys(out))
+    if isinstance(value, bool | int | float | np.integer | np.floating):
+        return [_scalar_label(value)]
+    s = str(value).strip()
+    if not s:
+        return []
+    if s[0] == "[" and s[-1] == "]":  # a JSON-ish list written into a text cell
+        for loader in (json.loads, ast.literal_eval):
+            try:
+                parsed = loader(s)
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(parsed, list):
+                return parse_labels(parsed, separator)
+    parts = s.split(separator) if separator else [s]
+    return list(dict.fromkeys(p.strip() for p in parts if p.strip()))
+
+
+def _scalar_label(x: Any) -> str:
+    if isinstance(x, float | np.floating) and float(x).is_integer():
+        return str(int(x))
+    return str(x).strip()
+
+
+def map_labels(
+    rows: list[list[str]], label_map: dict[str, str], keep_only_mapped: bool
+) -> tuple[list[list[str]], Counter]:
+    """Rename labels through ``label_map``; with ``keep_only_mapped`` drop the others.
+    Returns (sorted label lists, counts of the labels dropped)."""
+    dropped: Counter = Counter()
+    out = []
+    for labels in rows:
+        kept = []
+        for lab in labels:
+            if lab in label_map:
+                kept.append(label_map[lab])
+            elif keep_only_mapped:
+                dropped[lab] += 1
+            else:
+                kept.append(lab)
+        out.append(sorted(set(kept)))
+    return out, dropped
+
+
+def _slice_sort_key(name: str) -> tuple[int, int]:
+    return (1, 0) if name == "all" else (0, int(name))
+
+
+def read_slice_file(path: Path) -> dict[str, list[str]]:
+    """A training-slice file (JSON ``{"8": [ids]}`` or CSV ``id,slice``) as nested slices,
+    smallest first: each slice also holds the ids of every smaller slice."""
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+                raise InputDataError(
+                    f"ingest.slice_file {path}: expected a JSON object of slice name -> list of ids "
+                    '(e.g. {"8": ["row-1", ...], "16": [...]})'
+                )
+            raw = {str(k): [str(i) for i in v] for k, v in data.items()}
+        else:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            if not {"id", "slice"} <= set(frame.columns):
+                raise InputDataError(
+                    f"ingest.slice_file {path}: a CSV slice file needs columns 'id' and 'slice' "
+                    f"(found {list(frame.columns)})"
+                )
+            raw = {}
+            for sid, name in zip(frame["id"], frame["slice"], strict=True):
+                raw.setdefault(str(name).strip(), []).append(str(sid).strip())
+    except (json.JSONDecodeError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"ingest.slice_file {path}: cannot be parsed ({exc})") from None
+    bad = [k for k in raw if k != "all" and not k.isdigit()]
+    if bad:
+        raise InputDataError(
+            f"ingest.slice_file {path}: slice names must be row counts like '8' or 'all' (found {bad})"
+        )
+    out: dict[str, list[str]] = {}
+    acc: dict[str, None] = {}
+    for name in sorted(raw, key=_slice_sort_key):
+        acc.update(dict.fromkeys(raw[name]))
+        out[name] = list(acc)
+    return out
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _column(frame: pd.DataFrame, column: str, option: str, path: str) -> pd.Series:
+    if column not in frame.columns:
+        raise InputDataError(
+            f"{path}: no column {column!r} (columns: {', '.join(map(str, frame.columns[:20]))}); "
+            f"set ingest.{option} to the column that holds it"
+        )
+    return frame[column]
+
+
+def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
+    """Read every input file into canonical columns. Returns (columns ``id``, ``text``,
+    ``labels``, ``split``; facts: format, labels, multi_label, counts, warnings)."""
+    warnings: list[str] = []
+    ids: list[str] = []
+    texts: list[str] = []
+    raw_labels: list[list[str]] = []
+    splits: list[str] = []
+    formats: list[str] = []
+    excluded = 0
+    files = [resolve_path(p) for p in cfg.paths()]
+    for path in files:
+        fmt = detect_format(path, cfg.format)
+        frame, fmt, n_pr = read_frame(path, fmt, cfg, warnings)
+        formats.append(fmt)
+        excluded += n_pr
+        if fmt == "github":
+            text_col, label_col = frame["text"], frame["labels"]
+        else:
+            text_col = _column(frame, cfg.text_column, "text_column", str(path))
+            label_col = _column(frame, cfg.label_column, "label_column", str(path))
+        start = len(ids)
+        if cfg.id_column:
+            ids += [
+                "" if _is_missing(v) else _scalar_label(v)
+                for v in _column(frame, cfg.id_column, "id_column", str(path))
+            ]
+        else:
+            ids += [f"row-{n}" for n in range(start, start + len(frame))]
+        texts += ["" if _is_missing(t) else str(t) for t in text_col]
+        raw_labels += [parse_labels(v, cfg.label_separator) for v in label_col]
+        if cfg.split_column:
+            values = _column(frame, cfg.split_column, "split_column", str(path))
+            normalised = ["" if _is_missing(v) else str(v).strip().lower() for v in values]
+            bad = [(start + i, v) for i, v in enumerate(normalised) if v not in SPLIT_ALIASES]
+            if bad:
+                raise InputDataError(
+                    f"{path}: column {cfg.split_column!r} has values that are not a split name "
+                    f"(rows {[r for r, _ in bad[:5]]}: {sorted({v for _, v in bad})[:5]}); use "
+                    f"{', '.join(s for s in SPLITS)} or empty (or unset ingest.split_column)"
+                )
+            splits += [SPLIT_ALIASES[v] for v in normalised]
+        else:
+            splits += [""] * len(frame)
+    source = ", ".join(str(f) for f in files)
+    if not ids:
+        raise InputDataError(f"{source}: no rows; give a file with a header and at least one row")
+
+    if cfg.id_column:
+        empty = [n for n, i in enumerate(ids) if not i]
+        if empty:
+            raise InputDataError(
+                f"{source}: column {cfg.id_column!r} is empty in rows {empty[:5]}; every row needs an id"
+            )
+        dup = [i for i, c in Counter(ids).items() if c > 1]
+        if dup:
+            raise InputDataError(
+                f"{source}: column {cfg.id_column!r} has {len(dup)} duplicated id(s) (e.g. {dup[:5]}); "
+                "ids must be unique: fix the column or unset ingest.id_column to number the rows"
+            )
+
+    in_data = Counter(lab for labels in raw_labels for lab in labels)
+    labels, unmapped = map_labels(raw_labels, cfg.label_map, cfg.keep_only_mapped)
+    if cfg.label_map:
+        unused = sorted(set(cfg.label_map) - set(in_data))
+        if unused:
+            warnings.append(f"label_map keys never seen in the data: {unused[:20]}")
+        if unmapped:
+            top = ", ".join(f"{k} ({v})" for k, v in unmapped.most_common(15))
+            warnings.append(
+                f"{sum(unmapped.values())} label(s) outside label_map removed (keep_only_mapped): {top}"
+            )
+    counts = Counter(lab for row in labels for lab in row)
+    label_col_name = "labels[].name" if "github" in formats else repr(cfg.label_column)
+    if not counts:
+        hint = (
+            f"none of its labels ({', '.join(sorted(in_data)[:10])}) is a label_map key: fix label_map "
+            "or set keep_only_mapped=false"
+            if in_data
+            else f"check ingest.label_column (now {cfg.label_column!r}) and ingest.label_separator"
+        )
+        raise InputDataError(f"{source}: no labelled rows in column {label_col_name}; {hint}")
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise InputDataError(
+            f"{source}: only one label ({only!r}) occurs in column {label_col_name}; a classifier "
+            "needs at least two: check ingest.label_separator / label_map, or add a label for the "
+            "other rows (e.g. 'other')"
+        )
+    multi_rows = [n for n, row in enumerate(labels) if len(row) > 1]
+    multi_label = bool(multi_rows) if cfg.multi_label is None else cfg.multi_label
+    if cfg.multi_label is False and multi_rows:
+        raise InputDataError(
+            f"{source}: multi_label is false but {len(multi_rows)} row(s) carry several labels "
+            f"(rows {multi_rows[:5]}, e.g. {labels[multi_rows[0]]}); set ingest.multi_label to "
+            "null or true, or fix ingest.label_separator"
+        )
+    empty_text = [n for n, t in enumerate(texts) if not t.strip()]
+    if len(empty_text) == len(texts):
+        raise InputDataError(
+            f"{source}: every text in column {cfg.text_column!r} is empty; set ingest.text_column"
+        )
+    if empty_text:
+        warnings.append(
+            f"{len(empty_text)} row(s) with an empty text (rows {empty_text[:10]}); the clean "
+            "stage drops them"
+        )
+    facts = {
+        "source": source,
+        "format": formats[0] if len(set(formats)) == 1 else formats,
+        "rows": len(ids),
+        "labelled": sum(1 for row in labels if row),
+        "multi_label": multi_label,
+        "labels": sorted(counts),
+        "label_counts": dict(sorted(counts.items())),
+        "pull_requests_excluded": excluded,
+        "user_splits": dict(Counter(s for s in splits if s)),
+        "warnings": warnings,
+    }
+    return {"id": ids, "text": texts, "labels": labels, "split": splits}, facts
+
+
+def _summary(facts: dict[str, Any], slices: dict[str, list[str]] | None) -> str:
+    n, n_lab = facts["rows"], facts["labelled"]
+    lines = [
+        f"Source: `{facts['source']}` (format **{facts['format']}**).\n",
+        f"Rows: **{n}** — labelled **{n_lab}**, unlabeled **{n - n_lab}**; "
+        f"{len(facts['labels'])} labels, {'multi' if facts['multi_label'] else 'single'}-label.\n",
+    ]
+    if facts["pull_requests_excluded"]:
+        lines.append(f"Pull requests excluded: {facts['pull_requests_excluded']}.\n")
+    lines += [
+        "### Label counts\n",
+        md_table([{"label": k, "rows": v} for k, v in facts["label_counts"].items()]),
+    ]
+    if facts["user_splits"]:
+        lines += [
+            "### User-provided splits\n",
+            md_table([{"split": k, "rows": v} for k, v in facts["user_splits"].items()]),
+        ]
+    if slices:
+        lines += [
+            "### User training slices (nested)\n",
+            md_table([{"slice": k, "rows": len(v)} for k, v in slices.items()]),
+        ]
+    if facts["warnings"]:
+        lines += ["### Warnings\n", "\n".join(f"- {w}" for w in facts["warnings"]) + "\n"]
+    return "\n".join(lines)
+
+
+def source_inputs(cfg: IngestConfig) -> dict[str, Any]:
+    """Fingerprint inputs beyond the config: content hashes of the input file(s) and of the
+    slice file, so an edited file gives a new fingerprint."""
+    out: dict[str, Any] = {"source": [file_fingerprint(resolve_path(p)) for p in cfg.paths()]}
+    if cfg.slice_file:
+        out["slice_file"] = file_fingerprint(resolve_path(cfg.slice_file, "ingest.slice_file"))
+    return out
+
+
+def run_ingest(store: StageStore, cfg: IngestConfig, refresh: bool = False) -> StageRef:
+    """Read ``cfg.path`` into canonical rows in the stage store."""
+    inputs = source_inputs(cfg)
+
+    def builder(ctx: BuildContext) -> dict[str, Any]:
+        log = stage_logger()
+        columns, facts = ingest_rows(cfg)
+        slices = None
+        if cfg.slice_file:
+            slices = read_slice_file(resolve_path(cfg.slice_file, "ingest.slice_file"))
+            known = set(columns["id"])
+            unknown = [i for ids in slices.values() for i in ids if i not in known]
+            if unknown:
+                raise InputDataError(
+                    f"ingest.slice_file {cfg.slice_file}: {len(set(unknown))} id(s) are not row ids of "
+                    f"the input (e.g. {unknown[:5]}); ids are the {cfg.id_column!r} column"
+                    if cfg.id_column
+                    else f"ingest.slice_file {cfg.slice_file}: {len(set(unknown))} id(s) are not row "
+                    f"ids (e.g. {unknown[:5]}); without ingest.id_column rows are named row-<n> "
+                    "(0-based), or set ingest.id_column"
+                )
+            (ctx.dir / "user_slices.json").write_text(json.dumps(slices))
+        for w in facts["warnings"]:
+            log.warning("ingest: %s", w)
+        save_dataset(
+            datasets.Dataset.from_dict(columns, features=CANONICAL_FEATURES), ctx.dir / "rows"
+        )
+        write_label_info(ctx.dir, facts["labels"], facts["multi_label"])
+        labelled = [i for i, lab in enumerate(columns["labels"]) if lab]
+        unlabelled = [i for i, lab in enumerate(columns["labels"]) if not lab]
+        rng = np.random.default_rng(0)
+        k = cfg.sample_rows
+        picks = sorted(
+            list(rng.choice(labelled, min(len(labelled), (k + 1) // 2), replace=False))
+            + list(rng.choice(unlabelled, min(len(unlabelled), k // 2), replace=False))
+        )
+        sample = [{c: columns[c][i] for c in ("id", "text", "labels", "split")} for i in picks]
+        write_summary(ctx.dir, _summary(facts, slices), sample)
+        return {
+            "rows_in": facts["rows"],
+            "rows_out": facts["rows"],
+            "labelled": facts["labelled"],
+            "unlabeled": facts["rows"] - facts["labelled"],
+            "n_labels": len(facts["labels"]),
+            "multi_label": facts["multi_label"],
+            "format": facts["format"],
+            "warnings": len(facts["warnings"]),
+        }
+
+    return store.build(STAGE, VERSION, cfg, inputs, builder, refresh)

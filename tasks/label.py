@@ -1,0 +1,350 @@
+"""The `label` stage: the final model labels every row of the unlabeled pool.
+
+The final model is the evaluate stage's choice (``best.json``: the best method on valid at the
+largest training slice) unless ``method`` / ``slice`` name a trained run. The pool is read and
+labelled in shards of ``shard_size`` rows, so a big pool never sits in memory.
+
+Output directory:
+
+- ``labelled/``: Dataset with ``id``, ``text``, ``predicted_labels`` (list of str, from the
+  run's decision rule), ``prob_<label>`` (probability per label, ``labels.json`` order);
+- ``labelled.jsonl`` and ``labelled.parquet``: the same rows as exports;
+- ``model/``: the final model (the method's ``save`` output), ``labels.json``,
+  ``decision.json`` (argmax or thresholds), ``run.json`` (which run it is) and
+  ``README.md`` (a model card: data, metrics, intended use, limitations);
+- ``labels.json``, ``summary.md``, ``sample.json``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from label_pipeline.data import save_dataset
+from label_pipeline.devices import DeviceChoice, DeviceConfig, choose_device
+from label_pipeline.errors import ConfigError, InputDataError
+from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.progress import Progress, stage_logger
+from label_pipeline.store import BuildContext, StageRef, StageStore
+
+STAGE = "label"
+VERSION = "1"
+
+
+class LabelConfig(BaseModel):
+    """Labelling of the unlabeled pool with the final model.
+
+    Attributes:
+        enabled: run the stage.
+        method: the trained method (as named in ``train.methods``, e.g. ``finetune``) to label
+            with; None = the evaluate stage's best method (``best.json``).
+        slice: its training slice (e.g. ``"all"``); None = ``best.json``'s slice when
+            ``method`` is None, else the largest slice that method was trained on.
+        shard_size: pool rows predicted and written per shard (memory bound).
+        sample_rows: labelled rows shown in ``sample.json``.
+        device: device, precision and batch sizes for prediction.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    method: str | None = None
+    slice: str | None = None
+    shard_size: int = Field(4096, ge=1)
+    sample_rows: int = Field(20, ge=0)
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+
+
+def prob_columns(labels: list[str]) -> list[str]:
+    return [f"prob_{name}" for name in labels]
+
+
+def choose_run(cfg: LabelConfig, trained_dir: Path, evaluated_dir: Path) -> dict[str, Any]:
+    """The ``runs.json`` entry of the final model (with ``run_dir`` added)."""
+    runs_path = trained_dir / "runs.json"
+    if not runs_path.is_file():
+        raise InputDataError(f"{runs_path} is missing; re-run the train stage (refresh train)")
+    runs = json.loads(runs_path.read_text())
+    if not runs:
+        raise InputDataError(f"{runs_path} lists no trained runs; check train.methods")
+    method, slice_name = cfg.method, cfg.slice
+    source = "label.method / label.slice"
+    if method is None:
+        best_path = evaluated_dir / "best.json"
+        if not best_path.is_file():
+            raise InputDataError(
+                f"{best_path} is missing: the evaluate stage named no final model. Set "
+                "label.method (and label.slice) to a trained run, or re-run evaluate"
+            )
+        best = json.loads(best_path.read_text())
+        method, slice_name = best["method"], slice_name or best["slice"]
+        source = f"best on {best.get('metric', 'valid')} ({best_path})"
+    candidates = [r for r in runs if r["method"] == method]
+    if not candidates:
+        raise ConfigError(
+            f"label.method={method!r} was not trained; trained methods: "
+            f"{sorted({r['method'] for r in runs})} (see {runs_path})"
+        )
+    if slice_name is None:
+        run = max(candidates, key=lambda r: r["slice_size"])
+    else:
+        match = [r for r in candidates if str(r["slice"]) == str(slice_name)]
+        if not match:
+            raise ConfigError(
+                f"label.slice={slice_name!r}: {method} was trained on slices "
+                f"{[r['slice'] for r in candidates]} only (see {runs_path})"
+            )
+        run = match[0]
+    run_dir = trained_dir / run["dir"]
+    if not (run_dir / "model").is_dir():
+        raise InputDataError(f"{run_dir / 'model'} is missing; re-run the train stage")
+    return {**run, "run_dir": str(run_dir), "chosen_by": source}
+
+
+def load_method(run: dict[str, Any], device: DeviceChoice) -> Any:
+    """The trained method of ``run`` loaded from its ``model/`` directory."""
+    from label_pipeline.methods import get_method
+
+    base = run.get("base_method") or run["method"].split("+")[0]
+    cls = get_method(base)
+    path = Path(run["run_dir"]) / "model"
+    if "device" in inspect.signature(cls.load).parameters:
+        return cls.load(path, device=device)
+    return cls.load(path)
+
+
+def label_rows(
+    method: Any, decision: Any, texts: list[str], labels: list[str]
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Probabilities (rows x labels) and predicted label lists for ``texts``."""
+    from label_pipeline.decision import apply_decision
+
+    probs = np.asarray(method.predict_proba(texts), dtype=np.float64)
+    if probs.shape != (len(texts), len(labels)):
+        raise InputDataError(
+            f"the final model returned probabilities of shape {probs.shape} for "
+            f"{len(texts)} rows and {len(labels)} labels; retrain it (refresh train)"
+        )
+    pred = apply_decision(probs, decision)
+    names = [[labels[j] for j in np.flatnonzero(row)] for row in pred]
+    return probs, names
+
+
+def _features(labels: list[str]) -> Any:
+    import datasets
+
+    feats = {
+        "id": datasets.Value("string"),
+        "text": datasets.Value("string"),
+        "predicted_labels": datasets.Sequence(datasets.Value("string")),
+    }
+    feats.update({c: datasets.Value("float32") for c in prob_columns(labels)})
+    return datasets.Features(feats)
+
+
+def _model_card(
+    run: dict[str, Any],
+    labels: list[str],
+    multi_label: bool,
+    decision: Any,
+    evaluated_dir: Path,
+    n_pool: int,
+) -> str:
+    metrics: dict[str, Any] = {}
+    path = evaluated_dir / "metrics.json"
+    if path.is_file():
+        for r in json.loads(path.read_text()).get("runs", []):
+            if r.get("method") == run["method"] and str(r.get("slice")) == str(run["slice"]):
+                metrics = r
+    fit_path = Path(run["run_dir"]) / "fit.json"
+    fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
+
+    def fmt(split: str, key: str) -> str:
+        v = (metrics.get(split) or {}).get(key)
+        return "n/a" if v is None else f"{v:.3f}"
+
+    kind = "multi-label (sigmoid per label)" if multi_label else "single-label (softmax)"
+    lines = [
+        f"# Model card: {run['method']} (training slice {run['slice']})",
+        "",
+        f"A {kind} text classifier over {len(labels)} labels: {', '.join(labels)}.",
+        "",
+        "## Data",
+        f"- trained on {run.get('train_rows', '?')} rows (slice `{run['slice']}`, "
+        f"{run.get('slice_size', '?')} gold rows); augmented rows: "
+        f"{fit.get('augmented_rows', 0)}, pseudo-labelled rows: {fit.get('pseudo_rows', 0)}",
+        f"- encoder: {(fit.get('info') or {}).get('encoder', 'n/a')}",
+        f"- chosen by: {run['chosen_by']}",
+        f"- labelled pool: {n_pool} rows",
+        "",
+        "## Metrics (evaluate stage)",
+        "| split | micro-F1 | macro-F1 |",
+        "|---|---|---|",
+        f"| valid | {fmt('valid', 'micro_f1')} | {fmt('valid', 'macro_f1')} |",
+        f"| test | {fmt('test', 'micro_f1')} | {fmt('test', 'macro_f1')} |",
+        "",
+        f"Decision rule: {decision.describe()}" + (f" ({decision.note})" if decision.note else ""),
+        "",
+        "## Intended use",
+        "Labelling texts of the same source and label set as the training data, and ranking "
+        "rows for review by their `prob_<label>` columns. Load it with "
+        f"`label_pipeline.methods.get_method({(run.get('base_method') or run['method'])!r})"
+        ".load('model')`; `predict_proba` returns probabilities, `decision.json` turns them into "
+        "labels.",
+        "",
+        "## Limitations",
+        "- trained on few labelled rows: expect errors on rare labels and on texts unlike the "
+        "training data; check the per-label scores in the evaluate stage before relying on it;",
+        "- the test split is small, so the metrics above carry wide uncertainty;",
+        "- probabilities are not calibrated beyond the decision rule tuned on the validation split;",
+        "- pseudo-labels it writes inherit its biases; review them before training on them.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: StageRef):
+    def build(ctx: BuildContext) -> dict[str, Any]:
+        import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from label_pipeline.data import load_splits, read_label_info, write_label_info
+        from label_pipeline.decision import Decision
+
+        log = stage_logger()
+        labels, multi_label = read_label_info(splits.dir)
+        run = choose_run(cfg, trained.dir, evaluated.dir)
+        run_dir = Path(run["run_dir"])
+        decision = Decision.from_json(json.loads((run_dir / "decision.json").read_text()))
+        run_labels = labels
+        if (trained.dir / "labels.json").is_file():
+            run_labels, _ = read_label_info(trained.dir)
+        if list(run_labels) != list(labels):
+            raise InputDataError(
+                f"{trained.dir / 'labels.json'} lists labels {run_labels}, the split stage "
+                f"{labels}; re-run train on these splits"
+            )
+        device = choose_device(cfg.device)
+        method = load_method(run, device)
+
+        dd = load_splits(splits.dir)
+        pool = dd["unlabeled"] if "unlabeled" in dd else None
+        n = len(pool) if pool is not None else 0
+        if n == 0:
+            log.warning("label: the unlabeled pool is empty; nothing to label")
+        features = _features(labels)
+        schema = features.arrow_schema
+        shard_root = ctx.dir / ".shards"
+        shard_dirs: list[Path] = []
+        counts = np.zeros(len(labels), dtype=np.int64)
+        no_label = 0
+        conf_sum = 0.0
+        sample: list[dict[str, Any]] = []
+        started = time.time()
+        with (
+            Progress(n, STAGE, desc="label the unlabeled pool") as progress,
+            pq.ParquetWriter(ctx.dir / "labelled.parquet", schema) as parquet,
+            open(ctx.dir / "labelled.jsonl", "w", encoding="utf-8") as jsonl,
+        ):
+            for start in range(0, n, cfg.shard_size):
+                part = pool[start : start + cfg.shard_size]  # one shard in memory at a time
+                texts = [str(t) for t in part["text"]]
+                probs, names = label_rows(method, decision, texts, labels)
+                cols: dict[str, Any] = {
+                    "id": [str(i) for i in part["id"]],
+                    "text": texts,
+                    "predicted_labels": names,
+                }
+                for j, c in enumerate(prob_columns(labels)):
+                    cols[c] = probs[:, j].astype(np.float32)
+                table = pa.Table.from_pydict(cols, schema=schema)
+                parquet.write_table(table)
+                for row in table.to_pylist():
+                    jsonl.write(json.dumps(row, ensure_ascii=False) + "\n")
+                shard_dir = shard_root / f"shard-{len(shard_dirs):05d}"
+                datasets.Dataset(table).save_to_disk(str(shard_dir))
+                shard_dirs.append(shard_dir)
+                for row in names:
+                    for name in row:
+                        counts[labels.index(name)] += 1
+                no_label += sum(1 for row in names if not row)
+                conf_sum += float(probs.max(axis=1).sum())
+                if len(sample) < cfg.sample_rows:
+                    sample.extend(table.slice(0, cfg.sample_rows - len(sample)).to_pylist())
+                progress.update(len(texts))
+        if shard_dirs:
+            parts = [datasets.load_from_disk(str(d)) for d in shard_dirs]  # memory-mapped
+            datasets.concatenate_datasets(parts).save_to_disk(str(ctx.dir / "labelled"))
+            del parts
+        else:
+            empty = datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+            save_dataset(empty, ctx.dir / "labelled")
+        shutil.rmtree(shard_root, ignore_errors=True)
+        seconds = time.time() - started
+
+        model_dir = ctx.dir / "model"
+        shutil.copytree(run_dir / "model", model_dir)
+        write_label_info(model_dir, labels, multi_label)
+        (model_dir / "decision.json").write_text(json.dumps(decision.to_json(), indent=2))
+        (model_dir / "run.json").write_text(
+            json.dumps({k: run[k] for k in ("method", "slice", "chosen_by") if k in run}, indent=2)
+        )
+        (model_dir / "README.md").write_text(
+            _model_card(run, labels, multi_label, decision, evaluated.dir, n)
+        )
+        write_label_info(ctx.dir, labels, multi_label)
+
+        share = {
+            name: (int(c), round(100.0 * c / n, 1) if n else 0.0)
+            for name, c in zip(labels, counts, strict=True)
+        }
+        table_md = "\n".join(f"| {k} | {c} | {p} |" for k, (c, p) in share.items())
+        summary = (
+            f"# label\n\n"
+            f"- final model: **{run['method']}** on slice `{run['slice']}` "
+            f"(chosen by {run['chosen_by']})\n"
+            f"- decision rule: {decision.describe()}\n"
+            f"- labelled {n} unlabeled rows in {len(shard_dirs)} shard(s) of at most "
+            f"{cfg.shard_size} rows, {seconds:.1f}s on {device.describe()}\n"
+            f"- rows with no predicted label: {no_label}\n"
+            f"- mean top probability: {conf_sum / n if n else 0.0:.3f}\n\n"
+            f"| label | rows | % of pool |\n|---|---|---|\n{table_md}\n\n"
+            "Exports: `labelled/` (Arrow), `labelled.jsonl`, `labelled.parquet`; "
+            "the model with its card in `model/`.\n"
+        )
+        write_summary(ctx.dir, summary, sample)
+        return {
+            "rows": n,
+            "method": run["method"],
+            "slice": run["slice"],
+            "decision": decision.describe(),
+            "predicted_per_label": {k: c for k, (c, _) in share.items()},
+            "rows_without_label": no_label,
+            "label_seconds": round(seconds, 2),
+        }
+
+    return build
+
+
+def run_label(
+    store: StageStore,
+    cfg: LabelConfig,
+    splits: StageRef,
+    trained: StageRef,
+    evaluated: StageRef,
+    refresh: bool = False,
+) -> StageRef:
+    """Label the unlabeled pool with the final model; returns the label stage directory."""
+    splits, trained, evaluated = (store.localize(r) for r in (splits, trained, evaluated))
+    inputs = stage_inputs({"splits": splits, "trained": trained, "evaluated": evaluated})
+    return store.build(
+        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, trained, evaluated), refresh
+    )

@@ -1,0 +1,230 @@
+"""The report: a view over the stages of one run, written to ``reports/<run>/``.
+
+Not a cached stage: it only reads stage directories (their manifests, summaries, metrics
+and figures), so it is cheap and always reflects the refs it is given. Stages that did not
+run are left out.
+
+Output: ``report.md``, ``metrics.json`` (the evaluate stage's metrics plus stage facts),
+``figures/*.png`` (copied), and the same summary as Prefect markdown and table artifacts
+(keys ``report-summary``, ``report-results``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from label_pipeline.artifacts import md_table, publish_markdown, publish_table
+from label_pipeline.data import to_jsonable
+from label_pipeline.store import StageRef
+
+if TYPE_CHECKING:
+    from label_pipeline.config import PipelineConfig
+
+STAGE = "report"
+VERSION = "1"
+STAGE_ORDER = (
+    "ingest",
+    "clean",
+    "split",
+    "augment",
+    "zero_shot",
+    "adapt",
+    "train",
+    "evaluate",
+    "label",
+)
+
+
+class ReportConfig(BaseModel):
+    """The run report.
+
+    Attributes:
+        enabled: write ``reports/<run>/`` and publish it to the Prefect UI.
+        title: heading of ``report.md``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    title: str = "label-pipeline report"
+
+
+def run_name(cfg: PipelineConfig) -> str:
+    """``cfg.run_name``, else ``<input file stem>-<timestamp>``."""
+    if cfg.run_name:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.run_name)
+    path = getattr(cfg.ingest, "path", None) or getattr(cfg.ingest, "source", None) or "run"
+    stem = Path(str(path)).stem or "run"
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _manifest(ref: StageRef) -> dict[str, Any]:
+    return _read_json(ref.dir / "manifest.json") or {}
+
+
+def _f(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
+
+
+def _stage_rows(refs: dict[str, StageRef]) -> list[dict[str, Any]]:
+    rows = []
+    for name in _ordered(refs):
+        ref, man = refs[name], _manifest(refs[name])
+        rows.append(
+            {
+                "stage": name,
+                "fingerprint": ref.fingerprint,
+                "cache": "hit" if ref.cached else "computed",
+                "seconds": man.get("seconds"),
+                "directory": ref.path,
+            }
+        )
+    return rows
+
+
+def _ordered(refs: dict[str, StageRef]) -> list[str]:
+    known = [s for s in STAGE_ORDER if s in refs]
+    return known + sorted(s for s in refs if s not in STAGE_ORDER)
+
+
+def _facts(name: str, ref: StageRef) -> list[str]:
+    """A few lines of the most useful facts of one stage."""
+    man, d = _manifest(ref), ref.dir
+    lines: list[str] = []
+    if name in {"ingest", "clean", "split"}:
+        for key in ("rows", "rows_out", "rows_in", "counts", "splits", "dropped", "labels"):
+            if key in man:
+                lines.append(f"- {key}: `{json.dumps(to_jsonable(man[key]))[:300]}`")
+    elif name == "augment":
+        for key in ("rows", "augmented_rows", "counts", "per_method"):
+            if key in man:
+                lines.append(f"- {key}: `{json.dumps(to_jsonable(man[key]))[:300]}`")
+    elif name == "zero_shot":
+        m = _read_json(d / "metrics.json") or {}
+        sel = m.get("selection") or man.get("selection")
+        if sel:
+            lines.append(f"- selection rule: `{json.dumps(to_jsonable(sel))}`")
+        if man.get("backend"):
+            lines.append(f"- backend: {man.get('backend')} ({man.get('model', '')})")
+        if isinstance(m.get("test"), dict):
+            t = m["test"]
+            lines.append(
+                f"- test micro-F1 {_f(t.get('micro_f1'))}, macro-F1 {_f(t.get('macro_f1'))}"
+            )
+    elif name == "adapt":
+        for key in ("perplexity", "perplexity_before", "perplexity_after", "eval_loss", "epochs"):
+            if key in man:
+                lines.append(f"- {key}: {to_jsonable(man[key])}")
+    elif name == "train":
+        for key in ("encoder_choice", "device"):
+            if man.get(key):
+                lines.append(f"- {key.replace('_', ' ')}: {man[key]}")
+        for w in man.get("warnings", []) or []:
+            lines.append(f"- warning: {w}")
+        runs = _read_json(d / "runs.json") or []
+        decisions = sorted({f"{r['method']}: {r['decision']}" for r in runs if r["slice"] == "all"})
+        if decisions:
+            lines.append("- decision rules (slice all): " + "; ".join(decisions))
+    elif name == "label":
+        lines.append(f"- labelled pool: `{d}`")
+        for key in ("rows", "method", "model", "label_counts"):
+            if key in man:
+                lines.append(f"- {key}: `{json.dumps(to_jsonable(man[key]))[:300]}`")
+    return lines
+
+
+def build_report(
+    cfg: PipelineConfig, refs: dict[str, StageRef], out_dir: Path, name: str | None = None
+) -> dict[str, Any]:
+    """Write ``report.md``, ``metrics.json`` and figures into ``out_dir``; return metrics.
+
+    ``name`` is the run's name (default: the directory's name)."""
+    from tasks.evaluate import results_table
+
+    name = name or out_dir.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_dir / "figures"
+    title = getattr(cfg.report, "title", "label-pipeline report")
+    lines = [f"# {title}: {name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}."]
+    lines += ["", "## Stages", "", md_table(_stage_rows(refs))]
+
+    metrics: dict[str, Any] = {
+        "run": name,
+        "stages": {
+            n: {"fingerprint": r.fingerprint, "cached": r.cached, "path": r.path, **_manifest(r)}
+            for n, r in refs.items()
+        },
+    }
+    figures: list[str] = []
+    for name in _ordered(refs):
+        facts = _facts(name, refs[name])
+        for png in sorted((refs[name].dir / "figures").glob("*.png")):
+            target = fig_dir / f"{name}-{png.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, target)
+            figures.append(target.name)
+        if facts:
+            lines += ["", f"## {name}", "", *facts]
+
+    results: list[dict[str, Any]] = []
+    evaluated = refs.get("evaluate")
+    if evaluated is not None:
+        ev = _read_json(evaluated.dir / "metrics.json") or {}
+        best = _read_json(evaluated.dir / "best.json")
+        metrics["evaluation"] = ev
+        metrics["best"] = best
+        results = results_table(ev.get("runs", []), bool(ev.get("multi_label", True)))
+        lines += ["", "## Results (test split)", ""]
+        if best:
+            lines.append(
+                f"Final model: **{best['method']}** trained on slice `{best['slice']}` "
+                f"(chosen on {best['metric']} {_f(best['valid'].get('micro_f1'))} micro / "
+                f"{_f(best['valid'].get('macro_f1'))} macro); test micro-F1 "
+                f"{_f(best['test']['micro_f1'])}, macro-F1 {_f(best['test']['macro_f1'])}."
+            )
+            lines.append("")
+        zero = ev.get("zero_shot")
+        if zero:
+            lines.append(
+                f"Zero-shot on test: micro-F1 {_f(zero['test'].get('micro_f1'))}, macro-F1 "
+                f"{_f(zero['test'].get('macro_f1'))}."
+            )
+            lines.append("")
+        lines.append(md_table(results))
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}](figures/{f})" for f in figures]
+    markdown = "\n".join(lines) + "\n"
+    (out_dir / "report.md").write_text(markdown)
+    (out_dir / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=1))
+    publish_markdown(STAGE, "summary", markdown.split("## Figures")[0], description="run report")
+    if results:
+        publish_table(STAGE, "results", results, description="test metrics per method and slice")
+    return metrics
+
+
+def run_report(cfg: PipelineConfig, refs: dict[str, StageRef]) -> Path:
+    """Write ``<cfg.reports_dir>/<run name>/`` from the stage refs; returns that directory."""
+    out = Path(cfg.reports_dir) / run_name(cfg)
+    # write next to the target, then swap, so a failure never leaves a half report
+    tmp = out.parent / f".tmp-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build_report(cfg, {k: v for k, v in refs.items() if v is not None}, tmp, name=out.name)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,578 @@
+"""The `train` stage: fit every configured method on every configured training slice.
+
+For each method × slice: build the training rows from the split stage (``splits/train``
+restricted to the slice's ids in ``slices.json``), optionally add augmented rows whose
+``parent_id`` is in the slice and zero-shot pseudo-labelled pool rows, fit, predict
+probabilities on valid and test, and tune the decision rule on valid.
+
+Method names may carry modifiers: ``naive_bayes+aug`` adds augmented rows and
+``naive_bayes+pseudo`` pseudo-labels for that entry only (the bench compares variants this
+way); ``use_augmented`` / ``use_pseudo`` switch them on for every method.
+
+Output directory:
+
+- ``runs/<method>/<slice>/``: ``model/`` (the method's ``save``), ``valid_probs.npy``,
+  ``test_probs.npy`` (rows in ``splits/valid`` and ``splits/test`` order, columns in
+  ``labels.json`` order), ``decision.json`` (see ``label_pipeline.decision``), ``fit.json``
+  (seconds, training rows, what the method reported, fallbacks);
+- ``runs.json``: one entry per run (method, slice, slice size, rows, directory, valid
+  micro/macro-F1, decision, fallback notes); ``labels.json``; ``summary.md``; ``sample.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from label_pipeline.artifacts import md_table
+from label_pipeline.decision import Decision, apply_decision, tune_decision
+from label_pipeline.devices import DeviceConfig, choose_device
+from label_pipeline.errors import ConfigError, InputDataError, TrainingDivergedError
+from label_pipeline.methods.base import FitContext, LabelledTexts, get_method
+from label_pipeline.metrics import f1_micro_macro
+from label_pipeline.models import DEFAULT_ENCODER, resolve_model
+from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.progress import Progress, stage_logger
+from label_pipeline.store import BuildContext, StageRef, StageStore
+
+STAGE = "train"
+VERSION = "1"
+
+BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
+MODIFIERS = {"aug": "augmented rows", "pseudo": "pseudo-labelled rows"}
+#: every slice listed in the split stage's slices.json
+ALL_SLICES = "*"
+
+
+class TrainConfig(BaseModel):
+    """Training of the classifiers.
+
+    Attributes:
+        enabled: run the stage.
+        methods: registered method names (``label_pipeline.methods``), optionally with
+            ``+aug`` / ``+pseudo`` modifiers (e.g. ``naive_bayes+aug``).
+        method_params: constructor keyword arguments per base method name.
+        slices: training slices (keys of the split stage's ``slices.json``, e.g. ``"8"``,
+            ``"all"``); ``["*"]`` = every slice.
+        use_augmented: add the augment stage's rows whose ``parent_id`` is in the slice.
+        use_pseudo: add zero-shot pseudo-labelled pool rows.
+        pseudo_min_confidence: only pseudo-labels with ``confidence`` >= this.
+        pseudo_weight: sample weight of pseudo-labelled rows (gold rows weigh 1).
+        encoder: ``adapted`` (the adapt stage's encoder when it ran, else the base encoder),
+            ``base`` (all-MiniLM-L6-v2), or a model reference.
+        threshold: multi-label decision: one ``global`` threshold or one ``per_label``,
+            tuned on valid for micro-F1.
+        min_valid_rows: fewer valid rows than this: no tuning, threshold 0.5 (reported).
+        seed: random seed handed to every method.
+        device: device, precision and batch sizes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    methods: list[str] = Field(default_factory=lambda: [*BASELINES, "finetune"])
+    method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    slices: list[str] = Field(default_factory=lambda: ["all"])
+    use_augmented: bool = False
+    use_pseudo: bool = False
+    pseudo_min_confidence: float = Field(0.5, ge=0.0, le=1.0)
+    pseudo_weight: float = Field(0.5, gt=0.0)
+    encoder: str = "adapted"
+    threshold: Literal["global", "per_label"] = "global"
+    min_valid_rows: int = Field(10, ge=1)
+    seed: int = 0
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+
+
+def parse_method(spec: str) -> tuple[str, set[str]]:
+    """``"naive_bayes+aug"`` -> ``("naive_bayes", {"aug"})``; unknown modifiers raise."""
+    base, *mods = [p.strip() for p in spec.split("+")]
+    unknown = sorted(set(mods) - set(MODIFIERS))
+    if unknown:
+        raise ConfigError(
+            f"train.methods: {spec!r} has unknown modifier(s) {unknown}; "
+            f"use {', '.join('+' + m for m in MODIFIERS)}"
+        )
+    return base, set(mods)
+
+
+def check_methods(cfg: TrainConfig) -> None:
+    """Every method name is registered and every method_params key names a used method."""
+    if not cfg.methods:
+        raise ConfigError("train.methods is empty: name at least one method, e.g. naive_bayes")
+    bases = set()
+    for spec in cfg.methods:
+        base, _ = parse_method(spec)
+        get_method(base)  # raises ConfigError listing the available ones
+        bases.add(base)
+    extra = sorted(set(cfg.method_params) - bases)
+    if extra:
+        raise ConfigError(
+            f"train.method_params has parameters for {extra}, which are not in train.methods "
+            f"({cfg.methods}); remove them or add the method"
+        )
+
+
+def resolve_encoder(cfg: TrainConfig, adapted: StageRef | None) -> tuple[str, str]:
+    """(local encoder directory, how it was chosen)."""
+    if cfg.encoder == "adapted":
+        if adapted is not None and (adapted.dir / "model").is_dir():
+            return str(resolve_model(adapted.dir / "model", "train.encoder")), "adapted encoder"
+        return str(resolve_model(DEFAULT_ENCODER, "train.encoder")), (
+            "base encoder (the adapt stage did not run)"
+        )
+    if cfg.encoder == "base":
+        return str(resolve_model(DEFAULT_ENCODER, "train.encoder")), "base encoder"
+    return str(resolve_model(cfg.encoder, "train.encoder")), f"encoder {cfg.encoder}"
+
+
+# ---------------------------------------------------------------- reading the inputs
+
+
+def _texts_and_y(ds: Any, labels: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    from label_pipeline.data import label_matrix
+
+    return (
+        [str(t) for t in ds["text"]],
+        label_matrix([list(x) for x in ds["labels"]], labels),
+        [str(i) for i in ds["id"]],
+    )
+
+
+def _find_dataset(directory: Path, names: tuple[str, ...], need: set[str]) -> Any | None:
+    import datasets
+
+    for name in names:
+        p = directory / name
+        if (p / "dataset_info.json").is_file() or (p / "state.json").is_file():
+            ds = datasets.load_from_disk(str(p))
+            if need <= set(ds.column_names):
+                return ds
+    return None
+
+
+def load_augmented(ref: StageRef) -> Any:
+    """The augment stage's rows (``id``, ``text``, ``labels``, ``parent_id``)."""
+    ds = _find_dataset(ref.dir, ("augmented", "rows", "train"), {"text", "labels", "parent_id"})
+    if ds is None:
+        raise InputDataError(
+            f"{ref.dir}: no augmented dataset with columns text, labels, parent_id "
+            "(looked for augmented/, rows/, train/); re-run the augment stage"
+        )
+    return ds
+
+
+def load_pseudo(ref: StageRef, min_confidence: float) -> Any:
+    """Zero-shot pool rows with a non-empty pseudo-label set and ``confidence`` >= floor."""
+    ds = _find_dataset(ref.dir, ("unlabeled", "scores"), {"text", "labels", "confidence"})
+    if ds is None:
+        raise InputDataError(
+            f"{ref.dir}: no zero-shot scores with columns text, labels, confidence "
+            "(looked for unlabeled/, scores/); re-run the zero_shot stage"
+        )
+    keep = [
+        i
+        for i, (lab, conf) in enumerate(zip(ds["labels"], ds["confidence"], strict=True))
+        if len(lab) > 0 and conf is not None and float(conf) >= min_confidence
+    ]
+    return ds.select(keep)
+
+
+def slice_names(cfg: TrainConfig, slices: dict[str, list[str]], path: Path) -> list[str]:
+    """The configured slices, smallest first; ``*`` expands to every slice in slices.json."""
+    names = list(slices) if ALL_SLICES in cfg.slices else list(dict.fromkeys(cfg.slices))
+    unknown = [s for s in names if s not in slices]
+    if unknown:
+        raise ConfigError(
+            f"train.slices: {unknown} not in {path} (available: {', '.join(slices)}); "
+            "set train.slices to those names or ['*'] for all"
+        )
+    return sorted(names, key=lambda s: (len(slices[s]), s))
+
+
+# ---------------------------------------------------------------- one run
+
+
+def label_prior(train: LabelledTexts, n_rows: int) -> np.ndarray:
+    """Fallback probabilities: the weighted training frequency of every label."""
+    w = np.ones(len(train)) if train.sample_weight is None else np.asarray(train.sample_weight)
+    prior = (train.y * w[:, None]).sum(axis=0) / max(w.sum(), 1e-12)
+    if not train.multi_label:
+        prior = prior / max(prior.sum(), 1e-12)
+    return np.tile(prior, (n_rows, 1))
+
+
+def _check_probs(probs: np.ndarray, n: int, n_labels: int, what: str) -> None:
+    probs = np.asarray(probs)
+    if probs.shape != (n, n_labels):
+        raise ValueError(
+            f"{what}: predict_proba returned shape {probs.shape}, expected {(n, n_labels)}"
+        )
+    if not np.isfinite(probs).all():
+        raise TrainingDivergedError(
+            f"{what}: {int((~np.isfinite(probs)).sum())} probabilities are NaN/inf"
+        )
+
+
+def fit_and_predict(
+    method_name: str,
+    params: dict[str, Any],
+    train: LabelledTexts,
+    valid: LabelledTexts,
+    test_texts: list[str],
+    ctx: FitContext,
+    model_dir: Path,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Fit one method, save it and predict valid/test probabilities.
+
+    A method that diverges (``TrainingDivergedError`` or ``FloatingPointError`` in ``fit``,
+    or non-finite probabilities) is replaced by the training label prior; the returned
+    facts say so under ``fallback``. Any other error propagates.
+    """
+    cls = get_method(method_name)
+    facts: dict[str, Any] = {}
+    started = time.time()
+    try:
+        with np.errstate(all="ignore"):
+            model = cls(**params).fit(train, valid, ctx)
+        facts["fit_seconds"] = round(time.time() - started, 3)
+        t0 = time.time()
+        valid_probs = np.asarray(model.predict_proba(valid.texts), dtype=np.float64)
+        _check_probs(valid_probs, len(valid), train.y.shape[1], f"{method_name} on valid")
+        test_probs = np.asarray(model.predict_proba(test_texts), dtype=np.float64)
+        _check_probs(test_probs, len(test_texts), train.y.shape[1], f"{method_name} on test")
+        facts["predict_seconds"] = round(time.time() - t0, 3)
+        model.save(model_dir)
+    except (TrainingDivergedError, FloatingPointError) as exc:
+        facts["fit_seconds"] = round(time.time() - started, 3)
+        facts["fallback"] = (
+            f"{method_name} did not converge ({exc}); its predictions are replaced by the "
+            "training label frequencies (a no-skill baseline). Lower the learning rate, "
+            "change the seed or use more training rows."
+        )
+        shutil.rmtree(model_dir, ignore_errors=True)
+        valid_probs = label_prior(train, len(valid))
+        test_probs = label_prior(train, len(test_texts))
+    return np.clip(valid_probs, 0.0, 1.0), np.clip(test_probs, 0.0, 1.0), facts
+
+
+def _builder(
+    cfg: TrainConfig,
+    splits_ref: StageRef,
+    augmented: StageRef | None,
+    pseudo: StageRef | None,
+    adapted: StageRef | None,
+):
+    def build(ctx: BuildContext) -> dict[str, Any]:
+        from label_pipeline.data import load_slices, load_splits, read_label_info, write_label_info
+
+        log = stage_logger()
+        check_methods(cfg)
+        labels, multi_label = read_label_info(splits_ref.dir)
+        splits = load_splits(splits_ref.dir)
+        slices = load_slices(splits_ref.dir)
+        names = slice_names(cfg, slices, splits_ref.dir / "slices.json")
+        for split in ("train", "valid", "test"):
+            if split not in splits:
+                raise InputDataError(f"{splits_ref.dir / 'splits'} has no {split!r} split")
+        tr_texts, tr_y, tr_ids = _texts_and_y(splits["train"], labels)
+        row_of = {i: r for r, i in enumerate(tr_ids)}
+        va_texts, va_y, _ = _texts_and_y(splits["valid"], labels)
+        te_texts, _, _ = _texts_and_y(splits["test"], labels)
+        valid = LabelledTexts(va_texts, va_y, labels, multi_label)
+        unlabeled = [str(t) for t in splits["unlabeled"]["text"]] if "unlabeled" in splits else []
+
+        specs = [(spec, *parse_method(spec)) for spec in cfg.methods]
+        wants_aug = cfg.use_augmented or any("aug" in m for _, _, m in specs)
+        wants_pseudo = cfg.use_pseudo or any("pseudo" in m for _, _, m in specs)
+        if wants_aug and augmented is None:
+            raise ConfigError(
+                "train: augmented rows requested (use_augmented or a '+aug' method) but the "
+                "augment stage did not run; enable augment or drop the request"
+            )
+        if wants_pseudo and pseudo is None:
+            raise ConfigError(
+                "train: pseudo-labels requested (use_pseudo or a '+pseudo' method) but the "
+                "zero_shot stage did not run; enable zero_shot or drop the request"
+            )
+        aug = load_augmented(augmented) if wants_aug else None
+        pse = load_pseudo(pseudo, cfg.pseudo_min_confidence) if wants_pseudo else None
+        needs_encoder = any(b not in {"naive_bayes", "tfidf_nb"} for _, b, _ in specs)
+        encoder_dir, encoder_note = resolve_encoder(cfg, adapted) if needs_encoder else (None, "")
+        device = choose_device(cfg.device)
+
+        runs: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        with Progress(len(specs) * len(names), STAGE, "training", unit="runs") as progress:
+            for slice_name in names:
+                ids = slices[slice_name]
+                missing_ids = [i for i in ids if i not in row_of]
+                if missing_ids:
+                    raise InputDataError(
+                        f"{splits_ref.dir / 'slices.json'}: slice {slice_name!r} names "
+                        f"{len(missing_ids)} id(s) not in the train split (first: "
+                        f"{missing_ids[0]!r}); re-run the split stage"
+                    )
+                rows = [row_of[i] for i in ids]
+                absent = [labels[j] for j in np.flatnonzero(tr_y[rows].sum(axis=0) == 0)]
+                if absent:
+                    msg = (
+                        f"slice {slice_name!r} ({len(rows)} rows) has no example of label(s) "
+                        f"{absent}: no method can learn them from this slice"
+                    )
+                    log.warning("train: %s", msg)
+                    warnings.append(msg)
+                for spec, base, mods in specs:
+                    train = _training_rows(
+                        tr_texts,
+                        tr_y,
+                        tr_ids,
+                        rows,
+                        labels,
+                        multi_label,
+                        aug if (cfg.use_augmented or "aug" in mods) else None,
+                        pse if (cfg.use_pseudo or "pseudo" in mods) else None,
+                        set(ids),
+                        cfg.pseudo_weight,
+                    )
+                    run_dir = ctx.dir / "runs" / spec / slice_name
+                    run_dir.mkdir(parents=True)
+                    with tempfile.TemporaryDirectory(prefix="lp-train-") as work:
+                        fit_ctx = FitContext(
+                            device=device,
+                            seed=cfg.seed,
+                            encoder=encoder_dir,
+                            unlabeled_texts=unlabeled,
+                            work_dir=Path(work),
+                        )
+                        valid_probs, test_probs, facts = fit_and_predict(
+                            base,
+                            cfg.method_params.get(base, {}),
+                            train,
+                            valid,
+                            te_texts,
+                            fit_ctx,
+                            run_dir / "model",
+                        )
+                    if "fallback" in facts:
+                        log.warning("train: %s / %s: %s", spec, slice_name, facts["fallback"])
+                        warnings.append(f"{spec} / slice {slice_name}: {facts['fallback']}")
+                    decision = tune_decision(
+                        valid_probs, va_y, multi_label, cfg.threshold, cfg.min_valid_rows
+                    )
+                    if decision.fallback:
+                        log.warning("train: %s / %s: %s", spec, slice_name, decision.note)
+                    np.save(run_dir / "valid_probs.npy", valid_probs.astype(np.float32))
+                    np.save(run_dir / "test_probs.npy", test_probs.astype(np.float32))
+                    (run_dir / "decision.json").write_text(json.dumps(decision.to_json(), indent=2))
+                    valid_f1 = (
+                        f1_micro_macro(va_y, apply_decision(valid_probs, decision))
+                        if len(va_y)
+                        else {"micro_f1": None, "macro_f1": None}
+                    )
+                    fit_facts = {
+                        "method": spec,
+                        "base_method": base,
+                        "params": cfg.method_params.get(base, {}),
+                        "slice": slice_name,
+                        "slice_size": len(ids),
+                        "train_rows": len(train),
+                        "augmented_rows": int(train.info_aug),
+                        "pseudo_rows": int(train.info_pseudo),
+                        "labels_without_examples": absent,
+                        "info": fit_ctx.info,
+                        **facts,
+                    }
+                    (run_dir / "fit.json").write_text(json.dumps(_jsonable(fit_facts), indent=2))
+                    runs.append(
+                        {
+                            **{k: fit_facts[k] for k in ("method", "base_method", "slice")},
+                            "slice_size": len(ids),
+                            "train_rows": len(train),
+                            "dir": f"runs/{spec}/{slice_name}",
+                            "valid_micro_f1": valid_f1["micro_f1"],
+                            "valid_macro_f1": valid_f1["macro_f1"],
+                            "decision": decision.describe(),
+                            "decision_fallback": decision.note if decision.fallback else "",
+                            "fallback": facts.get("fallback", ""),
+                            "fit_seconds": facts.get("fit_seconds"),
+                        }
+                    )
+                    progress.update(1)
+
+        write_label_info(ctx.dir, labels, multi_label)
+        (ctx.dir / "runs.json").write_text(json.dumps(_jsonable(runs), indent=2))
+        _write_summary(ctx.dir, cfg, runs, warnings, encoder_note, device.describe(), len(va_y))
+        return {
+            "runs": len(runs),
+            "methods": cfg.methods,
+            "slices": names,
+            "encoder": encoder_dir,
+            "encoder_choice": encoder_note,
+            "device": device.describe(),
+            "warnings": warnings,
+        }
+
+    return build
+
+
+class _TrainRows(LabelledTexts):
+    info_aug: int = 0
+    info_pseudo: int = 0
+
+
+def _training_rows(
+    texts: list[str],
+    y: np.ndarray,
+    ids: list[str],
+    rows: list[int],
+    labels: list[str],
+    multi_label: bool,
+    aug: Any | None,
+    pseudo: Any | None,
+    slice_ids: set[str],
+    pseudo_weight: float,
+) -> _TrainRows:
+    from label_pipeline.data import label_matrix
+
+    out_texts = [texts[r] for r in rows]
+    out_y = [y[rows]]
+    out_ids = [ids[r] for r in rows]
+    weights = [np.ones(len(rows))]
+    n_aug = n_pseudo = 0
+    if aug is not None and len(aug):
+        keep = [i for i, p in enumerate(aug["parent_id"]) if str(p) in slice_ids]
+        if keep:
+            sub = aug.select(keep)
+            out_texts += [str(t) for t in sub["text"]]
+            out_y.append(label_matrix([list(x) for x in sub["labels"]], labels))
+            out_ids += [str(i) for i in (sub["id"] if "id" in sub.column_names else keep)]
+            weights.append(np.ones(len(keep)))
+            n_aug = len(keep)
+    if pseudo is not None and len(pseudo):
+        out_texts += [str(t) for t in pseudo["text"]]
+        py = label_matrix([list(x) for x in pseudo["labels"]], labels)
+        if not multi_label:  # one label per row: keep the first (the selected one)
+            first = py.argmax(axis=1)
+            py = np.eye(len(labels), dtype=np.int64)[first]
+        out_y.append(py)
+        out_ids += [str(i) for i in pseudo["id"]]
+        weights.append(np.full(len(pseudo), pseudo_weight))
+        n_pseudo = len(pseudo)
+    weight = np.concatenate(weights)
+    rows_out = _TrainRows(
+        texts=out_texts,
+        y=np.concatenate(out_y).astype(np.int64),
+        label_names=labels,
+        multi_label=multi_label,
+        sample_weight=None if np.all(weight == 1.0) else weight,
+        ids=out_ids,
+    )
+    rows_out.info_aug, rows_out.info_pseudo = n_aug, n_pseudo
+    return rows_out
+
+
+def _jsonable(value: Any) -> Any:
+    from label_pipeline.data import to_jsonable
+
+    return to_jsonable(value)
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _write_summary(
+    directory: Path,
+    cfg: TrainConfig,
+    runs: list[dict[str, Any]],
+    warnings: list[str],
+    encoder_note: str,
+    device: str,
+    n_valid: int,
+) -> None:
+    table = [
+        {
+            "method": r["method"],
+            "slice": r["slice"],
+            "train rows": r["train_rows"],
+            "valid micro-F1": _fmt(r["valid_micro_f1"]),
+            "valid macro-F1": _fmt(r["valid_macro_f1"]),
+            "decision": r["decision"],
+            "fit s": r["fit_seconds"],
+            "note": "FALLBACK: label prior" if r["fallback"] else "",
+        }
+        for r in runs
+    ]
+    lines = [
+        f"- methods: {', '.join(cfg.methods)}; slices: {', '.join(dict.fromkeys(r['slice'] for r in runs))}",
+        f"- device: {device}" + (f"; encoder: {encoder_note}" if encoder_note else ""),
+        f"- decision rule tuned on {n_valid} valid rows "
+        f"({'argmax' if runs and runs[0]['decision'] == 'argmax' else cfg.threshold + ' threshold'})",
+        "",
+        md_table(table),
+    ]
+    if warnings:
+        lines += ["", "**Warnings**", ""] + [f"- {w}" for w in warnings]
+    fallbacks = sorted({r["decision_fallback"] for r in runs if r["decision_fallback"]})
+    if fallbacks:
+        lines += ["", "**Decision fallbacks**", ""] + [f"- {f}" for f in fallbacks]
+    sample = [
+        {
+            k: r[k]
+            for k in (
+                "method",
+                "slice",
+                "train_rows",
+                "valid_micro_f1",
+                "valid_macro_f1",
+                "decision",
+            )
+        }
+        for r in runs
+    ]
+    write_summary(directory, "\n".join(lines) + "\n", sample)
+
+
+def run_train(
+    store: StageStore,
+    cfg: TrainConfig,
+    splits: StageRef,
+    augmented: StageRef | None = None,
+    pseudo: StageRef | None = None,
+    adapted: StageRef | None = None,
+    refresh: bool = False,
+) -> StageRef:
+    """Fit every method on every slice of the split stage; see the module docstring."""
+    check_methods(cfg)  # fail before any work, with the list of available methods
+    mods = set().union(*(parse_method(m)[1] for m in cfg.methods))
+    # inputs a run does not read stay out of its fingerprint (no needless retraining)
+    if not (cfg.use_augmented or "aug" in mods):
+        augmented = None
+    if not (cfg.use_pseudo or "pseudo" in mods):
+        pseudo = None
+    if cfg.encoder != "adapted":
+        adapted = None
+    splits = store.localize(splits)
+    augmented = store.localize(augmented) if augmented is not None else None
+    pseudo = store.localize(pseudo) if pseudo is not None else None
+    adapted = store.localize(adapted) if adapted is not None else None
+    inputs = stage_inputs(
+        {"splits": splits, "augmented": augmented, "pseudo": pseudo, "adapted": adapted}
+    )
+    return store.build(
+        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, augmented, pseudo, adapted), refresh
+    )
+
+
+def load_decision(run_dir: str | Path) -> Decision:
+    """The decision rule saved with a run."""
+    return Decision.from_json(json.loads((Path(run_dir) / "decision.json").read_text()))

@@ -1,0 +1,754 @@
+"""The `zero_shot` stage: score every unlabeled (and valid/test) row against every label with
+a zero-shot backend, choose a selection rule on the validation split, and write pseudo-labels.
+
+Backends (``label_pipeline.zeroshot``): ``nli`` (NLI cross-encoder), ``embedding``
+(sentence-encoder similarity, works offline with the bundled all-MiniLM-L6-v2) and
+``fill_mask`` (masked-LM prompt, e.g. on the adapt stage's encoder). ``auto`` takes ``nli``
+when its model resolves, else ``embedding``.
+
+Scoring runs in shards (``shard_size`` rows): each finished shard is written atomically to
+``<store>/zero_shot/.shards-<fingerprint>/shard-NNNNN/`` and reused by the next attempt, so a
+crash resumes from the last finished shard. :func:`plan_shards` and :func:`score_shard` are
+the units another runner (Prefect mapped tasks, Dask) can map over before calling
+:func:`run_zero_shot`, which then only assembles.
+
+Output directory:
+
+- ``unlabeled/``: ``id``, ``text``, ``score_<label>`` (scores in [0, 1], see the backend),
+  ``labels`` (selected pseudo-labels, empty = none), ``confidence`` (the row's top score),
+  ``truncated`` (text cut to the model's input limit);
+- ``valid/``, ``test/``: the same scores with the gold ``labels`` and the selected ``predicted``;
+- ``metrics.json`` (valid and test micro/macro-F1, accuracy), ``selection.json`` (rule,
+  value, per-label thresholds, valid metrics), ``selection_curve.json`` and
+  ``figures/selection_curve.png``, ``labels.json``, ``summary.md``, ``sample.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from label_pipeline.devices import DeviceChoice, DeviceConfig, choose_device
+from label_pipeline.errors import ConfigError, InputDataError, ModelNotFoundError
+from label_pipeline.models import DEFAULT_ENCODER, resolve_model
+from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.progress import Progress, stage_logger
+from label_pipeline.store import BuildContext, StageRef, StageStore, fingerprint_of
+from label_pipeline.zeroshot import get_backend
+from label_pipeline.zeroshot.base import ZeroShotBackend
+from label_pipeline.zeroshot.selection import (
+    Selection,
+    apply_selection,
+    choose_selection,
+    f1_scores,
+)
+
+STAGE = "zero_shot"
+VERSION = "1"
+SCORED_SPLITS = ("valid", "test", "unlabeled")
+SHARD_DONE = "shard.json"
+
+
+class ZeroShotConfig(BaseModel):
+    """Zero-shot pseudo-labelling.
+
+    Attributes:
+        enabled: run the stage.
+        backend: ``auto`` (``nli`` if ``nli_model`` resolves, else ``embedding``), ``nli``,
+            ``embedding``, ``fill_mask``, or any backend module added to ``label_pipeline.zeroshot``.
+            The choice ``auto`` makes is not part of the cache key: set the backend explicitly
+            (or refresh the stage) once an NLI model becomes reachable.
+        nli_model: NLI cross-encoder (hub id or local directory) for the ``nli`` backend.
+        embedding_model: sentence encoder for the ``embedding`` backend (offline default: the
+            bundled all-MiniLM-L6-v2).
+        fill_mask_model: masked LM for ``fill_mask`` when no adapted encoder is passed in.
+        hypothesis_template: NLI hypothesis, ``{}`` = the label text.
+        descriptions: label -> text standing for the label (NLI hypothesis, embedding target);
+            labels not listed use their name.
+        label_template: text around each label text before it is embedded (``{}`` = label text).
+        temperature: softmax temperature of the embedding backend's single-label scores.
+        fill_mask_prompt: appended to each text for ``fill_mask``, ``{}`` = the mask token.
+        verbalizers: label -> the single word read at the mask by ``fill_mask`` (default: name).
+        rule: multi-label selection: ``auto`` (best of threshold and top-k on valid),
+            ``threshold`` or ``top_k``.
+        metric: what the sweep maximises on the validation split: ``micro_f1`` or ``macro_f1``.
+        per_label_thresholds: tune one threshold per label (threshold rule only).
+        confidence_floor: single-label: rows whose best score is below it get no pseudo-label.
+        shard_size: rows scored per shard (memory bound and resume granularity).
+        max_length: tokens per model input; None = the model's limit (at most 512).
+        batch_size: model inputs per forward pass; None = ``device`` default.
+        sample_rows: unlabeled rows shown in ``sample.json``.
+        device: device, precision and default batch sizes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    backend: str = "auto"
+    nli_model: str = "facebook/bart-large-mnli"
+    embedding_model: str = DEFAULT_ENCODER
+    fill_mask_model: str = "distilroberta-base"
+    hypothesis_template: str = "This text is about {}."
+    descriptions: dict[str, str] = Field(default_factory=dict)
+    label_template: str = "{}"
+    temperature: float = Field(0.05, gt=0)
+    fill_mask_prompt: str = "This text is about {}."
+    verbalizers: dict[str, str] = Field(default_factory=dict)
+    rule: Literal["auto", "threshold", "top_k"] = "auto"
+    metric: Literal["micro_f1", "macro_f1"] = "micro_f1"
+    per_label_thresholds: bool = False
+    confidence_floor: float = Field(0.0, ge=0.0, le=1.0)
+    shard_size: int = Field(2048, ge=1)
+    max_length: int | None = Field(None, ge=8)
+    batch_size: int | None = Field(None, ge=1)
+    sample_rows: int = Field(20, ge=0)
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+
+
+# ---------------------------------------------------------------- labels and inputs
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """The label set of the task and what stands for each label in prompts."""
+
+    labels: list[str]
+    label_texts: list[str]
+    multi_label: bool
+
+
+def label_spec(splits_dir: str | Path, cfg: ZeroShotConfig) -> LabelSpec:
+    """Read ``labels.json`` and check it and the per-label config against each other."""
+    path = Path(splits_dir) / "labels.json"
+    if not path.is_file():
+        raise InputDataError(
+            f"{path} is missing: the zero_shot stage needs the split stage's labels.json"
+        )
+    info = json.loads(path.read_text())
+    labels = [str(x) for x in info.get("labels", [])]
+    if not labels:
+        raise InputDataError(
+            f"{path} lists no labels: zero-shot scoring needs the label names. Check the "
+            "ingest stage's label column (rows with labels must exist)."
+        )
+    if any(not name.strip() for name in labels):
+        raise InputDataError(f"{path}: a label name is empty; remove or rename it ({labels})")
+    dupes = sorted({name for name in labels if labels.count(name) > 1})
+    if dupes:
+        raise InputDataError(f"{path}: duplicate label names {dupes}; every label must appear once")
+    for field_name in ("descriptions", "verbalizers"):
+        mapping: dict[str, str] = getattr(cfg, field_name)
+        unknown = sorted(set(mapping) - set(labels))
+        if unknown:
+            raise ConfigError(
+                f"zero_shot.{field_name} names labels {unknown} that are not in {path} "
+                f"(labels: {labels}); fix the spelling or remove them"
+            )
+        empty = sorted(k for k, v in mapping.items() if not str(v).strip())
+        if empty:
+            raise ConfigError(
+                f"zero_shot.{field_name}[{empty[0]!r}] is empty; give a non-empty text or remove "
+                "the entry to use the label name"
+            )
+    texts = [cfg.descriptions.get(name, name) for name in labels]
+    return LabelSpec(
+        labels=labels, label_texts=texts, multi_label=bool(info.get("multi_label", True))
+    )
+
+
+def score_columns(labels: list[str]) -> list[str]:
+    return [f"score_{name}" for name in labels]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)`` of one split; shard ``index`` counts over valid, test, unlabeled."""
+
+    index: int
+    split: str
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}"
+
+
+def plan_shards(splits_dir: str | Path, shard_size: int) -> list[Shard]:
+    """Deterministic shard plan: valid, then test, then the unlabeled pool, ``shard_size`` rows
+    per shard (each split starts a new shard)."""
+    from label_pipeline.data import load_splits
+
+    dd = load_splits(splits_dir)
+    shards: list[Shard] = []
+    for split in SCORED_SPLITS:
+        n = len(dd[split]) if split in dd else 0
+        for start in range(0, n, shard_size):
+            shards.append(Shard(len(shards), split, start, min(start + shard_size, n)))
+    return shards
+
+
+def shards_dir_for(store: StageStore, fingerprint: str) -> Path:
+    """Where the finished shards of one stage fingerprint persist between attempts."""
+    return store.root / STAGE / f".shards-{fingerprint}"
+
+
+# ---------------------------------------------------------------- backends
+
+
+@dataclass(frozen=True)
+class ResolvedBackend:
+    name: str
+    model_ref: str
+    model_dir: Path
+    note: str = ""
+
+
+def resolve_backend(cfg: ZeroShotConfig, encoder_dir: str | Path | None = None) -> ResolvedBackend:
+    """Which backend and model directory this config runs (``auto`` tries NLI first)."""
+    name = cfg.backend
+    if name == "auto":
+        try:
+            path = resolve_model(cfg.nli_model, purpose="zero_shot.nli_model")
+            return ResolvedBackend("nli", cfg.nli_model, path, "auto: NLI model resolved")
+        except ModelNotFoundError as exc:
+            why = str(exc).splitlines()[0]
+            path = resolve_model(cfg.embedding_model, purpose="zero_shot.embedding_model")
+            return ResolvedBackend(
+                "embedding", cfg.embedding_model, path, f"auto: embedding, because {why}"
+            )
+    cls = get_backend(name)
+    if name == "fill_mask" and encoder_dir is not None:
+        model = Path(encoder_dir) / "model"
+        if not (model / "config.json").is_file():
+            raise InputDataError(
+                f"adapt stage output {encoder_dir} has no model/config.json; rebuild it "
+                "(refresh adapt) or run fill_mask without the adapted encoder"
+            )
+        return ResolvedBackend(name, str(model), model, "adapted encoder from the adapt stage")
+    ref = getattr(cfg, cls.model_field)
+    return ResolvedBackend(name, ref, resolve_model(ref, purpose=f"zero_shot.{cls.model_field}"))
+
+
+@lru_cache(maxsize=2)
+def _load_backend(
+    name: str,
+    model_dir: str,
+    device: DeviceChoice,
+    batch_size: int,
+    max_length: int | None,
+    options: str,
+) -> ZeroShotBackend:
+    # cached per process: mapped shard tasks on one worker load the model once
+    cls = get_backend(name)
+    return cls(
+        model_dir, device, batch_size=batch_size, max_length=max_length, **json.loads(options)
+    )
+
+
+def load_backend(
+    cfg: ZeroShotConfig, encoder_dir: str | Path | None = None
+) -> tuple[ZeroShotBackend, ResolvedBackend]:
+    """The loaded backend for ``cfg`` (reused within a process) and how it was resolved."""
+    resolved = resolve_backend(cfg, encoder_dir)
+    device = choose_device(cfg.device)
+    batch = cfg.batch_size or device.batch_size
+    options = json.dumps(get_backend(resolved.name).options_from_config(cfg), sort_keys=True)
+    backend = _load_backend(
+        resolved.name, str(resolved.model_dir), device, batch, cfg.max_length, options
+    )
+    return backend, resolved
+
+
+# ---------------------------------------------------------------- scoring one shard
+
+
+def _shard_features(labels: list[str]) -> Any:
+    import datasets
+
+    feats = {"id": datasets.Value("string"), "text": datasets.Value("string")}
+    feats.update({c: datasets.Value("float32") for c in score_columns(labels)})
+    feats["truncated"] = datasets.Value("bool")
+    return datasets.Features(feats)
+
+
+def score_shard(
+    cfg: ZeroShotConfig,
+    splits_dir: str | Path,
+    shard_index: int,
+    shards_dir: str | Path,
+    encoder_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Score shard ``shard_index`` of :func:`plan_shards` and write it to
+    ``<shards_dir>/shard-NNNNN/`` (a Dataset: ``id``, ``text``, ``score_<label>``, ``truncated``,
+    plus ``shard.json``). Written to a temporary sibling and renamed when complete; a shard
+    already there is reused, not recomputed. Returns the shard directory.
+    """
+    import datasets
+
+    from label_pipeline.data import load_splits
+
+    shards = plan_shards(splits_dir, cfg.shard_size)
+    if not 0 <= shard_index < len(shards):
+        raise ValueError(
+            f"shard_index {shard_index} out of range: the plan has {len(shards)} shards"
+        )
+    shard = shards[shard_index]
+    out = Path(shards_dir) / shard.name
+    if (out / SHARD_DONE).is_file():
+        return out
+    spec = label_spec(splits_dir, cfg)
+    backend, resolved = load_backend(cfg, encoder_dir)
+    rows = load_splits(splits_dir)[shard.split].select(range(shard.start, shard.stop))
+    texts, ids = rows["text"], [str(i) for i in rows["id"]]
+
+    started = time.time()
+    chunk = max(256, 4 * backend.batch_size)  # progress granularity within a shard
+    scores, truncated = [], []
+    for start in range(0, len(texts), chunk):
+        res = backend.score(
+            texts[start : start + chunk], spec.labels, spec.label_texts, spec.multi_label
+        )
+        scores.append(res.scores)
+        truncated.append(res.truncated)
+        if progress is not None:
+            progress.update(len(res.scores))
+    score_mat = np.concatenate(scores) if scores else np.zeros((0, len(spec.labels)), np.float32)
+    trunc = np.concatenate(truncated) if truncated else np.zeros(0, bool)
+
+    data: dict[str, Any] = {"id": ids, "text": texts}
+    data.update({c: score_mat[:, j] for j, c in enumerate(score_columns(spec.labels))})
+    data["truncated"] = trunc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{shard.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        datasets.Dataset.from_dict(data, features=_shard_features(spec.labels)).save_to_disk(
+            str(tmp)
+        )
+        meta = {
+            "split": shard.split,
+            "start": shard.start,
+            "stop": shard.stop,
+            "rows": len(ids),
+            "truncated": int(trunc.sum()),
+            "seconds": round(time.time() - started, 3),
+            "backend": resolved.name,
+            "model": resolved.model_ref,
+            "device": backend.device.describe(),
+        }
+        (tmp / SHARD_DONE).write_text(json.dumps(meta, indent=2))
+        if out.exists():  # an unfinished copy from an older attempt (no shard.json)
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------- assembling the stage
+
+
+def _load_split_scores(shards_dir: Path, shards: list[Shard], split: str, labels: list[str]) -> Any:
+    import datasets
+
+    parts = [datasets.load_from_disk(str(shards_dir / s.name)) for s in shards if s.split == split]
+    if not parts:
+        return datasets.Dataset.from_dict(
+            {k: [] for k in _shard_features(labels)}, features=_shard_features(labels)
+        )
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _save(ds: Any, path: Path) -> None:
+    # a zero-row dataset saved with the default sharding writes no arrow file and cannot be
+    # loaded back; one explicit shard keeps its schema
+    ds.save_to_disk(str(path), num_shards=1 if len(ds) == 0 else None)
+
+
+def _score_matrix(ds: Any, labels: list[str]) -> np.ndarray:
+    cols = score_columns(labels)
+    if len(ds) == 0:
+        return np.zeros((0, len(labels)), dtype=np.float32)
+    table = ds.with_format("numpy", columns=cols)
+    return np.stack([table[c] for c in cols], axis=1).astype(np.float32)
+
+
+def _with_selection(ds: Any, sel: Selection, labels: list[str], column: str) -> Any:
+    """Add the selected labels (as ``column``) and ``confidence``, batch by batch."""
+    import datasets
+
+    cols = score_columns(labels)
+
+    def add(batch: dict[str, list]) -> dict[str, list]:
+        scores = np.stack([np.asarray(batch[c], dtype=np.float32) for c in cols], axis=1)
+        picked = apply_selection(sel, scores, labels)
+        return {
+            column: [[labels[j] for j in np.flatnonzero(row)] for row in picked],
+            "confidence": scores.max(axis=1).astype(np.float32).tolist() if len(scores) else [],
+        }
+
+    feats = ds.features.copy()
+    feats[column] = datasets.Sequence(datasets.Value("string"))
+    feats["confidence"] = datasets.Value("float32")
+    if len(ds) == 0:  # map skips zero-row datasets and would not add the columns
+        return datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
+    return ds.map(add, batched=True, batch_size=4096, features=feats, desc=None)
+
+
+def _LABELS_FEATURE() -> Any:  # noqa: N802
+    import datasets
+
+    return datasets.Sequence(datasets.Value("string"))
+
+
+def _gold(splits: Any, split: str, ids: list[str], labels: list[str]) -> np.ndarray:
+    from label_pipeline.data import label_matrix
+
+    if split not in splits or len(splits[split]) == 0:
+        return np.zeros((0, len(labels)), dtype=np.int64)
+    ds = splits[split]
+    by_id = dict(zip([str(i) for i in ds["id"]], ds["labels"], strict=True))
+    return label_matrix([by_id[i] for i in ids], labels)
+
+
+def _plot_curves(sel: Selection, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = sel.curves
+    panels = [k for k in ("threshold", "top_k", "floor") if k in curves]
+    fig, axes = plt.subplots(
+        1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 4), squeeze=False
+    )
+    xlabel = {"threshold": "threshold", "top_k": "k (labels per row)", "floor": "confidence floor"}
+    for ax, name in zip(axes[0], panels, strict=False):
+        c = curves[name]
+        for m in ("micro_f1", "macro_f1", "coverage"):
+            if m in c:
+                ax.plot(
+                    c["value"],
+                    c[m],
+                    marker="." if name == "top_k" else None,
+                    label=m.replace("_", "-"),
+                )
+        if sel.rule == name or (sel.rule == "argmax" and name == "floor"):
+            ax.axvline(sel.value, color="grey", linestyle="--", label=f"chosen {sel.value:g}")
+        ax.set_xlabel(xlabel[name])
+        ax.set_ylabel("validation score")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no labelled validation rows", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _distribution(rows: list[list[str]], labels: list[str]) -> dict[str, float]:
+    n = max(len(rows), 1)
+    return {name: sum(name in r for r in rows) / n for name in labels}
+
+
+def _fmt(metrics: dict[str, float] | None) -> str:
+    if not metrics:
+        return "not measured (no labelled rows)"
+    return ", ".join(f"{k.replace('_', '-')} {v:.3f}" for k, v in metrics.items())
+
+
+def _eval(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float] | None:
+    from label_pipeline.zeroshot.selection import accuracy
+
+    if y_true.shape[0] == 0 or not y_true.any():
+        return None
+    out = f1_scores(y_true, y_pred)
+    out["accuracy"] = accuracy(y_true, y_pred)
+    return out
+
+
+def _build(
+    ctx: BuildContext,
+    store: StageStore,
+    cfg: ZeroShotConfig,
+    splits_dir: Path,
+    encoder_dir: Path | None,
+) -> dict[str, Any]:
+    from label_pipeline.data import load_splits
+
+    log = stage_logger()
+    spec = label_spec(splits_dir, cfg)
+    splits = load_splits(splits_dir)
+    if "unlabeled" not in splits or len(splits["unlabeled"]) == 0:
+        log.warning(
+            "zero_shot: the unlabeled pool of %s has no rows; nothing to pseudo-label", splits_dir
+        )
+    shards = plan_shards(splits_dir, cfg.shard_size)
+    shards_dir = shards_dir_for(store, ctx.fingerprint)
+    done = [s for s in shards if (shards_dir / s.name / SHARD_DONE).is_file()]
+    todo = [s for s in shards if s not in done]
+    if done:
+        log.info(
+            "zero_shot: resuming, %d of %d shards already scored in %s",
+            len(done),
+            len(shards),
+            shards_dir,
+        )
+
+    started = time.time()
+    # resolve (and load) before scoring so the summary names the backend even when resumed
+    backend, resolved = load_backend(cfg, encoder_dir)
+    if resolved.note:
+        log.info("zero_shot: %s", resolved.note)
+    with Progress(sum(s.stop - s.start for s in todo), STAGE, "zero-shot scoring") as progress:
+        for s in todo:
+            score_shard(cfg, splits_dir, s.index, shards_dir, encoder_dir, progress=progress)
+    score_seconds = time.time() - started
+    return _assemble(
+        ctx,
+        cfg,
+        spec,
+        splits,
+        splits_dir,
+        shards,
+        shards_dir,
+        resolved,
+        backend,
+        todo,
+        done,
+        score_seconds,
+    )
+
+
+def _assemble(
+    ctx: BuildContext,
+    cfg: ZeroShotConfig,
+    spec: LabelSpec,
+    splits: Any,
+    splits_dir: Path,
+    shards: list[Shard],
+    shards_dir: Path,
+    resolved: ResolvedBackend,
+    backend: ZeroShotBackend,
+    todo: list[Shard],
+    done: list[Shard],
+    score_seconds: float,
+) -> dict[str, Any]:
+    from label_pipeline.data import write_label_info
+
+    log = stage_logger()
+    labels = spec.labels
+
+    scored = {
+        split: _load_split_scores(shards_dir, shards, split, labels) for split in SCORED_SPLITS
+    }
+    valid_scores = _score_matrix(scored["valid"], labels)
+    valid_true = _gold(splits, "valid", [str(i) for i in scored["valid"]["id"]], labels)
+    sel = choose_selection(
+        valid_scores,
+        valid_true,
+        labels,
+        spec.multi_label,
+        metric=cfg.metric,
+        rule=cfg.rule,
+        per_label=cfg.per_label_thresholds,
+        confidence_floor=cfg.confidence_floor,
+    )
+    if sel.note:
+        log.warning("zero_shot: %s", sel.note)
+
+    metrics: dict[str, Any] = {
+        "selection": {"rule": sel.rule, "value": sel.value, "metric": sel.metric}
+    }
+    for split in ("valid", "test"):
+        ds = scored[split]
+        gold_ids = [str(i) for i in ds["id"]]
+        y_true = _gold(splits, split, gold_ids, labels)
+        y_pred = apply_selection(sel, _score_matrix(ds, labels), labels)
+        metrics[split] = _eval(y_true, y_pred)
+        metrics[f"n_{split}"] = len(ds)
+        ds = _with_selection(ds, sel, labels, "predicted")
+        gold = [[labels[j] for j in np.flatnonzero(row)] for row in y_true]
+        ds = ds.add_column("labels", gold, feature=_LABELS_FEATURE())
+        _save(ds, ctx.dir / split)
+    unlabeled = _with_selection(scored["unlabeled"], sel, labels, "labels")
+    _save(unlabeled, ctx.dir / "unlabeled")
+
+    write_label_info(ctx.dir, labels, spec.multi_label)
+    (ctx.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (ctx.dir / "selection.json").write_text(
+        json.dumps({"labels": labels, **sel.to_json()}, indent=2)
+    )
+    (ctx.dir / "selection_curve.json").write_text(json.dumps(sel.curves, indent=1))
+    title = (
+        f"zero-shot ({resolved.name}): validation {cfg.metric.replace('_', '-')} by selection rule"
+    )
+    _plot_curves(sel, ctx.dir / "figures" / "selection_curve.png", title)
+
+    n_truncated = {
+        split: int(np.sum(scored[split]["truncated"])) if len(scored[split]) else 0
+        for split in SCORED_SPLITS
+    }
+    pseudo = unlabeled["labels"] if len(unlabeled) else []
+    labelled = [
+        list(r)
+        for split in ("train", "valid", "test")
+        if split in splits
+        for r in splits[split]["labels"]
+    ]
+    summary, sample = _summary(
+        cfg, spec, sel, metrics, resolved, backend, n_truncated, pseudo, labelled, unlabeled
+    )
+    write_summary(ctx.dir, summary, sample)
+    n_rows = sum(s.stop - s.start for s in shards)
+    return {
+        "rows": {split: len(scored[split]) for split in SCORED_SPLITS},
+        "rows_scored_now": sum(s.stop - s.start for s in todo),
+        "shards": len(shards),
+        "shards_reused": len(done),
+        "truncated": n_truncated,
+        "backend": resolved.name,
+        "model": resolved.model_ref,
+        "device": backend.device.describe(),
+        "selection": {"rule": sel.rule, "value": sel.value},
+        "test": metrics.get("test"),
+        "rows_per_second": round(sum(s.stop - s.start for s in todo) / score_seconds, 2)
+        if todo and score_seconds > 0
+        else None,
+        "rows_total": n_rows,
+    }
+
+
+def _summary(
+    cfg: ZeroShotConfig,
+    spec: LabelSpec,
+    sel: Selection,
+    metrics: dict[str, Any],
+    resolved: ResolvedBackend,
+    backend: ZeroShotBackend,
+    n_truncated: dict[str, int],
+    pseudo: list[list[str]],
+    labelled: list[list[str]],
+    unlabeled: Any,
+) -> tuple[str, list[dict[str, Any]]]:
+    labels = spec.labels
+    if sel.rule == "threshold":
+        rule = f"threshold {sel.value:.2f}"
+        if sel.per_label_thresholds:
+            rule += (
+                " (per label: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in sel.per_label_thresholds.items())
+                + ")"
+            )
+    elif sel.rule == "top_k":
+        rule = f"top-{int(sel.value)}"
+    else:
+        rule = "argmax" + (f" with confidence floor {sel.value:.2f}" if sel.value > 0 else "")
+    with_label = sum(bool(r) for r in pseudo)
+    dist_p, dist_l = _distribution(pseudo, labels), _distribution(labelled, labels)
+    lines = [
+        "# Zero-shot pseudo-labels",
+        "",
+        f"- backend: **{resolved.name}**, model `{resolved.model_ref}`, device {backend.device.describe()}"
+        + (f" ({resolved.note})" if resolved.note else ""),
+        f"- task: {'multi' if spec.multi_label else 'single'}-label, {len(labels)} labels",
+        f"- selection rule (chosen on valid by {sel.metric.replace('_', '-')}): **{rule}**"
+        + (f" — {sel.note}" if sel.note else ""),
+        f"- valid: {_fmt(metrics.get('valid'))} ({metrics.get('n_valid', 0)} rows)",
+        f"- test (the zero-shot line of the learning curve): {_fmt(metrics.get('test'))} "
+        f"({metrics.get('n_test', 0)} rows)",
+        f"- unlabeled rows scored: {len(pseudo)}; with at least one pseudo-label: {with_label}",
+        "- rows truncated to the model's input limit: "
+        + ", ".join(f"{k} {v}" for k, v in n_truncated.items()),
+        "",
+        "| label | share of pseudo-labelled pool | share of labelled rows |",
+        "|---|---|---|",
+        *[f"| {name} | {dist_p[name]:.1%} | {dist_l[name]:.1%} |" for name in labels],
+        "",
+    ]
+    sample = []
+    cols = score_columns(labels)
+    for row in unlabeled.select(range(min(cfg.sample_rows, len(unlabeled)))):
+        ranked = sorted(
+            ((row[c], name) for c, name in zip(cols, labels, strict=True)), reverse=True
+        )
+        sample.append(
+            {
+                "id": row["id"],
+                "text": row["text"],
+                "pseudo_labels": ", ".join(row["labels"]),
+                "confidence": round(float(row["confidence"]), 4),
+                "top_scores": ", ".join(f"{name} {s:.3f}" for s, name in ranked[:3]),
+            }
+        )
+    return "\n".join(lines), sample
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Any:
+    """Silence datasets' per-save progress bars: the stage shows one bar for its scoring."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def run_zero_shot(
+    store: StageStore,
+    cfg: ZeroShotConfig,
+    splits: StageRef,
+    encoder: StageRef | None = None,
+    refresh: bool = False,
+) -> StageRef:
+    """Score the split stage's valid/test/unlabeled rows, choose the selection rule on valid and
+    write pseudo-labels (see the module docstring for the output directory).
+
+    ``encoder``: optional adapt-stage output whose ``model/`` is a masked LM, used by ``fill_mask``.
+    """
+    inputs = stage_inputs({"splits": splits, "encoder": encoder})
+    encoder_dir = encoder.dir if encoder is not None else None
+    # validate cheap things before anything is loaded or built
+    label_spec(splits.dir, cfg)
+    if cfg.backend != "auto":
+        get_backend(cfg.backend)
+    with _quiet_datasets():
+        ref = store.build(
+            STAGE,
+            VERSION,
+            cfg,
+            inputs,
+            lambda ctx: _build(ctx, store, cfg, splits.dir, encoder_dir),
+            refresh,
+        )
+    # the finished stage holds everything the shards did
+    shutil.rmtree(shards_dir_for(store, ref.fingerprint), ignore_errors=True)
+    _load_backend.cache_clear()  # free the model: later stages in this process need the memory
+    return ref
+
+
+def stage_fingerprint(
+    cfg: ZeroShotConfig, splits: StageRef, encoder: StageRef | None = None
+) -> str:
+    """The fingerprint :func:`run_zero_shot` builds under (names the shard directory)."""
+    return fingerprint_of(STAGE, VERSION, cfg, stage_inputs({"splits": splits, "encoder": encoder}))

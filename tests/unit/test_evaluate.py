@@ -1,0 +1,116 @@
+"""Evaluate: metrics equal scikit-learn's on a constructed case; stage outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from train_fixtures import make_splits_dir, splits_ref
+
+from label_pipeline.metrics import classification_metrics
+from label_pipeline.store import StageRef, StageStore
+from tasks.evaluate import EvaluateConfig, choose_best, run_evaluate, zero_shot_line
+from tasks.train import TrainConfig, run_train
+
+
+def test_multilabel_metrics_match_sklearn():
+    from sklearn.metrics import f1_score, log_loss, precision_recall_fscore_support
+
+    y = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]])
+    probs = np.array(
+        [[0.9, 0.2, 0.4], [0.3, 0.8, 0.1], [0.6, 0.4, 0.2], [0.1, 0.3, 0.7], [0.2, 0.1, 0.6]]
+    )
+    pred = (probs >= 0.5).astype(int)
+    m = classification_metrics(y, probs, pred, ["a", "b", "c"], multi_label=True)
+    assert m["micro_f1"] == pytest.approx(f1_score(y, pred, average="micro"))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    p, r, f, s = precision_recall_fscore_support(y, pred, zero_division=0)
+    assert [x["recall"] for x in m["per_label"]] == pytest.approx(r.tolist())
+    assert [x["support"] for x in m["per_label"]] == s.tolist()
+    expected_ll = np.mean([log_loss(y[:, j], probs[:, j], labels=[0, 1]) for j in range(3)])
+    assert m["log_loss"] == pytest.approx(expected_ll, rel=1e-6)
+
+
+def test_single_label_binary_metrics_match_sklearn():
+    from sklearn.metrics import accuracy_score, confusion_matrix, log_loss, roc_auc_score
+
+    gold = np.array([0, 1, 1, 0, 1, 0])
+    p1 = np.array([0.2, 0.7, 0.4, 0.3, 0.9, 0.6])
+    probs = np.c_[1 - p1, p1]
+    y, pred = np.eye(2, dtype=int)[gold], np.eye(2, dtype=int)[probs.argmax(1)]
+    m = classification_metrics(y, probs, pred, ["neg", "pos"], multi_label=False)
+    assert m["accuracy"] == pytest.approx(accuracy_score(gold, probs.argmax(1)))
+    assert m["confusion_matrix"] == confusion_matrix(gold, probs.argmax(1)).tolist()
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(gold, p1))
+    assert m["log_loss"] == pytest.approx(log_loss(gold, probs))
+    assert m["roc_curve"]["fpr"][0] == 0.0 and m["roc_curve"]["tpr"][-1] == 1.0
+
+
+def test_zero_shot_line_reads_nested_and_flat_layouts(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/metrics.json").write_text(
+        json.dumps({"test": {"micro_f1": 0.4, "macro_f1": 0.3}, "selection": {"rule": "top_k"}})
+    )
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b/metrics.json").write_text(json.dumps({"test_micro_f1": 0.5}))
+    assert zero_shot_line(tmp_path / "a")["test"] == {"micro_f1": 0.4, "macro_f1": 0.3}
+    assert zero_shot_line(tmp_path / "b")["test"] == {"micro_f1": 0.5}
+    assert zero_shot_line(tmp_path / "missing") is None
+
+
+def test_choose_best_prefers_valid_at_largest_slice_and_skips_fallbacks():
+    def run(method, size, v, fallback="", order=0):
+        return {
+            "method": method,
+            "slice_size": size,
+            "valid": {"micro_f1": v},
+            "fallback": fallback,
+            "order": order,
+        }
+
+    runs = [
+        run("a", 8, 0.99),
+        run("a", 48, 0.7),
+        run("b", 48, 0.8, order=1),
+        run("c", 48, 0.95, fallback="did not converge", order=2),
+    ]
+    assert choose_best(runs, "micro_f1")["method"] == "b"
+
+
+@pytest.mark.slow
+def test_evaluate_stage_outputs(tmp_path):
+    split_dir = make_splits_dir(tmp_path / "split")
+    store = StageStore(tmp_path / "store")
+    trained = run_train(
+        store, TrainConfig(methods=["naive_bayes", "tfidf_nb"], slices=["*"]), splits_ref(split_dir)
+    )
+    zs = tmp_path / "zs"
+    zs.mkdir()
+    (zs / "metrics.json").write_text(json.dumps({"test": {"micro_f1": 0.41, "macro_f1": 0.33}}))
+    zs_ref = StageRef(stage="zero_shot", fingerprint="z", path=str(zs))
+    ref = run_evaluate(store, EvaluateConfig(), splits_ref(split_dir), trained, zero_shot=zs_ref)
+    metrics = json.loads((ref.dir / "metrics.json").read_text())
+    assert len(metrics["runs"]) == 6 and metrics["zero_shot"]["test"]["micro_f1"] == 0.41
+    for f in ("figures/learning_curve_micro.png", "figures/learning_curve_macro.png"):
+        assert (ref.dir / f).stat().st_size > 1000
+    curves = json.loads((ref.dir / "learning_curves.json").read_text())
+    assert curves["methods"]["naive_bayes"]["size"] == [8, 16, 48]
+    best = json.loads((ref.dir / "best.json").read_text())
+    assert best["slice"] == "all" and (tmp_path / best["run_dir"]).is_dir()
+    all_runs = [r for r in metrics["runs"] if r["slice"] == "all"]
+    assert best["valid"]["micro_f1"] == max(r["valid"]["micro_f1"] for r in all_runs)
+    # the stage's test metrics equal a direct recomputation from the saved probabilities
+    from label_pipeline.data import label_matrix, load_splits
+    from label_pipeline.decision import Decision, apply_decision
+
+    run_dir = trained.dir / "runs/naive_bayes/all"
+    probs = np.load(run_dir / "test_probs.npy")
+    dec = Decision.from_json(json.loads((run_dir / "decision.json").read_text()))
+    gold = label_matrix(load_splits(split_dir)["test"]["labels"], ["bug", "feature", "question"])
+    from sklearn.metrics import f1_score
+
+    nb = next(r for r in all_runs if r["method"] == "naive_bayes")
+    assert nb["test"]["micro_f1"] == pytest.approx(
+        f1_score(gold, apply_decision(probs, dec), average="micro")
+    )

@@ -1,0 +1,57 @@
+"""The report exists, agrees with the evaluate stage's metrics and omits absent stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from train_fixtures import make_splits_dir, splits_ref
+
+from label_pipeline.config import PipelineConfig
+from label_pipeline.store import StageStore
+from tasks.evaluate import EvaluateConfig, run_evaluate
+from tasks.report import run_report
+from tasks.train import TrainConfig, run_train
+
+
+@pytest.mark.slow
+def test_report_agrees_with_metrics(tmp_path):
+    split_dir = make_splits_dir(tmp_path / "split")
+    store = StageStore(tmp_path / "store")
+    split = splits_ref(split_dir)
+    trained = run_train(store, TrainConfig(methods=["naive_bayes"], slices=["8", "all"]), split)
+    evaluated = run_evaluate(store, EvaluateConfig(), split, trained)
+    cfg = PipelineConfig(
+        store=str(tmp_path / "store"), reports_dir=str(tmp_path / "reports"), run_name="toy run"
+    )
+    out = run_report(
+        cfg, {"split": split, "train": trained, "evaluate": evaluated, "zero_shot": None}
+    )
+    assert out == tmp_path / "reports" / "toy-run"
+    md = (out / "report.md").read_text()
+    ev = json.loads((evaluated.dir / "metrics.json").read_text())
+    rep = json.loads((out / "metrics.json").read_text())
+    assert rep["evaluation"]["runs"][0]["test"]["micro_f1"] == ev["runs"][0]["test"]["micro_f1"]
+    for r in ev["runs"]:
+        assert f"{r['test']['micro_f1']:.3f}" in md
+    best = json.loads((evaluated.dir / "best.json").read_text())
+    assert f"Final model: **{best['method']}**" in md
+    assert trained.fingerprint in md and "## zero_shot" not in md
+    assert (out / "figures" / "evaluate-learning_curve_micro.png").is_file()
+    assert "](figures/evaluate-learning_curve_micro.png)" in md
+    assert not list((tmp_path / "reports").glob(".tmp-*"))
+
+
+def test_bench_config_adds_variants_and_all_slices():
+    from flows.label_bench import bench_config
+    from label_pipeline.errors import ConfigError
+
+    base = PipelineConfig.model_validate({"train": {"methods": ["naive_bayes", "knn"]}})
+    cfg = bench_config(base, ["aug"], ["naive_bayes"])
+    assert cfg.train.methods == ["naive_bayes", "knn", "naive_bayes+aug"]
+    assert cfg.train.slices == ["*"] and not cfg.label.enabled and cfg.evaluate.enabled
+    assert cfg.augment.enabled
+    with pytest.raises(ConfigError, match="unknown variant"):
+        bench_config(base, ["mixup"], None)
+    with pytest.raises(ConfigError, match="not in train.methods"):
+        bench_config(base, ["pseudo"], ["embed_lr"])

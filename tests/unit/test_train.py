@@ -1,0 +1,173 @@
+"""The train stage on a small split-stage directory written by the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from train_fixtures import LABELS, make_splits_dir, splits_ref
+
+from label_pipeline.errors import ConfigError, TrainingDivergedError
+from label_pipeline.methods.base import REGISTRY, Method, register
+from label_pipeline.store import StageRef, StageStore
+from tasks.train import TrainConfig, run_train
+
+FAST = ["naive_bayes", "tfidf_nb"]
+
+
+def _train(tmp_path, multi_label=True, **cfg):
+    split_dir = make_splits_dir(
+        tmp_path / "split",
+        multi_label=multi_label,
+        drop_label_from_small_slices=cfg.pop("drop", None),
+    )
+    store = StageStore(tmp_path / "store")
+    cfg.setdefault("methods", FAST)
+    ref = run_train(store, TrainConfig(**cfg), splits_ref(split_dir), **cfg.pop("refs", {}))
+    return ref, json.loads((ref.dir / "runs.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_runs_beat_a_trivial_baseline_and_write_their_files(tmp_path, multi_label):
+    ref, runs = _train(tmp_path, multi_label, slices=["*"])
+    assert [(r["method"], r["slice"]) for r in runs] == [
+        (m, s) for s in ("8", "16", "all") for m in FAST
+    ]
+    # trivial baseline: always predict the most frequent label -> micro-F1 about 1/3
+    for r in runs:
+        run = ref.dir / r["dir"]
+        for f in ("valid_probs.npy", "test_probs.npy", "decision.json", "fit.json", "model"):
+            assert (run / f).exists(), f
+        probs = np.load(run / "test_probs.npy")
+        assert probs.shape == (30, len(LABELS))
+        assert ((probs >= 0) & (probs <= 1)).all()
+        if not multi_label:
+            np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+            assert json.loads((run / "decision.json").read_text())["rule"] == "argmax"
+    best_all = max(r["valid_micro_f1"] for r in runs if r["slice"] == "all")
+    assert best_all >= 0.9
+    summary = (ref.dir / "summary.md").read_text()
+    assert "valid micro-F1" in summary and "naive_bayes" in summary
+    assert json.loads((ref.dir / "sample.json").read_text())
+
+
+def test_label_missing_from_a_slice_is_warned_by_name(tmp_path):
+    ref, runs = _train(tmp_path, slices=["8", "all"], drop="question")
+    fit = json.loads((ref.dir / "runs/naive_bayes/8/fit.json").read_text())
+    assert fit["labels_without_examples"] == ["question"]
+    assert "no example of label(s) ['question']" in (ref.dir / "summary.md").read_text()
+    assert ref.manifest()["warnings"]
+
+
+def test_tiny_valid_split_falls_back_to_half_and_reports_it(tmp_path):
+    ref, runs = _train(tmp_path, methods=["naive_bayes"], min_valid_rows=100)
+    dec = json.loads((ref.dir / "runs/naive_bayes/all/decision.json").read_text())
+    assert dec["fallback"] and dec["thresholds"] == [0.5] * 3
+    assert "Decision fallbacks" in (ref.dir / "summary.md").read_text()
+
+
+class _Diverges(Method):
+    name = "test_diverges"
+
+    def __init__(self, raise_in_fit: bool = False) -> None:
+        self.raise_in_fit = raise_in_fit
+
+    def fit(self, train, valid, ctx):
+        if self.raise_in_fit:
+            raise TrainingDivergedError("loss is NaN at step 3")
+        return self
+
+    def predict_proba(self, texts):
+        return np.full((len(texts), 3), np.nan)
+
+    def save(self, path: Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def load(cls, path):
+        return cls()
+
+
+@pytest.fixture
+def diverging_method():
+    register(_Diverges)
+    yield
+    REGISTRY.pop(_Diverges.name, None)
+
+
+@pytest.mark.parametrize("raise_in_fit", [False, True])
+def test_diverging_method_gets_a_reported_prior_fallback(tmp_path, diverging_method, raise_in_fit):
+    ref, runs = _train(
+        tmp_path,
+        methods=["test_diverges"],
+        method_params={"test_diverges": {"raise_in_fit": raise_in_fit}},
+    )
+    (run,) = runs
+    assert "did not converge" in run["fallback"]
+    probs = np.load(ref.dir / run["dir"] / "test_probs.npy")
+    assert np.isfinite(probs).all() and (probs == probs[0]).all()  # the label prior
+    assert probs[0].tolist() != [0.0, 0.0, 0.0]
+    assert "FALLBACK" in (ref.dir / "summary.md").read_text()
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    split_dir = make_splits_dir(tmp_path / "split")
+    store = StageStore(tmp_path / "store")
+    with pytest.raises(ConfigError, match="unknown method 'bayes'"):
+        run_train(store, TrainConfig(methods=["bayes"]), splits_ref(split_dir))
+    with pytest.raises(ConfigError, match=r"'nope'.*not in .*slices.json"):
+        run_train(
+            store, TrainConfig(methods=["naive_bayes"], slices=["nope"]), splits_ref(split_dir)
+        )
+    with pytest.raises(ConfigError, match="unknown modifier"):
+        run_train(store, TrainConfig(methods=["naive_bayes+magic"]), splits_ref(split_dir))
+    with pytest.raises(ConfigError, match="augment stage did not run"):
+        run_train(store, TrainConfig(methods=["naive_bayes+aug"]), splits_ref(split_dir))
+    assert not list((tmp_path / "store").glob("train/*/manifest.json"))
+
+
+def test_augmented_and_pseudo_rows_are_added(tmp_path):
+    import datasets
+
+    split_dir = make_splits_dir(tmp_path / "split")
+    slices = json.loads((split_dir / "slices.json").read_text())
+    aug_dir = tmp_path / "aug"
+    datasets.Dataset.from_list(
+        [
+            {"id": f"a{i}", "text": "crash error", "labels": ["bug"], "parent_id": pid}
+            for i, pid in enumerate(slices["8"][:3] + ["train-40"])
+        ]
+    ).save_to_disk(str(aug_dir / "augmented"))
+    zs_dir = tmp_path / "zs"
+    datasets.Dataset.from_list(
+        [
+            {"id": "u1", "text": "how why", "labels": ["question"], "confidence": 0.9},
+            {"id": "u2", "text": "what", "labels": ["question"], "confidence": 0.2},
+            {"id": "u3", "text": "hmm", "labels": [], "confidence": 0.95},
+        ]
+    ).save_to_disk(str(zs_dir / "unlabeled"))
+    aug = StageRef(stage="augment", fingerprint="a", path=str(aug_dir))
+    zs = StageRef(stage="zero_shot", fingerprint="z", path=str(zs_dir))
+    store = StageStore(tmp_path / "store")
+    cfg = TrainConfig(
+        methods=["naive_bayes", "naive_bayes+aug", "naive_bayes+pseudo"],
+        slices=["8"],
+        pseudo_min_confidence=0.5,
+    )
+    ref = run_train(store, cfg, splits_ref(split_dir), augmented=aug, pseudo=zs)
+    fits = {m: json.loads((ref.dir / f"runs/{m}/8/fit.json").read_text()) for m in cfg.methods}
+    assert fits["naive_bayes"]["train_rows"] == 8
+    assert fits["naive_bayes+aug"]["augmented_rows"] == 3  # train-40 is not in slice 8
+    assert fits["naive_bayes+pseudo"]["pseudo_rows"] == 1  # confidence and non-empty filter
+
+
+def test_cached_second_run(tmp_path):
+    split_dir = make_splits_dir(tmp_path / "split")
+    store = StageStore(tmp_path / "store")
+    cfg = TrainConfig(methods=["naive_bayes"])
+    first = run_train(store, cfg, splits_ref(split_dir))
+    second = run_train(store, cfg, splits_ref(split_dir))
+    assert not first.cached and second.cached and first.path == second.path
