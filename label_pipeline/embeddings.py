@@ -43,8 +43,11 @@ def _load(model_dir: str, device: DeviceChoice) -> tuple[Any, Any]:
             return _models[key]
     from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir)
+    from label_pipeline.models import model_loading
+
+    with model_loading():
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModel.from_pretrained(model_dir)
     model.eval().to(device.device)
     if device.device != "cpu" and device.precision in {"fp16", "bf16"}:
         model.to(device.torch_dtype)

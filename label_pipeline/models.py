@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from label_pipeline.errors import ModelNotFoundError
@@ -118,3 +121,19 @@ def resolve_model(ref: str | os.PathLike[str], purpose: str = "model") -> Path:
         "machine that reaches the Hugging Face hub (unset HF_HUB_OFFLINE), or download it once with "
         f"`huggingface-cli download {hub_id}`. Bundled offline copies: {bundled_list}."
     )
+
+
+# transformers' ``from_pretrained`` swaps process-wide globals while it loads (the torch
+# ``nn.init`` functions and ``PreTrainedModel.tie_weights`` become no-ops, then are put back).
+# Two loads in two threads at once (Prefect's thread runner, Dask's threaded workers) can
+# restore them in the wrong order and leave them patched for the rest of the process: new
+# heads would then stay uninitialised and untied. Every model load in the project holds this
+# lock.
+_LOAD_LOCK = threading.RLock()
+
+
+@contextmanager
+def model_loading() -> Iterator[None]:
+    """Serialise model construction and ``from_pretrained`` calls within this process."""
+    with _LOAD_LOCK:
+        yield

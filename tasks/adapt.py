@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from label_pipeline.data import load_splits
 from label_pipeline.devices import DeviceChoice, DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, EmptyPoolError
-from label_pipeline.models import DEFAULT_ENCODER, resolve_model
+from label_pipeline.models import DEFAULT_ENCODER, model_loading, resolve_model
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
@@ -196,7 +196,8 @@ def load_masked_lm(model_dir: str | Path, purpose: str = "adapt.model") -> Maske
             f"{purpose}: the tokenizer of {src} has no mask token, so masked-LM training is "
             "impossible; use an encoder with a mask token or set adapt.enabled=false."
         )
-    model, info = AutoModelForMaskedLM.from_pretrained(str(src), output_loading_info=True)
+    with model_loading():
+        model, info = AutoModelForMaskedLM.from_pretrained(str(src), output_loading_info=True)
     prefix = model.base_model_prefix
     missing = sorted(info.get("missing_keys") or [])
     encoder_missing = [k for k in missing if k.startswith(f"{prefix}.")]

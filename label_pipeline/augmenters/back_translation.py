@@ -169,8 +169,12 @@ class BackTranslationAugmenter(Augmenter):
         batch = self.cfg.batch_size or dev.batch_size
 
         def load(d: Path) -> tuple[Any, Any]:
-            tok = AutoTokenizer.from_pretrained(str(d))
-            model = AutoModelForSeq2SeqLM.from_pretrained(str(d), dtype=dtype).to(dev.device).eval()
+            from label_pipeline.models import model_loading
+
+            with model_loading():
+                tok = AutoTokenizer.from_pretrained(str(d))
+                model = AutoModelForSeq2SeqLM.from_pretrained(str(d), dtype=dtype)
+            model = model.to(dev.device).eval()
             return tok, model
 
         fwd, bwd = load(fwd_dir), load(bwd_dir)

@@ -115,7 +115,10 @@ class FillMaskSubstituter:
                 "masked language model (BERT/DistilBERT/RoBERTa style) in augment.contextual.model"
             )
         dtype = device.torch_dtype if device.device != "cpu" else torch.float32
-        self.model = AutoModelForMaskedLM.from_pretrained(str(model_dir), dtype=dtype)
+        from label_pipeline.models import model_loading
+
+        with model_loading():
+            self.model = AutoModelForMaskedLM.from_pretrained(str(model_dir), dtype=dtype)
         self.model.to(device.device).eval()
         limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
         tok_limit = (

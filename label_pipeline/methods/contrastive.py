@@ -247,8 +247,11 @@ class SetFit(Method):
         from transformers import AutoModel, AutoTokenizer
 
         seed_everything(ctx.seed)
-        tokenizer = AutoTokenizer.from_pretrained(str(start))
-        encoder = AutoModel.from_pretrained(str(start)).to(self.device_.device)
+        from label_pipeline.models import model_loading
+
+        with model_loading():
+            tokenizer = AutoTokenizer.from_pretrained(str(start))
+            encoder = AutoModel.from_pretrained(str(start)).to(self.device_.device)
         self.tokenizer_, self.encoder_ = tokenizer, encoder
         self.history_ = {"rows": len(train), "warmup": self._warm_up(train, ctx)}
         self.finetuned_ = None
@@ -468,8 +471,12 @@ class SetFit(Method):
             self.finetuned_ = FineTune.load(path / "finetune", device=self.device_)
             self.encoder_ = self.tokenizer_ = self.head_ = None
             return self
-        self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "encoder"))
-        self.encoder_ = AutoModel.from_pretrained(str(path / "encoder")).to(self.device_.device)
+        from label_pipeline.models import model_loading
+
+        with model_loading():
+            self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "encoder"))
+            self.encoder_ = AutoModel.from_pretrained(str(path / "encoder"))
+        self.encoder_.to(self.device_.device)
         self.encoder_.eval()
         with open(path / "head.pkl", "rb") as fh:
             state = pickle.load(fh)

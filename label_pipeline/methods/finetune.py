@@ -29,6 +29,7 @@ from label_pipeline.devices import DeviceChoice, choose_device
 from label_pipeline.errors import ConfigError, TrainingDivergedError
 from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
 from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
+from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
 
 PARAMS_FILE = "method.json"
@@ -298,18 +299,19 @@ class FineTune(Method):
         extra: dict[str, Any] = {}
         if self.dropout is not None:
             extra["classifier_dropout"] = self.dropout
-        tokenizer = AutoTokenizer.from_pretrained(str(start))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(start),
-            num_labels=len(self.label_names_),
-            id2label=id2label,
-            label2id={v: k for k, v in id2label.items()},
-            problem_type="multi_label_classification"
-            if self.multi_label_
-            else "single_label_classification",
-            ignore_mismatched_sizes=True,
-            **extra,
-        )
+        with model_loading():
+            tokenizer = AutoTokenizer.from_pretrained(str(start))
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(start),
+                num_labels=len(self.label_names_),
+                id2label=id2label,
+                label2id={v: k for k, v in id2label.items()},
+                problem_type="multi_label_classification"
+                if self.multi_label_
+                else "single_label_classification",
+                ignore_mismatched_sizes=True,
+                **extra,
+            )
         model.to(dev.device)
         self.model_, self.tokenizer_ = model, tokenizer
 
@@ -522,8 +524,9 @@ class FineTune(Method):
         self.multi_label_ = bool(meta["multi_label"])
         self.history_ = meta.get("history", {})
         self.device_ = device or choose_device()
-        self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "model"))
-        self.model_ = AutoModelForSequenceClassification.from_pretrained(str(path / "model"))
+        with model_loading():
+            self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "model"))
+            self.model_ = AutoModelForSequenceClassification.from_pretrained(str(path / "model"))
         self.model_.to(self.device_.device).eval()
         return self
 

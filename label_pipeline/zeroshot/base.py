@@ -94,7 +94,10 @@ class ZeroShotBackend(ABC):
         import torch
 
         dtype = self.device.torch_dtype if self.device.device == "cuda" else torch.float32
-        model = auto_class.from_pretrained(str(self.model_dir), dtype=dtype)
+        from label_pipeline.models import model_loading
+
+        with model_loading():
+            model = auto_class.from_pretrained(str(self.model_dir), dtype=dtype)
         model.to(self.device.device).eval()
         return model
 

@@ -53,7 +53,10 @@ class EmbeddingBackend(ZeroShotBackend):
         if self.temperature <= 0:
             raise ConfigError(f"zero_shot.temperature must be > 0, got {self.temperature}")
         self.label_template = self.options.get("label_template", "{}")
-        self.model = SentenceTransformer(str(self.model_dir), device=self.device.device)
+        from label_pipeline.models import model_loading
+
+        with model_loading():
+            self.model = SentenceTransformer(str(self.model_dir), device=self.device.device)
         if self.device.device == "cuda" and self.device.precision in {"fp16", "bf16"}:
             self.model.to(self.device.torch_dtype)
         limit = int(self.model.max_seq_length or 512)

@@ -28,3 +28,23 @@ def test_directory_without_config_is_rejected(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="holds no config.json"):
         resolve_model(str(tmp_path / "empty"))
+
+
+def test_concurrent_loads_leave_transformers_globals_intact(tiny_mlm_dir):
+    """from_pretrained patches process-wide globals while it loads; loads in several threads
+    at once (thread or Dask runners) must not leave them patched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from transformers import PreTrainedModel
+
+    from tasks.adapt import load_masked_lm
+
+    tie_weights, normal_ = PreTrainedModel.tie_weights, torch.nn.init.normal_
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        loaded = list(pool.map(lambda _: load_masked_lm(tiny_mlm_dir), range(18)))
+    assert PreTrainedModel.tie_weights is tie_weights
+    assert torch.nn.init.normal_ is normal_
+    for mlm in loaded:
+        out, emb = mlm.model.get_output_embeddings(), mlm.model.get_input_embeddings()
+        assert out.weight.data_ptr() == emb.weight.data_ptr()
