@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from label_pipeline.data import load_splits
 from label_pipeline.devices import DeviceChoice, DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, EmptyPoolError
+from label_pipeline.mlm import masked_logits, mlm_head
 from label_pipeline.models import DEFAULT_ENCODER, model_loading, resolve_model
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import Progress, stage_logger
@@ -233,39 +234,13 @@ def load_masked_lm(model_dir: str | Path, purpose: str = "adapt.model") -> Maske
     return MaskedLM(model, tokenizer, src, head_created, note, missing)
 
 
-def _mlm_head(model: Any) -> Any | None:
-    """The module mapping hidden states to vocabulary logits, when it is a single child.
-
-    Lets the loss project only masked positions onto the vocabulary (most of the compute of a
-    small encoder otherwise); ``None`` for architectures whose head is spread over several
-    modules (then the full forward is used).
-    """
-    base = model.base_model
-    heads = [
-        m
-        for name, m in model.named_children()
-        if m is not base and any(p.requires_grad for p in m.parameters())
-    ]
-    out = model.get_output_embeddings()
-    if len(heads) == 1 and out is not None and any(m is out for m in heads[0].modules()):
-        return heads[0]
-    return None
-
-
 def masked_loss(model: Any, head: Any | None, batch: dict[str, Any], reduction: str = "mean"):
     """Cross-entropy at the masked positions (``labels != -100``) of one batch."""
     import torch.nn.functional as F
 
     labels = batch["labels"]
-    if head is None:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits
-        sel = labels != -100
-        return F.cross_entropy(logits[sel].float(), labels[sel], reduction=reduction)
-    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-    hidden = model.base_model(**inputs)[0]
     sel = labels != -100
-    logits = head(hidden[sel])
+    logits = masked_logits(model, head, batch, sel)
     return F.cross_entropy(logits.float(), labels[sel], reduction=reduction)
 
 
@@ -451,7 +426,7 @@ def heldout_perplexity(
     was_training = model.training
     model.eval()
     model.to(device.device)
-    head = _mlm_head(model)
+    head = mlm_head(model)
     total, count = 0.0, 0
     cols = list(blocks.columns)
     autocast = device.device == "cuda" and device.precision in {"bf16", "fp16"}
@@ -560,7 +535,7 @@ def _trainer_class() -> type:
             **kwargs: Any,
         ) -> None:
             super().__init__(*args, **kwargs)
-            self.mlm_head = _mlm_head(self.model)
+            self.mlm_head = mlm_head(self.model)
             # our loss is a per-batch mean: the Trainer divides it for gradient accumulation
             self.loss_is_scaled_for_ga = False if self.mlm_head is not None else None
             self.new_weights, self.head_lr = set(new_weights), head_lr

@@ -119,6 +119,10 @@ class FillMaskSubstituter:
         with model_loading():
             self.model = AutoModelForMaskedLM.from_pretrained(str(model_dir), dtype=dtype)
         self.model.to(device.device).eval()
+        from label_pipeline.mlm import mlm_head
+
+        # the vocabulary head runs on the masked positions only
+        self._head = mlm_head(self.model)
         limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
         tok_limit = (
             self.tokenizer.model_max_length if self.tokenizer.model_max_length < 10**6 else limit
@@ -164,6 +168,8 @@ class FillMaskSubstituter:
     def substitute(self, texts: Sequence[str], n: int = 1, progress: Any = None) -> AugmentOutput:
         """``n`` variants of every text, each with about ``aug_p`` of its words replaced."""
         import torch
+
+        from label_pipeline.mlm import masked_logits
 
         rng = np.random.default_rng(self.seed)
         out = AugmentOutput(variants=[[] for _ in texts])
@@ -217,11 +223,9 @@ class FillMaskSubstituter:
                     max_length=self.max_length,
                     return_tensors="pt",
                 ).to(self.device.device)
-                logits = self.model(**enc).logits
                 is_mask = enc["input_ids"] == self.tokenizer.mask_token_id
-                rows, cols = is_mask.nonzero(as_tuple=True)
-                # only the masked positions leave the device
-                picked = logits[rows, cols].float()
+                rows, _cols = is_mask.nonzero(as_tuple=True)
+                picked = masked_logits(self.model, self._head, enc, is_mask).float()
                 picked[:, self._bad_mask(picked.shape[1], picked.device)] = -1e9
                 probs, cand = torch.softmax(picked, dim=-1).topk(
                     min(self.top_k + 1, picked.shape[1])
