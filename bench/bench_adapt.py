@@ -34,11 +34,11 @@ import datasets  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from label_pipeline.mlm import mlm_head  # noqa: E402
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model  # noqa: E402
 from label_pipeline.store import StageRef, StageStore  # noqa: E402
 from tasks.adapt import (  # noqa: E402
     AdaptConfig,
-    _mlm_head,
     load_masked_lm,
     make_collator,
     masked_loss,
@@ -127,7 +127,7 @@ def throughput(texts: list[str], steps: int, batch_size: int, max_length: int) -
     unpacked_padding = 1 - real / slots
 
     collator = make_collator(tok, cfg, seed=0)
-    head = _mlm_head(model)
+    head = mlm_head(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.train()
 
