@@ -94,10 +94,11 @@ class AdaptConfig(BaseModel):
 
     Default budget (CPU): one epoch over the embedded sample (4,750 unlabeled + 300 training
     texts: 97k tokens, 762 blocks of 128, 48 steps of 16) with the bundled MiniLM, capped at
-    3 minutes; measured on a busy 2-core CPU: 134 s of training, 140 s for the whole stage.
+    3 minutes; measured on an idle 2-core CPU: 48 s of training, 53 s for the whole stage.
 
     GPU-worker budget (one modern GPU, bf16): ``batch_size=64``, ``max_length=128``,
-    ``epochs=3``, ``learning_rate=1e-4``, ``max_minutes=30``. On a pool of 100k short texts
+    ``epochs=3``, ``learning_rate=1e-4``, ``max_minutes=30`` (the ``label-pipeline/gpu``
+    deployment's parameters in ``prefect.yaml``). On a pool of 100k short texts
     (~12k blocks) that is ~550 steps; MiniLM runs thousands of blocks per second there, so
     set ``max_minutes`` as the guard, not the budget. Larger encoders (BERT-base,
     RoBERTa-base): ``batch_size=32``, ``learning_rate=5e-5``.
