@@ -21,14 +21,10 @@ import math
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,32 +181,13 @@ def scores_of(shard_dirs: list[str]):
 def prefect_server(home: Path):
     """A Prefect server on a free loopback port; PREFECT_API_URL points every process we
     start (Dask workers included) at it instead of each starting its own temporary API."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from label_pipeline.testing import free_port, local_prefect_server
+
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     os.environ.update(PREFECT_HOME=str(home), PREFECT_API_URL=api)
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    proc = subprocess.Popen(
-        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("the Prefect server did not start") from None
-                time.sleep(0.5)
+    with local_prefect_server(dict(os.environ), port=port):
         yield api
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
 
 
 def main() -> None:

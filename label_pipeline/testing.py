@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 DEFAULT_CORPUS = [
@@ -103,3 +104,69 @@ def make_tiny_bert(
     }[kind]
     cls(config).save_pretrained(str(out))
     return out
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def local_prefect_server(
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    log_path: str | Path | None = None,
+    timeout_s: float = 180,
+) -> Iterator[str]:
+    """Start ``prefect server start`` on a loopback port (as ``make server`` does), wait until
+    its health check answers, yield the API URL and stop the server on exit (SIGTERM, then
+    SIGKILL). ``env`` is the server's environment (default: this process's); its output goes
+    to ``log_path`` when given, and its tail is in the error when it does not come up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = port or free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    log = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                tail = Path(log_path).read_text()[-3000:] if log_path else ""
+                raise RuntimeError(f"the Prefect server on port {port} did not come up\n{tail}")
+            time.sleep(0.5)
+        yield api
+    finally:
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        if log:
+            log.close()

@@ -8,14 +8,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from label_pipeline.testing import free_port, local_prefect_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,12 +26,6 @@ WORDS = {
     "feature": "add support request would like option new",
     "question": "how why what help wondering possible explain",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_csv(path: Path, n_labelled: int = 72, n_unlabeled: int = 40) -> Path:
@@ -64,7 +57,7 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT, wait_s: float = 20) 
 def server(tmp_path_factory):
     """A Prefect server on a free loopback port with its own PREFECT_HOME; always stopped."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -78,32 +71,8 @@ def server(tmp_path_factory):
         "LABEL_PIPELINE_DIR": str(ROOT),
     }
     env.pop("PREFECT_API_KEY", None)
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(
-                    f"Prefect server did not come up:\n{(home / 'server.log').read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
+    with local_prefect_server(env, port=port, log_path=home / "server.log", timeout_s=120):
         yield {"api": api, "env": env, "home": home}
-    finally:
-        _stop(proc, signal.SIGTERM)
-        log.close()
 
 
 def _cli(
