@@ -14,7 +14,7 @@ export DO_NOT_TRACK ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export LABEL_PIPELINE_NLTK_DATA ?= $(CURDIR)/.cache/nltk_data
 
-.PHONY: env resources run test test-fast lint format bench clean-store help
+.PHONY: env resources run test test-fast lint format bench quality clean-store help
 
 # deployment, server, worker and Dask targets
 -include deploy.mk
@@ -22,7 +22,8 @@ export LABEL_PIPELINE_NLTK_DATA ?= $(CURDIR)/.cache/nltk_data
 help:
 	@echo "make run     - run label-pipeline on the embedded default data (creates the env)"
 	@echo "make test    - run the whole test suite (creates the env)"
-	@echo "make bench   - run the benchmarks and print their figures"
+	@echo "make bench   - speed and memory benchmarks (prints figures)"
+	@echo "make quality - quality benchmarks against baselines (prints figures)"
 	@echo "make lint    - ruff"
 
 $(STAMP): pyproject.toml
@@ -63,8 +64,19 @@ lint:
 format:
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
+# Speed and memory benchmarks (each prints its figures and writes bench/results/*.json).
+BENCHES := bench_foundation.py bench_augment.py bench_zero_shot.py "bench_adapt.py --quick" \
+	bench_pipeline.py "bench_shards.py --rows 50000" "bench_finetune.py default"
+# Quality: methods, augmentation and zero-shot against baselines (the emotion parts read
+# ../shared/datasets/emotion, or skip it when absent).
+QUALITY := quality_augment.py quality_zero_shot.py "bench_adapt.py --skip-goemotions" \
+	bench_methods.py "bench_finetune.py emotion --n 8 64"
+
 bench: $(RES)
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(BENCHES); do echo "== $$b"; $(PY) bench/$$b || exit 1; done
+
+quality: $(RES)
+	@for b in $(QUALITY); do echo "== $$b"; $(PY) bench/$$b || exit 1; done
 
 clean-store:
 	rm -rf .store

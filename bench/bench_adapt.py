@@ -6,7 +6,7 @@
    the padding fraction of each layout, and peak RSS.
 2. Held-out perplexity before vs after with the default budget (``AdaptConfig()``) on the
    embedded default data (300 train + ~5,000 unlabeled texts).
-3. The same on a pool of 20,000 GoEmotions rows (``/work/shared/datasets/goemotions/ekman/
+3. The same on a pool of 20,000 GoEmotions rows (``../shared/datasets/goemotions/ekman/
    train.tsv``) with a budget that finishes within 10 minutes on a 2-core CPU.
 
 Run: ``.venv/bin/python bench/bench_adapt.py`` (``--quick`` for part 1 only; ``--help``).
@@ -28,6 +28,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _paths import DATASETS  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 import datasets  # noqa: E402
@@ -47,7 +50,7 @@ from tasks.adapt import (  # noqa: E402
 )
 
 EMBEDDED = ROOT / "data" / "goemotions-ekman-sample.csv"
-GOEMOTIONS = Path("/work/shared/datasets/goemotions/ekman/train.tsv")
+GOEMOTIONS = DATASETS / "goemotions/ekman/train.tsv"
 RESULTS = ROOT / "bench" / "results"
 
 

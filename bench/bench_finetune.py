@@ -3,7 +3,7 @@
 ``default``: time a default ``finetune`` fit on the embedded default data (300 train / 150 valid
 rows sampled with the seed, MiniLM-L6) and report test micro/macro-F1 on the other 150 rows.
 
-``emotion``: few-label quality on /work/shared/datasets/emotion (single-label, 6 labels): N
+``emotion``: few-label quality on ../shared/datasets/emotion (single-label, 6 labels): N
 labelled rows per class sampled from train.csv with each seed, a validation set of N rows per
 class from dev.csv, test accuracy and macro-F1 on the full test.csv (2000 rows) for ``finetune``
 and ``setfit`` from the bundled all-MiniLM-L6-v2.
@@ -26,11 +26,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _paths import DATASETS  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-EMOTION = Path("/work/shared/datasets/emotion")
+EMOTION = DATASETS / "emotion"
 EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 

@@ -4,7 +4,7 @@ Cases (each in its own subprocess, so peak memory is the case's own):
 
 - ``default``: the embedded GoEmotions sample (5,600 rows);
 - ``large``: a ``--rows`` (default 50,000) row CSV built by resampling GoEmotions rows
-  (``/work/shared/datasets/goemotions/ekman/train.tsv`` when present, else the embedded
+  (``../shared/datasets/goemotions/ekman/train.tsv`` when present, else the embedded
   data), with words dropped/swapped for variety and 3% exact and 3% near duplicates
   injected; 5% of the rows keep their labels.
 
@@ -30,7 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GOEMOTIONS = Path("/work/shared/datasets/goemotions/ekman")
+sys.path.insert(0, str(ROOT / "bench"))
+from _paths import DATASETS  # noqa: E402
+
+GOEMOTIONS = DATASETS / "goemotions/ekman"
 
 
 def _env(prefect_home: str) -> dict[str, str]:

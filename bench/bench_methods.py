@@ -5,7 +5,7 @@ Datasets:
 - ``goemotions``: the embedded default sample (multi-label, 7 labels): its 600 labelled
   rows split once (seeded) into test 200 / valid 100 / train 300, nested training slices of
   8, 16, 32, 64, 128 and 300 rows (label-balanced greedy order);
-- ``emotion``: /work/shared/datasets/emotion (single-label, 6 labels): slices of 8, 16, 32
+- ``emotion``: ../shared/datasets/emotion (single-label, 6 labels): slices of 8, 16, 32
   and 64 rows *per class* sampled from train (as in the SetFit paper), valid = 600 rows of
   dev, test = the full 2000-row test split.
 
@@ -31,6 +31,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _paths import DATASETS  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,7 +45,7 @@ from label_pipeline.metrics import classification_metrics  # noqa: E402
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model  # noqa: E402
 from tasks.train import fit_and_predict  # noqa: E402
 
-EMOTION = Path("/work/shared/datasets/emotion")
+EMOTION = DATASETS / "emotion"
 EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 

@@ -25,6 +25,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _paths import DATASETS  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 import datasets  # noqa: E402
@@ -35,7 +38,7 @@ from label_pipeline.store import StageRef, StageStore  # noqa: E402
 from tasks.augment import AugmentConfig, run_augment  # noqa: E402
 
 SLICES = (8, 16, 32, 64, 128)
-EMOTION = Path("/work/shared/datasets/emotion")
+EMOTION = DATASETS / "emotion"
 EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 

@@ -6,7 +6,7 @@ Datasets:
 - the embedded default (GoEmotions Ekman sample, multi-label, 7 labels): its 600 labelled
   rows split at random (seed 0) into train 200 / valid 200 / test 200; NB also on a
   64-row slice of train;
-- /work/shared/datasets/emotion (single-label, 6 labels): 8 rows per class from train (48),
+- ../shared/datasets/emotion (single-label, 6 labels): 8 rows per class from train (48),
   500 valid rows from dev.csv, 2000 test rows from test.csv.
 
 The zero-shot numbers come from running the stage itself (``run_zero_shot``) on a splits
@@ -32,6 +32,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _paths import DATASETS  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
@@ -181,7 +184,7 @@ def show_all(results: dict[str, dict], with_value: bool) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--emotion-dir", default="/work/shared/datasets/emotion")
+    p.add_argument("--emotion-dir", default=str(DATASETS / "emotion"))
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="quality-zero-shot-"))
     results: dict = {}
