@@ -20,18 +20,40 @@ DEFAULT_CORPUS = [
 
 
 def train_wordpiece_tokenizer(out_dir: str | Path, corpus: Iterable[str], vocab_size: int = 500):
-    """Train a BERT-style WordPiece tokenizer on ``corpus`` and save it to ``out_dir``."""
+    """Build a BERT-style WordPiece tokenizer for ``corpus`` and save it to ``out_dir``.
+
+    When every word of the corpus fits in ``vocab_size`` (with the specials and single
+    characters), the vocabulary is those words, numbered in a fixed order, so the same corpus
+    always gives the same token ids and a seeded tiny model is the same on every run.
+    Otherwise the ``tokenizers`` WordPiece trainer learns sub-words (it breaks frequency ties
+    differently from run to run).
+    """
+    from collections import Counter
+
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=specials, min_frequency=1
-    )
-    tok.train_from_iterator(list(corpus), trainer=trainer)
+    texts = list(corpus)
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({ch for word in counts for ch in word})
+    base = specials + chars + [f"##{ch}" for ch in chars]
+    words = sorted((w for w in counts if w not in set(base)), key=lambda w: (-counts[w], w))
+    if len(base) + len(words) <= vocab_size:
+        vocab = {t: i for i, t in enumerate(base + words)}
+        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    else:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=specials, min_frequency=1
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
