@@ -43,17 +43,16 @@ def train_wordpiece_tokenizer(out_dir: str | Path, corpus: Iterable[str], vocab_
     chars = sorted({ch for word in counts for ch in word})
     base = specials + chars + [f"##{ch}" for ch in chars]
     words = sorted((w for w in counts if w not in set(base)), key=lambda w: (-counts[w], w))
-    if len(base) + len(words) <= vocab_size:
-        vocab = {t: i for i, t in enumerate(base + words)}
-        tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
-    else:
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    fixed = len(base) + len(words) <= vocab_size
+    vocab = {t: i for i, t in enumerate(base + words)} if fixed else None
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    if not fixed:
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size, special_tokens=specials, min_frequency=1
         )
         tok.train_from_iterator(texts, trainer=trainer)
-    tok.normalizer = normalizer
-    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
