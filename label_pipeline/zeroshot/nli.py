@@ -82,6 +82,17 @@ class NLIBackend(ZeroShotBackend):
             self.model.config.label2id, where=f"NLI model {self.model_dir}"
         )
         self.limit = model_input_limit(self.tokenizer, self.model.config, self.max_length)
+        # the last layer for the first token only, when it gives the same logits
+        from label_pipeline.zeroshot.cls_only import enable_cls_only
+
+        hyp = self.template.format("this")
+        probe = self.tokenizer(
+            ["a short text", "a somewhat longer text, with a few more words in it"],
+            [hyp, hyp],
+            padding=True,
+            return_tensors="pt",
+        ).to(self.device.device)
+        self.cls_only = enable_cls_only(self.model, dict(probe))
 
     @classmethod
     def options_from_config(cls, cfg: Any) -> dict[str, Any]:

@@ -101,6 +101,7 @@ def test_nli_batched_matches_transformers_pipeline(tiny_nli, multi_label):
     labels = ["joy", "anger", "sadness", "neutral"]
     template = "This text is about {}."
     backend = get_backend("nli")(tiny_nli, CPU, batch_size=5, hypothesis_template=template)
+    assert backend.cls_only  # the last layer runs for the first token only (BERT)
     got = backend.score(texts, labels, labels, multi_label).scores
     assert got.shape == (4, 4)
 
@@ -384,3 +385,43 @@ def test_bad_input_is_reported_before_anything_is_written(tmp_path, labels, cfg_
 def test_config_rejects_unknown_fields():
     with pytest.raises(ValueError, match="extra"):
         ZeroShotConfig(tresholds=0.5)
+
+
+def test_cls_only_last_layer_equals_full_forward_or_is_refused(tiny_nli, tmp_path):
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+    )
+
+    from label_pipeline.zeroshot.cls_only import enable_cls_only
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_nli))
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_nli)).eval()
+    probe = dict(
+        tok(
+            ["short", TEXTS["anger"]], ["about joy", "about joy"], padding=True, return_tensors="pt"
+        )
+    )
+    batch = dict(
+        tok(
+            [TEXTS["joy"], "a", TEXTS["sadness"] + " more words"],
+            ["x", "y", "z"],
+            padding=True,
+            return_tensors="pt",
+        )
+    )
+    with torch.inference_mode():
+        full = model(**batch).logits
+        assert enable_cls_only(model, probe)
+        fast = model(**batch).logits
+    torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-5)
+    # an architecture it does not know is left as it is
+    other = DistilBertForSequenceClassification(
+        DistilBertConfig(vocab_size=len(tok), dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    ).eval()
+    layer = other.distilbert.transformer.layer[-1]
+    assert not enable_cls_only(other, probe)
+    assert other.distilbert.transformer.layer[-1] is layer
