@@ -7,7 +7,8 @@ Scores (same semantics as that pipeline):
 - single-label: softmax of the entailment logits over the labels.
 
 Unlike the pipeline, all pairs of a chunk of texts go through the model in length-sorted
-batches with per-batch padding, on the GPU when one is present.
+batches with per-batch padding, on the GPU when one is present, and BERT-style classifiers
+compute their last layer for the first token only (:mod:`label_pipeline.zeroshot.cls_only`).
 """
 
 from __future__ import annotations
