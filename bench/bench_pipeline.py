@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
+sys.path.insert(0, str(ROOT))
+from label_pipeline.testing import local_prefect_server  # noqa: E402
 
 # runs a command and reports the peak RSS of its process tree's largest process
 _WRAPPER = (
@@ -79,15 +80,6 @@ def run_once(store: str, config: str | None, env: dict[str, str]) -> dict:
     }
 
 
-@contextlib.contextmanager
-def local_server(env: dict[str, str]):
-    """A Prefect server on a free loopback port (as ``make server``); yields its API URL."""
-    from label_pipeline.testing import local_prefect_server
-
-    with local_prefect_server(env) as api:
-        yield api
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None)
@@ -105,7 +97,7 @@ def main() -> None:
     env = base_env(home)
     runs: dict[str, dict] = {}
     for mode in args.mode:
-        server = local_server(env) if mode == "server" else contextlib.nullcontext()
+        server = local_prefect_server(env) if mode == "server" else contextlib.nullcontext()
         with server as api:
             run_env = {**env, "PREFECT_API_URL": api} if api else env
             if not runs:

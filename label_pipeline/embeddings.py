@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from label_pipeline.devices import DeviceChoice, choose_device
+from label_pipeline.models import model_loading
 
 #: encoders whose text->vector tables are kept (least recently used dropped first)
 MAX_CACHED_ENCODERS = 4
@@ -42,8 +43,6 @@ def _load(model_dir: str, device: DeviceChoice) -> tuple[Any, Any]:
             _models.move_to_end(key)
             return _models[key]
     from transformers import AutoModel, AutoTokenizer
-
-    from label_pipeline.models import model_loading
 
     with model_loading():
         tokenizer = AutoTokenizer.from_pretrained(model_dir)

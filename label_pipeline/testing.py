@@ -42,7 +42,8 @@ def train_wordpiece_tokenizer(out_dir: str | Path, corpus: Iterable[str], vocab_
         counts.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
     chars = sorted({ch for word in counts for ch in word})
     base = specials + chars + [f"##{ch}" for ch in chars]
-    words = sorted((w for w in counts if w not in set(base)), key=lambda w: (-counts[w], w))
+    known = set(base)
+    words = sorted((w for w in counts if w not in known), key=lambda w: (-counts[w], w))
     fixed = len(base) + len(words) <= vocab_size
     vocab = {t: i for i, t in enumerate(base + words)} if fixed else None
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))

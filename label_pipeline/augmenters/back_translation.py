@@ -31,6 +31,7 @@ from label_pipeline.augmenters.base import (
     word_count,
 )
 from label_pipeline.errors import ModelNotFoundError, ResourceMissingError
+from label_pipeline.models import model_loading
 
 
 class BackTranslationConfig(MethodConfig):
@@ -169,8 +170,6 @@ class BackTranslationAugmenter(Augmenter):
         batch = self.cfg.batch_size or dev.batch_size
 
         def load(d: Path) -> tuple[Any, Any]:
-            from label_pipeline.models import model_loading
-
             with model_loading():
                 tok = AutoTokenizer.from_pretrained(str(d))
                 model = AutoModelForSeq2SeqLM.from_pretrained(str(d), dtype=dtype)

@@ -30,6 +30,8 @@ from label_pipeline.augmenters.base import (
     split_to_fit,
 )
 from label_pipeline.devices import DeviceChoice
+from label_pipeline.mlm import masked_logits, mlm_head
+from label_pipeline.models import model_loading
 
 # words that keep their surface form: sub-word pieces, digits and punctuation are left alone
 _SEGMENT = re.compile(r"\w+|[^\w\s]+|\s+")
@@ -114,13 +116,9 @@ class FillMaskSubstituter:
                 "masked language model (BERT/DistilBERT/RoBERTa style) in augment.contextual.model"
             )
         dtype = device.torch_dtype if device.device != "cpu" else torch.float32
-        from label_pipeline.models import model_loading
-
         with model_loading():
             self.model = AutoModelForMaskedLM.from_pretrained(str(model_dir), dtype=dtype)
         self.model.to(device.device).eval()
-        from label_pipeline.mlm import mlm_head
-
         # the vocabulary head runs on the masked positions only
         self._head = mlm_head(self.model)
         limit = getattr(self.model.config, "max_position_embeddings", 512) or 512
@@ -168,8 +166,6 @@ class FillMaskSubstituter:
     def substitute(self, texts: Sequence[str], n: int = 1, progress: Any = None) -> AugmentOutput:
         """``n`` variants of every text, each with about ``aug_p`` of its words replaced."""
         import torch
-
-        from label_pipeline.mlm import masked_logits
 
         rng = np.random.default_rng(self.seed)
         out = AugmentOutput(variants=[[] for _ in texts])
@@ -325,13 +321,3 @@ class ContextualAugmenter(Augmenter):
     def describe(self) -> str:
         src = f"adapted MLM {self.model_dir}" if self.model_dir else self.cfg.model
         return f"contextual ({src})"
-
-
-def __getattr__(name: str) -> Any:
-    # the nlpaug wrapper lives in its own module so that importing the stage's config does
-    # not import nlpaug (and through it transformers and torch)
-    if name == "ContextualSubstitutionAug":
-        from label_pipeline.augmenters.nlpaug_compat import ContextualSubstitutionAug
-
-        return ContextualSubstitutionAug
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

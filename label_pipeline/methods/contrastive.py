@@ -38,6 +38,7 @@ from label_pipeline.methods.finetune import (
     sorted_batches,
 )
 from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
+from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
 
 PARAMS_FILE = "method.json"
@@ -247,8 +248,6 @@ class SetFit(Method):
         from transformers import AutoModel, AutoTokenizer
 
         seed_everything(ctx.seed)
-        from label_pipeline.models import model_loading
-
         with model_loading():
             tokenizer = AutoTokenizer.from_pretrained(str(start))
             encoder = AutoModel.from_pretrained(str(start)).to(self.device_.device)
@@ -471,8 +470,6 @@ class SetFit(Method):
             self.finetuned_ = FineTune.load(path / "finetune", device=self.device_)
             self.encoder_ = self.tokenizer_ = self.head_ = None
             return self
-        from label_pipeline.models import model_loading
-
         with model_loading():
             self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "encoder"))
             self.encoder_ = AutoModel.from_pretrained(str(path / "encoder"))

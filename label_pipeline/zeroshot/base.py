@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from label_pipeline.errors import ConfigError
+from label_pipeline.models import model_loading
 from label_pipeline.registry import Registry
 
 if TYPE_CHECKING:
@@ -94,8 +95,6 @@ class ZeroShotBackend(ABC):
         import torch
 
         dtype = self.device.torch_dtype if self.device.device == "cuda" else torch.float32
-        from label_pipeline.models import model_loading
-
         with model_loading():
             model = auto_class.from_pretrained(str(self.model_dir), dtype=dtype)
         model.to(self.device.device).eval()

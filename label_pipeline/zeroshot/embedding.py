@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from label_pipeline.errors import ConfigError
+from label_pipeline.models import model_loading
 from label_pipeline.zeroshot.base import ScoreResult, ZeroShotBackend, register_backend
 
 
@@ -53,8 +54,6 @@ class EmbeddingBackend(ZeroShotBackend):
         if self.temperature <= 0:
             raise ConfigError(f"zero_shot.temperature must be > 0, got {self.temperature}")
         self.label_template = self.options.get("label_template", "{}")
-        from label_pipeline.models import model_loading
-
         with model_loading():
             self.model = SentenceTransformer(str(self.model_dir), device=self.device.device)
         if self.device.device == "cuda" and self.device.precision in {"fp16", "bf16"}:

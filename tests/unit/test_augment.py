@@ -14,11 +14,8 @@ from label_pipeline.augmenters.back_translation import (
     BackTranslationAugmenter,
     BackTranslationConfig,
 )
-from label_pipeline.augmenters.contextual import (
-    ContextualAugmenter,
-    ContextualConfig,
-    ContextualSubstitutionAug,
-)
+from label_pipeline.augmenters.contextual import ContextualAugmenter, ContextualConfig
+from label_pipeline.augmenters.nlpaug_compat import ContextualSubstitutionAug
 from label_pipeline.data import write_label_info
 from label_pipeline.devices import choose_device
 from label_pipeline.errors import ConfigError, ResourceMissingError
