@@ -1,0 +1,473 @@
+"""``prototype``: a sentence encoder fine-tuned with a cosine head that starts from the label
+names, then self-trained on the unlabeled pool.
+
+The head holds one vector per label, initialised with the encoder's embedding of the label's
+text (its name, or a description from ``label_texts``, through ``label_template``). A text's
+score for a label is the cosine of its mean-pooled embedding with that vector divided by
+``temperature``; single-label tasks take the softmax, multi-label tasks the sigmoid after a
+learned per-label bias. Before any training the model is therefore the embedding zero-shot
+classifier (:mod:`label_pipeline.zeroshot.embedding`), and the few labelled rows move the encoder
+and the label vectors from there instead of from a random head: with 8-64 rows per label this
+keeps what the label names already tell.
+
+Self-training (``self_training_rounds``, on by default when the pool is given): each round the
+model labels up to ``self_training_pool_size`` pool rows, takes the ``per_label * round`` rows
+ranked highest for each label it predicts (no probability floor for single-label, so every
+label gets rows even while its probabilities are low; multi-label rows need >= 0.5), and
+continues training on the labelled rows plus those rows at weight ``self_training_weight`` for
+``self_training_epochs`` epochs. The pseudo-labels are redrawn from the current model every
+round. The model after the last round is kept (``self_training_keep="last"``): with a few rows
+per label the validation split is too small to choose between rounds (at 8 rows per label one
+row is 2 accuracy points), so its score per round is recorded, not obeyed;
+``self_training_keep="best_valid"`` keeps the round scoring best on it instead (ties go to the
+later round). Facts go to ``ctx.info["self_training"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from label_pipeline.devices import DeviceChoice, choose_device
+from label_pipeline.errors import ConfigError, TrainingDivergedError
+from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
+from label_pipeline.methods.contrastive import _mean_pool
+from label_pipeline.methods.finetune import (
+    autocast,
+    check_labelled,
+    device_of,
+    encoder_dir,
+    length_grouped_batches,
+    seed_everything,
+    sorted_batches,
+)
+from label_pipeline.methods.self_training import select_confident, valid_score, with_pseudo_rows
+from label_pipeline.models import model_loading
+from label_pipeline.progress import stage_logger
+
+PARAMS_FILE = "method.json"
+HEAD_FILE = "head.npz"
+
+
+@register
+class Prototype(Method):
+    """Label-name-initialised cosine head, fine-tuned end to end, then self-trained.
+
+    Args:
+        epochs: passes over the labelled rows before self-training.
+        lr: encoder learning rate (constant after a short warm-up).
+        head_lr: learning rate of the label vectors and biases.
+        temperature: cosine temperature (0.05: cosines of competing labels differ by hundredths).
+        batch_size: training rows per step.
+        max_length: tokens per text.
+        weight_decay: AdamW weight decay of the encoder.
+        label_template: text around each label text before embedding, with ``{}``.
+        label_texts: optional text per label name (e.g. a description); default the name.
+        class_weighting: ``none`` or ``balanced`` (inverse label frequency in the loss).
+        eval_batch_size: texts per inference step; None = the device's batch size.
+        self_training_rounds: rounds on ``ctx.unlabeled_texts`` (0 = off).
+        self_training_per_label: pseudo-labelled rows per label in round 1 (``r`` times that in
+            round ``r``).
+        self_training_weight: loss weight of a pseudo-labelled row (gold rows weigh 1).
+        self_training_epochs: epochs per round over gold plus pseudo rows.
+        self_training_pool_size: pool rows scored per round (sampled once with the seed).
+        self_training_keep: ``last`` (the model after the last round) or ``best_valid``.
+    """
+
+    name = "prototype"
+
+    def __init__(
+        self,
+        epochs: int = 8,
+        lr: float = 2e-5,
+        head_lr: float = 1e-3,
+        temperature: float = 0.05,
+        batch_size: int = 16,
+        max_length: int = 128,
+        weight_decay: float = 0.01,
+        label_template: str = "{}",
+        label_texts: dict[str, str] | None = None,
+        class_weighting: Literal["none", "balanced"] = "none",
+        eval_batch_size: int | None = None,
+        self_training_rounds: int = 3,
+        self_training_per_label: int = 64,
+        self_training_weight: float = 0.5,
+        self_training_epochs: int = 3,
+        self_training_pool_size: int = 4000,
+        self_training_keep: Literal["last", "best_valid"] = "last",
+    ) -> None:
+        self.epochs = epochs
+        self.lr = lr
+        self.head_lr = head_lr
+        self.temperature = temperature
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.weight_decay = weight_decay
+        self.label_template = label_template
+        self.label_texts = label_texts
+        self.class_weighting = class_weighting
+        self.eval_batch_size = eval_batch_size
+        self.self_training_rounds = self_training_rounds
+        self.self_training_per_label = self_training_per_label
+        self.self_training_weight = self_training_weight
+        self.self_training_epochs = self_training_epochs
+        self.self_training_pool_size = self_training_pool_size
+        self.self_training_keep = self_training_keep
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in (
+                "epochs lr head_lr temperature batch_size max_length weight_decay "
+                "label_template label_texts class_weighting eval_batch_size "
+                "self_training_rounds self_training_per_label self_training_weight "
+                "self_training_epochs self_training_pool_size self_training_keep"
+            ).split()
+        }
+
+    def _validate(self, label_names: list[str]) -> None:
+        p = f"train.method_params.{self.name}"
+        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
+            raise ConfigError(f"{p}: epochs and batch_size must be >= 1, max_length >= 8")
+        if not (self.lr > 0 and self.head_lr > 0 and self.temperature > 0):
+            raise ConfigError(
+                f"{p}: lr ({self.lr}), head_lr ({self.head_lr}) and temperature "
+                f"({self.temperature}) must be > 0"
+            )
+        if "{}" not in self.label_template:
+            raise ConfigError(f"{p}.label_template={self.label_template!r} needs a {{}}")
+        if self.class_weighting not in {"none", "balanced"}:
+            raise ConfigError(f"{p}.class_weighting must be 'none' or 'balanced'")
+        unknown = sorted(set(self.label_texts or {}) - set(label_names))
+        if unknown:
+            raise ConfigError(
+                f"{p}.label_texts names labels {unknown} the data does not have; "
+                f"labels: {label_names}"
+            )
+        if self.self_training_rounds < 0 or self.self_training_epochs < 1:
+            raise ConfigError(f"{p}: self_training_rounds must be >= 0, self_training_epochs >= 1")
+        if self.self_training_per_label < 1 or self.self_training_pool_size < 1:
+            raise ConfigError(
+                f"{p}: self_training_per_label and self_training_pool_size must be >= 1"
+            )
+        if self.self_training_keep not in {"last", "best_valid"}:
+            raise ConfigError(f"{p}.self_training_keep must be 'last' or 'best_valid'")
+        if not 0.0 < self.self_training_weight <= 1.0:
+            raise ConfigError(f"{p}.self_training_weight must lie in (0, 1]")
+
+    # ------------------------------------------------------------ fit
+
+    def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Prototype:
+        """Fine-tune on ``train``, self-train on ``ctx.unlabeled_texts``, keep the best on
+        ``valid``."""
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._validate(list(train.label_names))
+        check_labelled(train, "train", self.name)
+        if valid is not None and len(valid) == 0:
+            valid = None
+        log = stage_logger()
+        seed_everything(ctx.seed)
+        self.label_names_ = list(train.label_names)
+        self.multi_label_ = bool(train.multi_label)
+        self.device_ = device_of(ctx)
+        start = encoder_dir(ctx)
+        ctx.info.setdefault("encoder", str(start))
+        ctx.info.setdefault("device", self.device_.describe())
+        with model_loading():
+            self.tokenizer_ = AutoTokenizer.from_pretrained(str(start))
+            self.encoder_ = AutoModel.from_pretrained(str(start)).to(self.device_.device)
+        texts = [
+            self.label_template.format((self.label_texts or {}).get(n, n))
+            for n in self.label_names_
+        ]
+        w0 = self._embed(texts)
+        self.label_vectors_ = torch.nn.Parameter(torch.tensor(w0, device=self.device_.device))
+        bias = np.zeros(len(self.label_names_), dtype=np.float32)
+        if self.multi_label_:
+            # start each label's sigmoid at its mean training cosine: above-average texts say yes
+            cos = self._embed(list(train.texts)) @ w0.T
+            bias[:] = -cos.mean(axis=0) / self.temperature
+        self.bias_ = torch.nn.Parameter(torch.tensor(bias, device=self.device_.device))
+        self._optim = torch.optim.AdamW(
+            [
+                {
+                    "params": self.encoder_.parameters(),
+                    "lr": self.lr,
+                    "weight_decay": self.weight_decay,
+                },
+                {
+                    "params": [self.label_vectors_, self.bias_],
+                    "lr": self.head_lr,
+                    "weight_decay": 0.0,
+                },
+            ]
+        )
+        self._step = 0
+        self._rng = np.random.default_rng(ctx.seed)
+        history: dict[str, Any] = {"rows": len(train), "label_texts": texts, "epochs": []}
+        self.history_ = history
+        started = time.time()
+        zero_shot = self._score(valid) if valid is not None else None
+        if zero_shot is not None:
+            history["valid_zero_shot"] = round(zero_shot, 4)
+        self._train(train, self.epochs, "labelled", ctx)
+        best_score = self._score(valid) if valid is not None else None
+        keep_best = valid is not None and self.self_training_keep == "best_valid"
+        best_state = self._state() if keep_best else None
+        history["valid_after_labelled"] = None if best_score is None else round(best_score, 4)
+
+        pool = [t for t in (ctx.unlabeled_texts or []) if t and t.strip()]
+        if self.self_training_rounds > 0:
+            rounds: list[dict[str, Any]] = []
+            ctx.info["self_training"] = rounds
+            known = set(train.texts)
+            pool = list(dict.fromkeys(t for t in pool if t not in known))
+            if not pool:
+                ctx.info["self_training_skipped"] = "no unlabeled texts were given"
+                log.warning("%s: self-training skipped: no unlabeled texts were given", self.name)
+            if len(pool) > self.self_training_pool_size:
+                pick = self._rng.choice(len(pool), self.self_training_pool_size, replace=False)
+                pool = [pool[i] for i in sorted(pick)]
+            for r in range(1, (self.self_training_rounds if pool else 0) + 1):
+                proba = self.predict_proba(pool)
+                floor = 0.5 if self.multi_label_ else 0.0
+                idx, y = select_confident(
+                    proba, self.multi_label_, floor, self.self_training_per_label * r
+                )
+                fact: dict[str, Any] = {"round": r, "pool": len(pool), "added": int(len(idx))}
+                if len(idx) == 0:
+                    fact["stopped"] = "no pool row is predicted to carry a label"
+                    rounds.append(fact)
+                    break
+                fact["added_per_label"] = {
+                    n: int(c) for n, c in zip(self.label_names_, y.sum(axis=0), strict=True)
+                }
+                rows = with_pseudo_rows(train, [pool[i] for i in idx], y, self.self_training_weight)
+                self._train(rows, self.self_training_epochs, f"self-training round {r}", ctx)
+                if valid is not None:
+                    score = self._score(valid)
+                    fact["valid"] = round(score, 4)
+                    if score >= best_score:
+                        best_score = score
+                        if self.self_training_keep == "best_valid":
+                            best_state = self._state()
+                        fact["best_so_far"] = True
+                rounds.append(fact)
+                log.info(
+                    "%s: self-training round %d, %d pseudo-labelled rows, valid %s",
+                    self.name,
+                    r,
+                    len(idx),
+                    fact.get("valid"),
+                )
+        if best_state is not None:
+            self._load_state(best_state)
+        history["valid_best"] = None if best_score is None else round(best_score, 4)
+        history["valid_final"] = None if valid is None else round(self._score(valid), 4)
+        history["seconds"] = round(time.time() - started, 2)
+        self.encoder_.eval()
+        del self._optim
+        ctx.info["history"] = history
+        return self
+
+    def _class_weights(self, rows: LabelledTexts) -> Any:
+        import torch
+
+        if self.class_weighting == "none":
+            return None
+        counts = rows.y.sum(axis=0).astype(np.float64)
+        w = np.where(counts > 0, len(rows) / (len(counts) * np.maximum(counts, 1.0)), 1.0)
+        return torch.tensor(w, dtype=torch.float32, device=self.device_.device)
+
+    def _logits(self, emb: Any) -> Any:
+        import torch
+
+        vec = torch.nn.functional.normalize(self.label_vectors_.float(), p=2, dim=1)
+        return emb @ vec.T / self.temperature + self.bias_
+
+    def _train(self, rows: LabelledTexts, epochs: int, what: str, ctx: FitContext) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        dev = self.device_
+        ids = self.tokenizer_(list(rows.texts), truncation=True, max_length=self.max_length)
+        ids = ids["input_ids"]
+        y = torch.tensor(rows.y, dtype=torch.float32)
+        w = torch.tensor(
+            np.ones(len(rows)) if rows.sample_weight is None else rows.sample_weight,
+            dtype=torch.float32,
+        )
+        cw = self._class_weights(rows)
+        warm = 10
+        params = [p for g in self._optim.param_groups for p in g["params"]]
+        base_lr = [g["lr"] for g in self._optim.param_groups]
+        started = time.time()
+        for epoch in range(1, epochs + 1):
+            self.encoder_.train()
+            losses = []
+            for idx in length_grouped_batches([len(x) for x in ids], self.batch_size, self._rng):
+                batch = self.tokenizer_.pad(
+                    {"input_ids": [ids[i] for i in idx]}, return_tensors="pt"
+                )
+                batch = {k: v.to(dev.device) for k, v in batch.items()}
+                with autocast(dev):
+                    hidden = self.encoder_(**batch).last_hidden_state
+                logits = self._logits(_mean_pool(hidden, batch["attention_mask"]))
+                target = y[idx].to(dev.device)
+                if self.multi_label_:
+                    per = F.binary_cross_entropy_with_logits(
+                        logits, target, pos_weight=cw, reduction="none"
+                    ).mean(dim=1)
+                else:
+                    per = F.cross_entropy(logits, target.argmax(dim=1), weight=cw, reduction="none")
+                wi = w[idx].to(dev.device)
+                loss = (per * wi).sum() / wi.sum().clamp(min=1e-8)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"{self.name}: non-finite training loss in {what}, epoch {epoch}; lower "
+                        f"train.method_params.{self.name}.lr (now {self.lr}) or head_lr "
+                        f"(now {self.head_lr})"
+                    )
+                self._step += 1
+                for g, lr in zip(self._optim.param_groups, base_lr, strict=True):
+                    g["lr"] = lr * min(1.0, self._step / warm)
+                self._optim.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                self._optim.step()
+                losses.append(float(loss.item()))
+            for g, lr in zip(self._optim.param_groups, base_lr, strict=True):
+                g["lr"] = lr
+            self.history_["epochs"].append(
+                {
+                    "stage": what,
+                    "epoch": epoch,
+                    "rows": len(rows),
+                    "loss": round(float(np.mean(losses)), 5),
+                }
+            )
+        stage_logger().info(
+            "%s: %s, %d rows x %d epochs, %.1fs",
+            self.name,
+            what,
+            len(rows),
+            epochs,
+            time.time() - started,
+        )
+
+    def _score(self, valid: LabelledTexts) -> float:
+        return valid_score(self.predict_proba(list(valid.texts)), valid)
+
+    def _state(self) -> dict[str, Any]:
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.encoder_.state_dict().items()}
+        state["__label_vectors__"] = self.label_vectors_.detach().to("cpu", copy=True)
+        state["__bias__"] = self.bias_.detach().to("cpu", copy=True)
+        return state
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        import torch
+
+        state = dict(state)
+        with torch.no_grad():
+            self.label_vectors_.copy_(state.pop("__label_vectors__"))
+            self.bias_.copy_(state.pop("__bias__"))
+        self.encoder_.load_state_dict(state)
+
+    # ------------------------------------------------------------ predict
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        dev = self.device_
+        bs = int(self.eval_batch_size or dev.batch_size)
+        out = np.zeros((len(texts), int(self.encoder_.config.hidden_size)), dtype=np.float32)
+        if not texts:
+            return out
+        ids = self.tokenizer_([str(t) for t in texts], truncation=True, max_length=self.max_length)
+        ids = ids["input_ids"]
+        self.encoder_.eval()
+        with torch.inference_mode():
+            for idx in sorted_batches([len(x) for x in ids], bs):
+                batch = self.tokenizer_.pad(
+                    {"input_ids": [ids[i] for i in idx]}, return_tensors="pt"
+                )
+                batch = {k: v.to(dev.device) for k, v in batch.items()}
+                with autocast(dev):
+                    hidden = self.encoder_(**batch).last_hidden_state
+                out[idx] = _mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
+        return out
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        """Probabilities (n_texts, n_labels): sigmoid (multi-label) or softmax (single-label)."""
+        import torch
+
+        texts = list(texts)
+        k = len(self.label_names_)
+        if not texts:
+            return np.zeros((0, k), dtype=np.float64)
+        emb = torch.tensor(self._embed(texts), device=self.device_.device)
+        with torch.no_grad():
+            logits = self._logits(emb).double().cpu().numpy()
+        if self.multi_label_:
+            proba = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            z = logits - logits.max(axis=1, keepdims=True)
+            proba = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        if not np.isfinite(proba).all():
+            raise TrainingDivergedError(
+                f"{self.name}: non-finite probabilities; retrain with a lower "
+                f"train.method_params.{self.name}.lr"
+            )
+        return proba
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, path: Path) -> None:
+        """``path/encoder/`` (weights, tokenizer), ``path/head.npz``, ``path/method.json``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.encoder_.save_pretrained(str(path / "encoder"))
+        self.tokenizer_.save_pretrained(str(path / "encoder"))
+        np.savez(
+            path / HEAD_FILE,
+            label_vectors=self.label_vectors_.detach().cpu().numpy(),
+            bias=self.bias_.detach().cpu().numpy(),
+        )
+        meta = {
+            "method": self.name,
+            "params": self.get_params(),
+            "label_names": self.label_names_,
+            "multi_label": self.multi_label_,
+            "history": self.history_,
+        }
+        (path / PARAMS_FILE).write_text(json.dumps(meta, indent=2, default=str))
+
+    @classmethod
+    def load(cls, path: Path, device: DeviceChoice | None = None) -> Prototype:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path)
+        meta = json.loads((path / PARAMS_FILE).read_text())
+        self = cls(**meta["params"])
+        self.label_names_ = list(meta["label_names"])
+        self.multi_label_ = bool(meta["multi_label"])
+        self.history_ = meta.get("history", {})
+        self.device_ = device or choose_device()
+        with model_loading():
+            self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "encoder"))
+            self.encoder_ = AutoModel.from_pretrained(str(path / "encoder"))
+        self.encoder_.to(self.device_.device).eval()
+        head = np.load(path / HEAD_FILE)
+        self.label_vectors_ = torch.tensor(head["label_vectors"], device=self.device_.device)
+        self.bias_ = torch.tensor(head["bias"], device=self.device_.device)
+        if not math.isfinite(float(self.temperature)):
+            raise ConfigError(f"{path / PARAMS_FILE}: temperature is not a finite number")
+        return self

@@ -1,0 +1,141 @@
+"""``prototype``: cosine head started at the label names, fine-tuned, self-trained on the pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from label_pipeline.errors import ConfigError
+from label_pipeline.methods import FitContext, get_method
+from label_pipeline.methods.prototype import Prototype
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from test_finetune import FILLER, WORDS
+
+    from label_pipeline.testing import make_tiny_bert
+
+    corpus = [" ".join(WORDS[k] + FILLER) for k in WORDS] * 4
+    return make_tiny_bert(
+        tmp_path_factory.mktemp("proto-enc"),
+        "base",
+        corpus=corpus,
+        hidden_size=64,
+        num_layers=1,
+        intermediate_size=128,
+    )
+
+
+def test_untrained_head_is_the_embedding_zero_shot_classifier(toy):
+    """Before training, valid accuracy equals the embedding zero-shot backend's on the same
+    encoder and label names."""
+    from test_finetune import CPU, single_label_rows
+
+    from label_pipeline.embeddings import embed_texts
+    from label_pipeline.zeroshot.embedding import cosine_to_scores
+
+    train, valid = single_label_rows(6, 1), single_label_rows(30, 2)
+    ctx = FitContext(device=CPU, encoder=str(toy), seed=0)
+    Prototype(epochs=1, self_training_rounds=0).fit(train, valid, ctx)
+    cos = (
+        embed_texts(toy, valid.texts, device=CPU)
+        @ embed_texts(toy, valid.label_names, device=CPU).T
+    )
+    zs = cosine_to_scores(cos, False, 0.05)
+    expected = float((zs.argmax(1) == valid.y_index).mean())
+    assert ctx.info["history"]["valid_zero_shot"] == pytest.approx(expected, abs=1e-4)
+    assert ctx.info["history"]["label_texts"] == valid.label_names
+
+
+@pytest.mark.slow
+def test_single_label_learns_self_trains_and_round_trips(toy, tmp_path):
+    from test_finetune import CPU, single_label_rows
+
+    train, valid, test = single_label_rows(6, 1), single_label_rows(12, 2), single_label_rows(60, 3)
+    pool = single_label_rows(90, 4).texts
+    ctx = FitContext(device=CPU, encoder=str(toy), seed=0, unlabeled_texts=pool)
+    m = get_method("prototype")(
+        epochs=6,
+        lr=1e-3,
+        head_lr=1e-2,
+        batch_size=4,
+        self_training_rounds=2,
+        self_training_per_label=5,
+        self_training_epochs=2,
+    ).fit(train, valid, ctx)
+    p = m.predict_proba(test.texts)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert (p.argmax(1) == test.y_index).mean() > 0.6  # chance is 1/3
+    rounds = ctx.info["self_training"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    # round r takes per_label * r rows for each label the model predicts
+    assert all(sum(r["added_per_label"].values()) == r["added"] for r in rounds)
+    assert rounds[1]["added"] > rounds[0]["added"] > 0
+    assert max(rounds[0]["added_per_label"].values()) <= 5
+    hist = ctx.info["history"]
+    assert hist["valid_best"] >= hist["valid_after_labelled"]
+    assert hist["valid_final"] == rounds[-1]["valid"]  # keep="last": the last round's model
+    m.save(tmp_path / "p")
+    np.testing.assert_allclose(
+        Prototype.load(tmp_path / "p", device=CPU).predict_proba(test.texts), p, atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_multi_label_sigmoid(toy):
+    from test_finetune import CPU, multi_label_rows
+
+    train, test = multi_label_rows(40, 4), multi_label_rows(40, 6)
+    m = Prototype(epochs=8, lr=1e-3, head_lr=1e-2, batch_size=8, self_training_rounds=0).fit(
+        train, None, FitContext(device=CPU, encoder=str(toy))
+    )
+    q = m.predict_proba(test.texts)
+    assert q.shape == (40, 3) and ((q >= 0) & (q <= 1)).all()
+    pred = (q >= 0.5).astype(int)
+    assert 2 * (pred & test.y).sum() / (pred.sum() + test.y.sum()) > 0.7
+
+
+def test_best_valid_keeps_the_best_round(toy):
+    from test_finetune import CPU, single_label_rows
+
+    train, valid = single_label_rows(6, 1), single_label_rows(12, 2)
+    ctx = FitContext(
+        device=CPU, encoder=str(toy), seed=0, unlabeled_texts=single_label_rows(30, 4).texts
+    )
+    Prototype(
+        epochs=1,
+        lr=1e-3,
+        head_lr=1e-2,
+        self_training_rounds=2,
+        self_training_per_label=3,
+        self_training_epochs=1,
+        self_training_keep="best_valid",
+    ).fit(train, valid, ctx)
+    hist = ctx.info["history"]
+    scores = [hist["valid_after_labelled"]] + [r["valid"] for r in ctx.info["self_training"]]
+    assert hist["valid_final"] == hist["valid_best"] == max(scores)
+
+
+def test_self_training_without_pool_is_reported(toy):
+    from test_finetune import CPU, single_label_rows
+
+    ctx = FitContext(device=CPU, encoder=str(toy))
+    Prototype(epochs=1, self_training_rounds=2).fit(single_label_rows(6, 0), None, ctx)
+    assert ctx.info["self_training_skipped"] == "no unlabeled texts were given"
+    assert ctx.info["self_training"] == []
+
+
+def test_bad_params_name_the_setting():
+    from test_finetune import single_label_rows
+
+    rows = single_label_rows(6, 0)
+    with pytest.raises(ConfigError, match=r"prototype.label_texts names labels \['sadness'\]"):
+        Prototype(label_texts={"sadness": "feeling sad"}).fit(rows, None, FitContext())
+    with pytest.raises(ConfigError, match="prototype.label_template"):
+        Prototype(label_template="no slot").fit(rows, None, FitContext())
+    with pytest.raises(ConfigError, match="prototype.self_training_keep"):
+        Prototype(self_training_keep="first").fit(rows, None, FitContext())
+    with pytest.raises(ConfigError, match="temperature"):
+        Prototype(temperature=0).fit(rows, None, FitContext())
