@@ -5,8 +5,10 @@ rows sampled with the seed, MiniLM-L6) and report test micro/macro-F1 on the oth
 
 ``emotion``: few-label quality on ../shared/datasets/emotion (single-label, 6 labels): N
 labelled rows per class sampled from train.csv with each seed, a validation set of N rows per
-class from dev.csv, test accuracy and macro-F1 on the full test.csv (2000 rows) for ``finetune``
-and ``setfit`` from the bundled all-MiniLM-L6-v2.
+class from dev.csv, test accuracy and macro-F1 on the full test.csv (2000 rows) for ``prototype``,
+``finetune`` and ``setfit`` from the bundled all-MiniLM-L6-v2; ``--pool`` other train.csv rows
+(labels dropped) are the unlabeled pool the self-training methods use (``prototype`` by
+default).
 
     .venv/bin/python bench/bench_finetune.py default
     .venv/bin/python bench/bench_finetune.py emotion --n 8 64 --seeds 0 1 2
@@ -142,12 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("mode", choices=["default", "emotion"])
     parser.add_argument("--n", type=int, nargs="+", default=[8, 64], help="rows per class")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", default=["finetune", "setfit"])
+    parser.add_argument("--methods", nargs="+", default=["prototype", "finetune", "setfit"])
     parser.add_argument(
         "--param", action="append", default=[], help='METHOD=JSON params, e.g. setfit={"epochs":2}'
     )
     parser.add_argument(
-        "--pool", type=int, default=0, help="unlabeled train rows for self-training"
+        "--pool", type=int, default=4000, help="unlabeled train rows for self-training (0 = none)"
     )
     parser.add_argument("--test-rows", type=int, default=0, help="0 = the full test set")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")

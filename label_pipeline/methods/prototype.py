@@ -16,11 +16,12 @@ ranked highest for each label it predicts (no probability floor for single-label
 label gets rows even while its probabilities are low; multi-label rows need >= 0.5), and
 continues training on the labelled rows plus those rows at weight ``self_training_weight`` for
 ``self_training_epochs`` epochs. The pseudo-labels are redrawn from the current model every
-round. The model after the last round is kept (``self_training_keep="last"``): with a few rows
-per label the validation split is too small to choose between rounds (at 8 rows per label one
-row is 2 accuracy points), so its score per round is recorded, not obeyed;
-``self_training_keep="best_valid"`` keeps the round scoring best on it instead (ties go to the
-later round). Facts go to ``ctx.info["self_training"]``.
+round. Which model is kept (``self_training_keep``): ``best_valid``, the one scoring best on the
+validation split (the fit on labelled rows or any round; ties go to the later one); ``last``, the
+model after the last round; ``auto`` (default), ``best_valid`` when the validation split has at
+least ``AUTO_VALID_ROWS`` rows and ``last`` otherwise: with a few rows per label the validation
+split cannot tell rounds apart (with 48 rows one row is 2 accuracy points), so its score per
+round is recorded, not obeyed. Facts go to ``ctx.info["self_training"]``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from label_pipeline.progress import stage_logger
 
 PARAMS_FILE = "method.json"
 HEAD_FILE = "head.npz"
+AUTO_VALID_ROWS = 200  # self_training_keep="auto": fewest validation rows to choose a round by
 
 
 @register
@@ -76,7 +78,7 @@ class Prototype(Method):
         self_training_weight: loss weight of a pseudo-labelled row (gold rows weigh 1).
         self_training_epochs: epochs per round over gold plus pseudo rows.
         self_training_pool_size: pool rows scored per round (sampled once with the seed).
-        self_training_keep: ``last`` (the model after the last round) or ``best_valid``.
+        self_training_keep: ``auto``, ``last`` or ``best_valid`` (see the module docstring).
     """
 
     name = "prototype"
@@ -99,7 +101,7 @@ class Prototype(Method):
         self_training_weight: float = 0.5,
         self_training_epochs: int = 3,
         self_training_pool_size: int = 4000,
-        self_training_keep: Literal["last", "best_valid"] = "last",
+        self_training_keep: Literal["auto", "last", "best_valid"] = "auto",
     ) -> None:
         self.epochs = epochs
         self.lr = lr
@@ -155,8 +157,8 @@ class Prototype(Method):
             raise ConfigError(
                 f"{p}: self_training_per_label and self_training_pool_size must be >= 1"
             )
-        if self.self_training_keep not in {"last", "best_valid"}:
-            raise ConfigError(f"{p}.self_training_keep must be 'last' or 'best_valid'")
+        if self.self_training_keep not in {"auto", "last", "best_valid"}:
+            raise ConfigError(f"{p}.self_training_keep must be 'auto', 'last' or 'best_valid'")
         if not 0.0 < self.self_training_weight <= 1.0:
             raise ConfigError(f"{p}.self_training_weight must lie in (0, 1]")
 
@@ -219,7 +221,11 @@ class Prototype(Method):
             history["valid_zero_shot"] = round(zero_shot, 4)
         self._train(train, self.epochs, "labelled", ctx)
         best_score = self._score(valid) if valid is not None else None
-        keep_best = valid is not None and self.self_training_keep == "best_valid"
+        keep = self.self_training_keep
+        if keep == "auto":
+            keep = "best_valid" if valid is not None and len(valid) >= AUTO_VALID_ROWS else "last"
+        history["self_training_keep"] = keep
+        keep_best = valid is not None and keep == "best_valid"
         best_state = self._state() if keep_best else None
         history["valid_after_labelled"] = None if best_score is None else round(best_score, 4)
 
@@ -256,7 +262,7 @@ class Prototype(Method):
                     fact["valid"] = round(score, 4)
                     if score >= best_score:
                         best_score = score
-                        if self.self_training_keep == "best_valid":
+                        if keep_best:
                             best_state = self._state()
                         fact["best_so_far"] = True
                 rounds.append(fact)

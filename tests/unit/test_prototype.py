@@ -76,7 +76,9 @@ def test_single_label_learns_self_trains_and_round_trips(toy, tmp_path):
     assert max(rounds[0]["added_per_label"].values()) <= 5
     hist = ctx.info["history"]
     assert hist["valid_best"] >= hist["valid_after_labelled"]
-    assert hist["valid_final"] == rounds[-1]["valid"]  # keep="last": the last round's model
+    # keep="auto" with 12 validation rows: the last round's model
+    assert hist["self_training_keep"] == "last"
+    assert hist["valid_final"] == rounds[-1]["valid"]
     m.save(tmp_path / "p")
     np.testing.assert_allclose(
         Prototype.load(tmp_path / "p", device=CPU).predict_proba(test.texts), p, atol=1e-6
