@@ -14,7 +14,6 @@ Self-training on the unlabeled pool: ``self_training_rounds > 0``.
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from label_pipeline.devices import DeviceChoice, choose_device
+from label_pipeline.devices import DeviceChoice
 from label_pipeline.errors import ConfigError, TrainingDivergedError
 from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
 from label_pipeline.methods.finetune import (
@@ -34,14 +33,14 @@ from label_pipeline.methods.finetune import (
     check_labelled,
     device_of,
     encoder_dir,
+    read_method_meta,
     seed_everything,
     sorted_batches,
+    write_method_meta,
 )
 from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
 from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
-
-PARAMS_FILE = "method.json"
 
 
 def no_shared_label_batches(
@@ -115,6 +114,34 @@ def _mean_pool(hidden: Any, mask: Any) -> Any:
     m = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
     return torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+
+
+def mean_pooled_embeddings(
+    encoder: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    device: DeviceChoice,
+    batch_size: int | None,
+    max_length: int,
+) -> np.ndarray:
+    """Mean-pooled, L2-normalised embeddings (n_texts, hidden_size) of ``texts`` from a loaded
+    encoder: length-sorted batches, mixed precision on GPUs."""
+    import torch
+
+    bs = int(batch_size or device.batch_size)
+    out = np.zeros((len(texts), int(encoder.config.hidden_size)), dtype=np.float32)
+    if not len(texts):
+        return out
+    ids = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
+    encoder.eval()
+    with torch.inference_mode():
+        for idx in sorted_batches([len(x) for x in ids], bs):
+            batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            batch = {k: v.to(device.device) for k, v in batch.items()}
+            with autocast(device):
+                hidden = encoder(**batch).last_hidden_state
+            out[idx] = _mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
+    return out
 
 
 @register
@@ -385,27 +412,14 @@ class SetFit(Method):
     # ------------------------------------------------------------ predict
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        dev = self.device_
-        bs = int(self.eval_batch_size or dev.batch_size)
-        dim = int(self.encoder_.config.hidden_size)
-        out = np.zeros((len(texts), dim), dtype=np.float32)
-        if not texts:
-            return out
-        ids = self.tokenizer_([str(t) for t in texts], truncation=True, max_length=self.max_length)
-        ids = ids["input_ids"]
-        self.encoder_.eval()
-        with torch.inference_mode():
-            for idx in sorted_batches([len(x) for x in ids], bs):
-                batch = self.tokenizer_.pad(
-                    {"input_ids": [ids[i] for i in idx]}, return_tensors="pt"
-                )
-                batch = {k: v.to(dev.device) for k, v in batch.items()}
-                with autocast(dev):
-                    hidden = self.encoder_(**batch).last_hidden_state
-                out[idx] = _mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
-        return out
+        return mean_pooled_embeddings(
+            self.encoder_,
+            self.tokenizer_,
+            texts,
+            self.device_,
+            self.eval_batch_size,
+            self.max_length,
+        )
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Probabilities (n_texts, n_labels): per-label sigmoid-style (multi-label) or softmax."""
@@ -437,13 +451,6 @@ class SetFit(Method):
         """``path/encoder/`` or ``path/finetune/``, ``path/head.pkl``, ``path/method.json``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "method": self.name,
-            "params": self.get_params(),
-            "label_names": self.label_names_,
-            "multi_label": self.multi_label_,
-            "history": self.history_,
-        }
         if self.finetuned_ is not None:
             self.finetuned_.save(path / "finetune")
         else:
@@ -452,19 +459,14 @@ class SetFit(Method):
             state = {"head": self.head_, "constant": self.constant_}
             with open(path / "head.pkl", "wb") as fh:
                 pickle.dump(state, fh)
-        (path / PARAMS_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        write_method_meta(self, path)
 
     @classmethod
     def load(cls, path: Path, device: DeviceChoice | None = None) -> SetFit:
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)
-        meta = json.loads((path / PARAMS_FILE).read_text())
-        self = cls(**meta["params"])
-        self.label_names_ = list(meta["label_names"])
-        self.multi_label_ = bool(meta["multi_label"])
-        self.history_ = meta.get("history", {})
-        self.device_ = device or choose_device()
+        self = read_method_meta(cls, path, device)
         self.finetuned_ = None
         if (path / "finetune").is_dir():
             self.finetuned_ = FineTune.load(path / "finetune", device=self.device_)

@@ -112,6 +112,49 @@ def check_labelled(rows: LabelledTexts, what: str, method: str) -> None:
         )
 
 
+def logits_to_proba(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Sigmoid of each logit (multi-label) or softmax over each row (single-label)."""
+    if multi_label:
+        return 1.0 / (1.0 + np.exp(-logits))
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def checked_proba(proba: np.ndarray, method: str) -> np.ndarray:
+    """``proba``, or :class:`TrainingDivergedError` naming the fix when a value is not finite."""
+    if not np.isfinite(proba).all():
+        raise TrainingDivergedError(
+            f"{method}: the model outputs non-finite probabilities; retrain with a lower "
+            f"train.method_params.{method}.lr"
+        )
+    return proba
+
+
+def write_method_meta(method: Any, path: Path) -> None:
+    """``path/method.json``: name, parameters, label names, task kind and training history."""
+    meta = {
+        "method": method.name,
+        "params": method.get_params(),
+        "label_names": method.label_names_,
+        "multi_label": method.multi_label_,
+        "history": method.history_,
+    }
+    (Path(path) / PARAMS_FILE).write_text(json.dumps(meta, indent=2, default=str))
+
+
+def read_method_meta(cls: Any, path: Path, device: DeviceChoice | None) -> Any:
+    """A ``cls`` instance with the parameters, labels, history and device of ``path/method.json``
+    (the weights are the caller's to load)."""
+    meta = json.loads((Path(path) / PARAMS_FILE).read_text())
+    self = cls(**meta["params"])
+    self.label_names_ = list(meta["label_names"])
+    self.multi_label_ = bool(meta["multi_label"])
+    self.history_ = meta.get("history", {})
+    self.device_ = device or choose_device()
+    return self
+
+
 # ---------------------------------------------------------------- the method
 
 
@@ -475,21 +518,11 @@ class FineTune(Method):
         return out
 
     def _to_proba(self, logits: np.ndarray) -> np.ndarray:
-        if self.multi_label_:
-            return 1.0 / (1.0 + np.exp(-logits))
-        z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        return logits_to_proba(logits, self.multi_label_)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Probabilities (n_texts, n_labels): sigmoid (multi-label) or softmax (single-label)."""
-        proba = self._to_proba(self._logits(list(texts)))
-        if not np.isfinite(proba).all():
-            raise TrainingDivergedError(
-                f"{self.name}: the model outputs non-finite probabilities; retrain with a lower "
-                f"train.method_params.{self.name}.lr"
-            )
-        return proba
+        return checked_proba(self._to_proba(self._logits(list(texts))), self.name)
 
     # ------------------------------------------------------------ persistence
 
@@ -499,31 +532,14 @@ class FineTune(Method):
         path.mkdir(parents=True, exist_ok=True)
         self.model_.save_pretrained(str(path / "model"))
         self.tokenizer_.save_pretrained(str(path / "model"))
-        (path / PARAMS_FILE).write_text(
-            json.dumps(
-                {
-                    "method": self.name,
-                    "params": self.get_params(),
-                    "label_names": self.label_names_,
-                    "multi_label": self.multi_label_,
-                    "history": self.history_,
-                },
-                indent=2,
-                default=str,
-            )
-        )
+        write_method_meta(self, path)
 
     @classmethod
     def load(cls, path: Path, device: DeviceChoice | None = None) -> FineTune:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = Path(path)
-        meta = json.loads((path / PARAMS_FILE).read_text())
-        self = cls(**meta["params"])
-        self.label_names_ = list(meta["label_names"])
-        self.multi_label_ = bool(meta["multi_label"])
-        self.history_ = meta.get("history", {})
-        self.device_ = device or choose_device()
+        self = read_method_meta(cls, path, device)
         with model_loading():
             self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "model"))
             self.model_ = AutoModelForSequenceClassification.from_pretrained(str(path / "model"))

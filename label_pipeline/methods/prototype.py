@@ -26,32 +26,32 @@ round is recorded, not obeyed. Facts go to ``ctx.info["self_training"]``.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from label_pipeline.devices import DeviceChoice, choose_device
+from label_pipeline.devices import DeviceChoice
 from label_pipeline.errors import ConfigError, TrainingDivergedError
 from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
-from label_pipeline.methods.contrastive import _mean_pool
+from label_pipeline.methods.contrastive import _mean_pool, mean_pooled_embeddings
 from label_pipeline.methods.finetune import (
     autocast,
     check_labelled,
+    checked_proba,
     device_of,
     encoder_dir,
     length_grouped_batches,
+    logits_to_proba,
+    read_method_meta,
     seed_everything,
-    sorted_batches,
+    write_method_meta,
 )
 from label_pipeline.methods.self_training import select_confident, valid_score, with_pseudo_rows
 from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
 
-PARAMS_FILE = "method.json"
 HEAD_FILE = "head.npz"
 AUTO_VALID_ROWS = 200  # self_training_keep="auto": fewest validation rows to choose a round by
 
@@ -389,26 +389,14 @@ class Prototype(Method):
     # ------------------------------------------------------------ predict
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        dev = self.device_
-        bs = int(self.eval_batch_size or dev.batch_size)
-        out = np.zeros((len(texts), int(self.encoder_.config.hidden_size)), dtype=np.float32)
-        if not texts:
-            return out
-        ids = self.tokenizer_([str(t) for t in texts], truncation=True, max_length=self.max_length)
-        ids = ids["input_ids"]
-        self.encoder_.eval()
-        with torch.inference_mode():
-            for idx in sorted_batches([len(x) for x in ids], bs):
-                batch = self.tokenizer_.pad(
-                    {"input_ids": [ids[i] for i in idx]}, return_tensors="pt"
-                )
-                batch = {k: v.to(dev.device) for k, v in batch.items()}
-                with autocast(dev):
-                    hidden = self.encoder_(**batch).last_hidden_state
-                out[idx] = _mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
-        return out
+        return mean_pooled_embeddings(
+            self.encoder_,
+            self.tokenizer_,
+            texts,
+            self.device_,
+            self.eval_batch_size,
+            self.max_length,
+        )
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Probabilities (n_texts, n_labels): sigmoid (multi-label) or softmax (single-label)."""
@@ -421,17 +409,7 @@ class Prototype(Method):
         emb = torch.tensor(self._embed(texts), device=self.device_.device)
         with torch.no_grad():
             logits = self._logits(emb).double().cpu().numpy()
-        if self.multi_label_:
-            proba = 1.0 / (1.0 + np.exp(-logits))
-        else:
-            z = logits - logits.max(axis=1, keepdims=True)
-            proba = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        if not np.isfinite(proba).all():
-            raise TrainingDivergedError(
-                f"{self.name}: non-finite probabilities; retrain with a lower "
-                f"train.method_params.{self.name}.lr"
-            )
-        return proba
+        return checked_proba(logits_to_proba(logits, self.multi_label_), self.name)
 
     # ------------------------------------------------------------ persistence
 
@@ -446,14 +424,7 @@ class Prototype(Method):
             label_vectors=self.label_vectors_.detach().cpu().numpy(),
             bias=self.bias_.detach().cpu().numpy(),
         )
-        meta = {
-            "method": self.name,
-            "params": self.get_params(),
-            "label_names": self.label_names_,
-            "multi_label": self.multi_label_,
-            "history": self.history_,
-        }
-        (path / PARAMS_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        write_method_meta(self, path)
 
     @classmethod
     def load(cls, path: Path, device: DeviceChoice | None = None) -> Prototype:
@@ -461,12 +432,7 @@ class Prototype(Method):
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)
-        meta = json.loads((path / PARAMS_FILE).read_text())
-        self = cls(**meta["params"])
-        self.label_names_ = list(meta["label_names"])
-        self.multi_label_ = bool(meta["multi_label"])
-        self.history_ = meta.get("history", {})
-        self.device_ = device or choose_device()
+        self = read_method_meta(cls, path, device)
         with model_loading():
             self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "encoder"))
             self.encoder_ = AutoModel.from_pretrained(str(path / "encoder"))
@@ -474,6 +440,4 @@ class Prototype(Method):
         head = np.load(path / HEAD_FILE)
         self.label_vectors_ = torch.tensor(head["label_vectors"], device=self.device_.device)
         self.bias_ = torch.tensor(head["bias"], device=self.device_.device)
-        if not math.isfinite(float(self.temperature)):
-            raise ConfigError(f"{path / PARAMS_FILE}: temperature is not a finite number")
         return self

@@ -4,27 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_contrastive
 
 from label_pipeline.errors import ConfigError
 from label_pipeline.methods import FitContext, get_method
 from label_pipeline.methods.prototype import Prototype
 
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    from test_finetune import FILLER, WORDS
-
-    from label_pipeline.testing import make_tiny_bert
-
-    corpus = [" ".join(WORDS[k] + FILLER) for k in WORDS] * 4
-    return make_tiny_bert(
-        tmp_path_factory.mktemp("proto-enc"),
-        "base",
-        corpus=corpus,
-        hidden_size=64,
-        num_layers=1,
-        intermediate_size=128,
-    )
+toy = test_contrastive.toy  # the tiny encoder fixture, shared with the setfit tests
 
 
 def test_untrained_head_is_the_embedding_zero_shot_classifier(toy):
