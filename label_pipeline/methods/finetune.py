@@ -441,7 +441,7 @@ class FineTune(Method):
             score = (-v_loss,) if self.monitor == "loss" else (round(v_f1, 6), -v_loss)
             if best is None or score > best_score:
                 best_score, bad_epochs = score, 0
-                best = {"epoch": epoch, "state": _cpu_state(model)}
+                best = {"epoch": epoch, "state": cpu_state(model)}
             else:
                 bad_epochs += 1
                 if self.patience and bad_epochs >= self.patience:
@@ -547,5 +547,6 @@ class FineTune(Method):
         return self
 
 
-def _cpu_state(model: Any) -> dict[str, Any]:
+def cpu_state(model: Any) -> dict[str, Any]:
+    """A CPU copy of ``model``'s state dict (a checkpoint that later training cannot change)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -40,6 +40,7 @@ from label_pipeline.methods.finetune import (
     autocast,
     check_labelled,
     checked_proba,
+    cpu_state,
     device_of,
     encoder_dir,
     length_grouped_batches,
@@ -48,7 +49,12 @@ from label_pipeline.methods.finetune import (
     seed_everything,
     write_method_meta,
 )
-from label_pipeline.methods.self_training import select_confident, valid_score, with_pseudo_rows
+from label_pipeline.methods.self_training import (
+    sample_pool,
+    select_confident,
+    valid_score,
+    with_pseudo_rows,
+)
 from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
 
@@ -212,6 +218,7 @@ class Prototype(Method):
             ]
         )
         self._step = 0
+        self._base_lr = [g["lr"] for g in self._optim.param_groups]
         self._rng = np.random.default_rng(ctx.seed)
         history: dict[str, Any] = {"rows": len(train), "label_texts": texts, "epochs": []}
         self.history_ = history
@@ -220,7 +227,7 @@ class Prototype(Method):
         if zero_shot is not None:
             history["valid_zero_shot"] = round(zero_shot, 4)
         self._train(train, self.epochs, "labelled", ctx)
-        best_score = self._score(valid) if valid is not None else None
+        best_score = last_score = self._score(valid) if valid is not None else None
         keep = self.self_training_keep
         if keep == "auto":
             keep = "best_valid" if valid is not None and len(valid) >= AUTO_VALID_ROWS else "last"
@@ -233,14 +240,10 @@ class Prototype(Method):
         if self.self_training_rounds > 0:
             rounds: list[dict[str, Any]] = []
             ctx.info["self_training"] = rounds
-            known = set(train.texts)
-            pool = list(dict.fromkeys(t for t in pool if t not in known))
+            pool = sample_pool(pool, train.texts, self.self_training_pool_size, self._rng)
             if not pool:
                 ctx.info["self_training_skipped"] = "no unlabeled texts were given"
                 log.warning("%s: self-training skipped: no unlabeled texts were given", self.name)
-            if len(pool) > self.self_training_pool_size:
-                pick = self._rng.choice(len(pool), self.self_training_pool_size, replace=False)
-                pool = [pool[i] for i in sorted(pick)]
             for r in range(1, (self.self_training_rounds if pool else 0) + 1):
                 proba = self.predict_proba(pool)
                 floor = 0.5 if self.multi_label_ else 0.0
@@ -258,7 +261,7 @@ class Prototype(Method):
                 rows = with_pseudo_rows(train, [pool[i] for i in idx], y, self.self_training_weight)
                 self._train(rows, self.self_training_epochs, f"self-training round {r}", ctx)
                 if valid is not None:
-                    score = self._score(valid)
+                    score = last_score = self._score(valid)
                     fact["valid"] = round(score, 4)
                     if score >= best_score:
                         best_score = score
@@ -276,10 +279,11 @@ class Prototype(Method):
         if best_state is not None:
             self._load_state(best_state)
         history["valid_best"] = None if best_score is None else round(best_score, 4)
-        history["valid_final"] = None if valid is None else round(self._score(valid), 4)
+        final = best_score if best_state is not None else last_score
+        history["valid_final"] = None if final is None else round(final, 4)
         history["seconds"] = round(time.time() - started, 2)
         self.encoder_.eval()
-        del self._optim
+        del self._optim, self._base_lr
         ctx.info["history"] = history
         return self
 
@@ -313,7 +317,6 @@ class Prototype(Method):
         cw = self._class_weights(rows)
         warm = 10
         params = [p for g in self._optim.param_groups for p in g["params"]]
-        base_lr = [g["lr"] for g in self._optim.param_groups]
         started = time.time()
         for epoch in range(1, epochs + 1):
             self.encoder_.train()
@@ -342,15 +345,13 @@ class Prototype(Method):
                         f"(now {self.head_lr})"
                     )
                 self._step += 1
-                for g, lr in zip(self._optim.param_groups, base_lr, strict=True):
+                for g, lr in zip(self._optim.param_groups, self._base_lr, strict=True):
                     g["lr"] = lr * min(1.0, self._step / warm)
                 self._optim.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 self._optim.step()
                 losses.append(float(loss.item()))
-            for g, lr in zip(self._optim.param_groups, base_lr, strict=True):
-                g["lr"] = lr
             self.history_["epochs"].append(
                 {
                     "stage": what,
@@ -372,7 +373,7 @@ class Prototype(Method):
         return valid_score(self.predict_proba(list(valid.texts)), valid)
 
     def _state(self) -> dict[str, Any]:
-        state = {k: v.detach().to("cpu", copy=True) for k, v in self.encoder_.state_dict().items()}
+        state = cpu_state(self.encoder_)
         state["__label_vectors__"] = self.label_vectors_.detach().to("cpu", copy=True)
         state["__bias__"] = self.bias_.detach().to("cpu", copy=True)
         return state

@@ -93,6 +93,18 @@ def select_confident(
     return idx, y_all[idx]
 
 
+def sample_pool(
+    pool: list[str], known: list[str], size: int, rng: np.random.Generator
+) -> list[str]:
+    """The pool without repeats and without the training texts ``known``; at most ``size``
+    texts, sampled with ``rng``, in pool order."""
+    seen = set(known)
+    pool = list(dict.fromkeys(t for t in pool if t not in seen))
+    if len(pool) > size:
+        pool = [pool[i] for i in sorted(rng.choice(len(pool), size, replace=False))]
+    return pool
+
+
 def with_pseudo_rows(
     train: LabelledTexts, texts: list[str], y: np.ndarray, weight: float
 ) -> LabelledTexts:
@@ -149,11 +161,7 @@ def run_self_training(
         ctx.info["self_training_skipped"] = "no unlabeled texts were given"
         log.warning("self-training skipped: no unlabeled texts were given")
         return
-    known = set(train.texts)
-    pool = list(dict.fromkeys(t for t in pool if t not in known))
-    rng = np.random.default_rng(ctx.seed)
-    if len(pool) > params.pool_size:
-        pool = [pool[i] for i in sorted(rng.choice(len(pool), params.pool_size, replace=False))]
+    pool = sample_pool(pool, train.texts, params.pool_size, np.random.default_rng(ctx.seed))
     best_score = (
         valid_score(predict(valid.texts), valid) if valid is not None and len(valid) else None
     )
