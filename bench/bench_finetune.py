@@ -8,7 +8,10 @@ labelled rows per class sampled from train.csv with each seed, a validation set 
 class from dev.csv, test accuracy and macro-F1 on the full test.csv (2000 rows) for ``prototype``,
 ``finetune`` and ``setfit`` from the bundled all-MiniLM-L6-v2; ``--pool`` other train.csv rows
 (labels dropped) are the unlabeled pool the self-training methods use (``prototype`` by
-default).
+default). The labelled rows are balanced and the pool is not, so by default (``--label-shift
+pool``, the train stage's ``train.label_shift: pool``) each model's test probabilities are
+reweighted to the pool's label frequencies estimated from its own valid and pool predictions;
+the scores without that reweighting are printed beside them.
 
     .venv/bin/python bench/bench_finetune.py default
     .venv/bin/python bench/bench_finetune.py emotion --n 8 64 --seeds 0 1 2
@@ -61,7 +64,10 @@ def _scores(p: np.ndarray, y: np.ndarray, multi: bool) -> dict[str, float]:
     }
 
 
-def _fit_eval(method: str, params: dict, train, valid, test, seed: int, pool=None) -> dict:
+def _fit_eval(
+    method: str, params: dict, train, valid, test, seed: int, pool=None, label_shift=False
+) -> dict:
+    from label_pipeline.label_shift import estimate_label_shift
     from label_pipeline.methods import FitContext, get_method
 
     ctx = FitContext(seed=seed, unlabeled_texts=pool)
@@ -79,6 +85,15 @@ def _fit_eval(method: str, params: dict, train, valid, test, seed: int, pool=Non
         "predict_s": round(time.time() - t0, 1),
         **_scores(p, test.y, test.multi_label),
     }
+    if label_shift and pool and not test.multi_label:
+        # the train stage's train.label_shift=pool: estimate the pool's label frequencies from
+        # valid + pool predictions, reweight the test probabilities to them
+        shift = estimate_label_shift(
+            m.predict_proba(valid.texts), valid.y, m.predict_proba(pool), m.source_prior(train)
+        )
+        out["label_shift"] = shift.to_json()
+        out["without_label_shift"] = {k: out[k] for k in ("accuracy", "macro_f1")}
+        out.update(_scores(shift.apply(p), test.y, test.multi_label))
     for key in ("self_training", "diverged"):
         if key in ctx.info:
             out[key] = ctx.info[key]
@@ -132,7 +147,9 @@ def bench_emotion(args) -> list[dict]:
                 pool = list(train_all.sample(n=args.pool, random_state=seed + 1000)["text"])
             for method in args.methods:
                 params = json.loads(args.params.get(method, "{}")) if args.params else {}
-                r = _fit_eval(method, params, train, valid, test, seed, pool)
+                r = _fit_eval(
+                    method, params, train, valid, test, seed, pool, args.label_shift == "pool"
+                )
                 r["n_per_class"] = n
                 results.append(r)
                 print(json.dumps(r), flush=True)
@@ -151,6 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pool", type=int, default=4000, help="unlabeled train rows for self-training (0 = none)"
     )
+    parser.add_argument(
+        "--label-shift",
+        choices=["none", "pool"],
+        default="pool",
+        help="pool: reweight probabilities to the pool's estimated label frequencies "
+        "(train.label_shift); both scores are printed",
+    )
     parser.add_argument("--test-rows", type=int, default=0, help="0 = the full test set")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--tag", default="", help="suffix of the results file")
@@ -165,6 +189,12 @@ def main(argv: list[str] | None = None) -> None:
         keys = ("method", "n_per_class", "seed", "train_rows", "fit_s", "predict_s")
         head = " ".join(f"{k}={r[k]}" for k in keys if k in r)
         score = " ".join(f"{k}={r[k]}" for k in ("accuracy", "micro_f1", "macro_f1") if k in r)
+        if "without_label_shift" in r:
+            score += (
+                " (without label shift: "
+                + " ".join(f"{k}={v}" for k, v in r["without_label_shift"].items())
+                + ")"
+            )
         print(f"{head} | {score}")
     for method in sorted({r["method"] for r in results}):
         for n in sorted({r.get("n_per_class", 0) for r in results}):
@@ -175,7 +205,14 @@ def main(argv: list[str] | None = None) -> None:
                     for k in ("accuracy", "macro_f1")
                     if k in sel[0]
                 }
-                print(f"mean {method} N={n} over {len(sel)} seeds: {mean}")
+                line = f"mean {method} N={n} over {len(sel)} seeds: {mean}"
+                if all("without_label_shift" in r for r in sel):
+                    raw = {
+                        k: round(float(np.mean([r["without_label_shift"][k] for r in sel])), 2)
+                        for k in ("accuracy", "macro_f1")
+                    }
+                    line += f" (without label shift: {raw})"
+                print(line)
     out = ROOT / "bench" / "results" / f"bench_finetune_{args.mode}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))

@@ -4,6 +4,9 @@ Single-label tasks take the most probable label (argmax). Multi-label tasks pred
 label whose probability reaches a threshold: one global threshold, or one per label, chosen
 on the validation split to maximise micro-F1. When the validation split is too small to
 tune anything (too few rows, or no positive labels), the rule falls back to 0.5 and says so.
+A single-label rule may carry a label-shift correction (:mod:`label_pipeline.label_shift`):
+the model's probabilities are reweighted to the pool's estimated label frequencies before the
+argmax, and the reweighted probabilities are the ones exported.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class Decision:
         fallback: True when the rule was not tuned (see ``note``).
         note: why it fell back, or what was special; empty when nothing.
         valid_micro_f1: micro-F1 on the validation split with this rule (None: not measured).
+        label_shift: the label-shift estimate (``LabelShift.to_json()``) applied to the
+            model's probabilities before the rule; None = probabilities used as they are.
     """
 
     rule: Literal["argmax", "global", "per_label"]
@@ -39,6 +44,15 @@ class Decision:
     fallback: bool = False
     note: str = ""
     valid_micro_f1: float | None = None
+    label_shift: dict[str, Any] | None = None
+
+    def adjust(self, probs: np.ndarray) -> np.ndarray:
+        """The model's probabilities as this rule reads them (label-shift reweighted if set)."""
+        if not self.label_shift:
+            return np.asarray(probs, dtype=np.float64)
+        from label_pipeline.label_shift import LabelShift
+
+        return LabelShift.from_json(self.label_shift).apply(probs)
 
     @property
     def threshold(self) -> float | None:
@@ -56,6 +70,7 @@ class Decision:
             fallback=bool(data.get("fallback", False)),
             note=str(data.get("note", "")),
             valid_micro_f1=data.get("valid_micro_f1"),
+            label_shift=data.get("label_shift"),
         )
 
     def describe(self) -> str:
@@ -65,6 +80,8 @@ class Decision:
             text = f"threshold {self.thresholds[0]:.2f}"
         else:
             text = "per-label thresholds " + ", ".join(f"{t:.2f}" for t in self.thresholds)
+        if self.label_shift:
+            text += " after label-shift reweighting"
         return text + (" (fallback)" if self.fallback else "")
 
 

@@ -10,7 +10,8 @@ Output directory:
   run's decision rule), ``prob_<label>`` (probability per label, ``labels.json`` order);
 - ``labelled.jsonl`` and ``labelled.parquet``: the same rows as exports;
 - ``model/``: the final model (the method's ``save`` output), ``labels.json``,
-  ``decision.json`` (argmax or thresholds), ``run.json`` (which run it is) and
+  ``decision.json`` (argmax or thresholds, and the label-shift reweighting when
+  ``train.label_shift`` is on), ``run.json`` (which run it is) and
   ``README.md`` (a model card: data, metrics, intended use, limitations);
 - ``labels.json``, ``summary.md``, ``sample.json``.
 """
@@ -123,10 +124,11 @@ def load_method(run: dict[str, Any], device: DeviceChoice) -> Any:
 def label_rows(
     method: Any, decision: Any, texts: list[str], labels: list[str]
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """Probabilities (rows x labels) and predicted label lists for ``texts``."""
+    """Probabilities (rows x labels, label-shift reweighted when the run's decision rule says
+    so) and predicted label lists for ``texts``."""
     from label_pipeline.decision import apply_decision
 
-    probs = np.asarray(method.predict_proba(texts), dtype=np.float64)
+    probs = decision.adjust(np.asarray(method.predict_proba(texts), dtype=np.float64))
     if probs.shape != (len(texts), len(labels)):
         raise InputDataError(
             f"the final model returned probabilities of shape {probs.shape} for "
@@ -191,13 +193,14 @@ def _model_card(
         f"| test | {fmt('test', 'micro_f1')} | {fmt('test', 'macro_f1')} |",
         "",
         f"Decision rule: {decision.describe()}" + (f" ({decision.note})" if decision.note else ""),
+        *_label_shift_lines(decision, labels),
         "",
         "## Intended use",
         "Labelling texts of the same source and label set as the training data, and ranking "
         "rows for review by their `prob_<label>` columns. Load it with "
         f"`label_pipeline.methods.get_method({(run.get('base_method') or run['method'])!r})"
         ".load('model')`; `predict_proba` returns probabilities, `decision.json` turns them into "
-        "labels.",
+        "labels (`Decision.adjust` first applies its label-shift reweighting, if any).",
         "",
         "## Limitations",
         "- trained on few labelled rows: expect errors on rare labels and on texts unlike the "
@@ -208,6 +211,26 @@ def _model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _label_shift_lines(decision: Any, labels: list[str]) -> list[str]:
+    if not decision.label_shift:
+        return []
+    shift = decision.label_shift
+    rows = [
+        f"| {name} | {src:.3f} | {tgt:.3f} |"
+        for name, src, tgt in zip(labels, shift["source_prior"], shift["target_prior"], strict=True)
+    ]
+    return [
+        "",
+        f"Label shift: the model's probabilities are reweighted from its training label "
+        f"frequencies to the pool's, estimated on {shift['pool_rows']} pool rows "
+        "(train.label_shift: pool); the exported probabilities are the reweighted ones.",
+        "",
+        "| label | training frequency | estimated pool frequency |",
+        "|---|---|---|",
+        *rows,
+    ]
 
 
 def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: StageRef):

@@ -71,6 +71,11 @@ class TrainConfig(BaseModel):
         threshold: multi-label decision: one ``global`` threshold or one ``per_label``,
             tuned on valid for micro-F1.
         min_valid_rows: fewer valid rows than this: no tuning, threshold 0.5 (reported).
+        label_shift: single-label only. ``pool``: estimate the unlabeled pool's label
+            frequencies from each model's predictions and reweight its probabilities to them
+            (``label_pipeline.label_shift``); for labelled rows collected as N per label from
+            a pool whose labels are not balanced. ``none``: probabilities as trained.
+        label_shift_pool_rows: pool rows (sampled with ``seed``) the estimate uses.
         seed: random seed handed to every method.
         device: device, precision and batch sizes.
     """
@@ -88,6 +93,8 @@ class TrainConfig(BaseModel):
     encoder: str = "adapted"
     threshold: Literal["global", "per_label"] = "global"
     min_valid_rows: int = Field(10, ge=1)
+    label_shift: Literal["none", "pool"] = "none"
+    label_shift_pool_rows: int = Field(4000, ge=1)
     seed: int = 0
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
@@ -230,8 +237,13 @@ def fit_and_predict(
     test_texts: list[str],
     ctx: FitContext,
     model_dir: Path,
+    shift_pool: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Fit one method, save it and predict valid/test probabilities.
+
+    With ``shift_pool`` (single-label), the pool's label frequencies are estimated from the
+    model's probabilities on those texts and valid/test probabilities are reweighted to them;
+    the estimate is returned under ``label_shift`` (see ``label_pipeline.label_shift``).
 
     A method that diverges (``TrainingDivergedError`` or ``FloatingPointError`` in ``fit``,
     or non-finite probabilities) is replaced by the training label prior; the returned
@@ -249,6 +261,16 @@ def fit_and_predict(
         _check_probs(valid_probs, len(valid), train.y.shape[1], f"{method_name} on valid")
         test_probs = np.asarray(model.predict_proba(test_texts), dtype=np.float64)
         _check_probs(test_probs, len(test_texts), train.y.shape[1], f"{method_name} on test")
+        if shift_pool:
+            from label_pipeline.label_shift import estimate_label_shift
+
+            pool_probs = np.asarray(model.predict_proba(shift_pool), dtype=np.float64)
+            _check_probs(pool_probs, len(shift_pool), train.y.shape[1], f"{method_name} on pool")
+            shift = estimate_label_shift(
+                valid_probs, valid.y, pool_probs, model.source_prior(train)
+            )
+            valid_probs, test_probs = shift.apply(valid_probs), shift.apply(test_probs)
+            facts["label_shift"] = shift.to_json()
         facts["predict_seconds"] = round(time.time() - t0, 3)
         model.save(model_dir)
     except (TrainingDivergedError, FloatingPointError) as exc:
@@ -289,6 +311,8 @@ def _builder(
         te_texts, _, _ = _texts_and_y(splits["test"], labels)
         valid = LabelledTexts(va_texts, va_y, labels, multi_label)
         unlabeled = [str(t) for t in splits["unlabeled"]["text"]] if "unlabeled" in splits else []
+        warnings: list[str] = []
+        shift_pool = _label_shift_pool(cfg, multi_label, unlabeled, warnings)
 
         specs = [(spec, *parse_method(spec)) for spec in cfg.methods]
         wants_aug = cfg.use_augmented or any("aug" in m for _, _, m in specs)
@@ -310,7 +334,6 @@ def _builder(
         device = choose_device(cfg.device)
 
         runs: list[dict[str, Any]] = []
-        warnings: list[str] = []
         with Progress(len(specs) * len(names), STAGE, "training", unit="runs") as progress:
             for slice_name in names:
                 ids = slices[slice_name]
@@ -361,6 +384,7 @@ def _builder(
                             te_texts,
                             fit_ctx,
                             run_dir / "model",
+                            shift_pool,
                         )
                     if "fallback" in facts:
                         log.warning("train: %s / %s: %s", spec, slice_name, facts["fallback"])
@@ -368,6 +392,7 @@ def _builder(
                     decision = tune_decision(
                         valid_probs, va_y, multi_label, cfg.threshold, cfg.min_valid_rows
                     )
+                    decision.label_shift = facts.get("label_shift")
                     if decision.fallback:
                         log.warning("train: %s / %s: %s", spec, slice_name, decision.note)
                     np.save(run_dir / "valid_probs.npy", valid_probs.astype(np.float32))
@@ -422,6 +447,30 @@ def _builder(
         }
 
     return build
+
+
+def _label_shift_pool(
+    cfg: TrainConfig, multi_label: bool, unlabeled: list[str], warnings: list[str]
+) -> list[str] | None:
+    """The pool rows label-shift estimation uses, or None when it is off or impossible."""
+    if cfg.label_shift == "none":
+        return None
+    if multi_label:
+        raise ConfigError(
+            "train.label_shift='pool' applies to single-label tasks; for multi-label data set "
+            "train.label_shift: none (train.threshold: per_label tunes each label's rate)"
+        )
+    texts = [t for t in unlabeled if t.strip()]
+    if not texts:
+        msg = "train.label_shift='pool' but the split stage has no unlabeled rows: not applied"
+        stage_logger().warning("train: %s", msg)
+        warnings.append(msg)
+        return None
+    if len(texts) > cfg.label_shift_pool_rows:
+        rng = np.random.default_rng(cfg.seed)
+        keep = np.sort(rng.choice(len(texts), cfg.label_shift_pool_rows, replace=False))
+        texts = [texts[i] for i in keep]
+    return texts
 
 
 class _TrainRows(LabelledTexts):

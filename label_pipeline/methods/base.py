@@ -81,6 +81,27 @@ class Method(ABC):
     def load(cls, path: Path) -> Method:
         """Inverse of :meth:`save`."""
 
+    def source_prior(self, train: LabelledTexts) -> np.ndarray:
+        """The label distribution this method's probabilities are calibrated for after
+        fitting on ``train``: the (weighted) training label frequencies. A method that
+        weights its loss by inverse label frequency overrides this with the uniform one.
+        Used by label-shift correction (:mod:`label_pipeline.label_shift`)."""
+        return label_frequencies(train)
+
+
+def label_frequencies(train: LabelledTexts) -> np.ndarray:
+    """Weighted share of each label among the rows' labels (sums to 1)."""
+    w = np.ones(len(train)) if train.sample_weight is None else np.asarray(train.sample_weight)
+    freq = (np.asarray(train.y, dtype=np.float64) * w[:, None]).sum(axis=0)
+    total = freq.sum()
+    k = freq.shape[0]
+    return freq / total if total > 0 else np.full(k, 1.0 / k)
+
+
+def uniform_prior(train: LabelledTexts) -> np.ndarray:
+    k = len(train.label_names)
+    return np.full(k, 1.0 / k)
+
 
 REGISTRY: dict[str, type[Method]] = {}
 

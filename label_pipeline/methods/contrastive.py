@@ -26,7 +26,14 @@ import numpy as np
 
 from label_pipeline.devices import DeviceChoice
 from label_pipeline.errors import ConfigError, TrainingDivergedError
-from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
+from label_pipeline.methods.base import (
+    FitContext,
+    LabelledTexts,
+    Method,
+    label_frequencies,
+    register,
+    uniform_prior,
+)
 from label_pipeline.methods.finetune import (
     FineTune,
     autocast,
@@ -205,6 +212,16 @@ class SetFit(Method):
         self.self_training_per_label = self_training_per_label
         self.self_training_weight = self_training_weight
         self.self_training_pool_size = self_training_pool_size
+
+    def source_prior(self, train: LabelledTexts) -> np.ndarray:
+        """Uniform when the head weights labels by inverse frequency, else their frequency."""
+        if self.head == "finetune":
+            balanced = (self.finetune_params or {}).get("class_weighting", "balanced")
+        else:
+            balanced = self.class_weighting
+        if balanced == "balanced" and not train.multi_label:
+            return uniform_prior(train)
+        return label_frequencies(train)
 
     def get_params(self) -> dict[str, Any]:
         return {

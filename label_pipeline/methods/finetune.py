@@ -27,7 +27,14 @@ import numpy as np
 
 from label_pipeline.devices import DeviceChoice, choose_device
 from label_pipeline.errors import ConfigError, TrainingDivergedError
-from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
+from label_pipeline.methods.base import (
+    FitContext,
+    LabelledTexts,
+    Method,
+    label_frequencies,
+    register,
+    uniform_prior,
+)
 from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
 from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
@@ -227,6 +234,12 @@ class FineTune(Method):
         self.self_training_pool_size = self_training_pool_size
 
     # ------------------------------------------------------------ params
+
+    def source_prior(self, train: LabelledTexts) -> np.ndarray:
+        """Uniform when the loss is weighted by inverse label frequency (``balanced``)."""
+        if self.class_weighting == "balanced" and not train.multi_label:
+            return uniform_prior(train)
+        return label_frequencies(train)
 
     def get_params(self) -> dict[str, Any]:
         return {

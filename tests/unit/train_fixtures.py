@@ -34,11 +34,14 @@ def make_splits_dir(
     slice_sizes: tuple[int, ...] = (8, 16),
     seed: int = 0,
     drop_label_from_small_slices: str | None = None,
+    unlabeled_label: str | None = None,
 ) -> Path:
     """Write a split stage directory with separable texts and nested slices.
 
     ``drop_label_from_small_slices``: keep every row of that label out of the slices
     smaller than "all" (a slice with a label that never occurs).
+    ``unlabeled_label``: the unlabeled rows are written from that label's words only (a pool
+    whose label frequencies differ from the labelled splits').
     """
     import datasets
 
@@ -58,7 +61,11 @@ def make_splits_dir(
     for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
         parts[split] = [_row(i, labels_for(i), rng, split) for i in range(n)]
     parts["unlabeled"] = [
-        {**_row(i, labels_for(i), rng, "unlabeled"), "labels": []} for i in range(n_unlabeled)
+        {
+            **_row(i, [unlabeled_label] if unlabeled_label else labels_for(i), rng, "unlabeled"),
+            "labels": [],
+        }
+        for i in range(n_unlabeled)
     ]
 
     train_ids = [r["id"] for r in parts["train"]]
