@@ -14,7 +14,8 @@ is ``μ = C q``, where column ``j`` of ``C`` is the mean predicted probability v
 validation rows of label ``j``. With a handful of validation rows per label ``C`` is noisy,
 so each column is smoothed towards "the model is right" (``pseudo_count`` rows of the one-hot
 vector ``e_j``; a label without validation rows gets ``e_j`` itself). ``q`` is the
-least-squares solution clipped to ``>= floor`` and renormalised.
+least-squares solution clipped to at least ``floor_share`` of a balanced share (``1/K`` for
+``K`` labels) and renormalised: a few validation rows per label cannot rule a label out.
 
 Single-label tasks only: a multi-label task's per-label decision thresholds, tuned on valid,
 already set how often each label is predicted.
@@ -29,8 +30,8 @@ import numpy as np
 
 #: smoothing of each confusion column towards the one-hot vector, in validation rows
 PSEUDO_COUNT = 2.0
-#: no label's estimated pool frequency goes below this
-PRIOR_FLOOR = 1e-3
+#: no label's estimated pool frequency goes below this share of 1/K
+FLOOR_SHARE = 0.25
 
 
 @dataclass
@@ -95,7 +96,7 @@ def estimate_label_shift(
     pool_probs: np.ndarray,
     source_prior: np.ndarray,
     pseudo_count: float = PSEUDO_COUNT,
-    floor: float = PRIOR_FLOOR,
+    floor_share: float = FLOOR_SHARE,
 ) -> LabelShift:
     """Estimate the pool's label distribution (see the module docstring).
 
@@ -105,7 +106,7 @@ def estimate_label_shift(
         pool_probs: (rows x labels) probabilities on unlabeled pool rows.
         source_prior: the label distribution the model was trained for.
         pseudo_count: smoothing of each confusion column, in rows (>= 0).
-        floor: smallest estimated frequency of a label.
+        floor_share: smallest estimated frequency of a label, as a share of ``1/K``.
     """
     pv = np.asarray(valid_probs, dtype=np.float64)
     yv = np.asarray(valid_y, dtype=np.int64)
@@ -128,8 +129,14 @@ def estimate_label_shift(
     c = np.stack(cols, axis=1)
     mu = pp.mean(axis=0)
     q = np.linalg.lstsq(c, mu, rcond=None)[0]
-    q = np.clip(q, floor, None)
-    q = q / q.sum()
+    if not 0.0 <= floor_share <= 1.0:
+        raise ValueError(f"floor_share must lie in [0, 1], got {floor_share}")
+    floor = floor_share / k
+    for _ in range(k):  # clipping then renormalising can push others under the floor
+        q = np.clip(q, floor, None)
+        q = q / q.sum()
+        if q.min() >= floor * (1 - 1e-9):
+            break
     src = np.asarray(source_prior, dtype=np.float64)
     src = src / max(src.sum(), 1e-12)
     return LabelShift(

@@ -10,7 +10,7 @@ from train_fixtures import LABELS, make_splits_dir, splits_ref
 
 from label_pipeline.decision import Decision, apply_decision
 from label_pipeline.errors import ConfigError
-from label_pipeline.label_shift import PRIOR_FLOOR, estimate_label_shift, reweight
+from label_pipeline.label_shift import FLOOR_SHARE, estimate_label_shift, reweight
 from label_pipeline.store import StageStore
 from tasks.train import TrainConfig, run_train
 
@@ -51,14 +51,14 @@ def test_estimate_recovers_a_skewed_pool_and_reweighting_raises_accuracy():
     assert acc[1] > acc[0] + 0.02, acc
 
 
-def test_label_without_valid_rows_trusts_the_model_and_no_label_drops_to_zero():
+def test_label_without_valid_rows_trusts_the_model_and_no_label_drops_below_the_floor():
     pv = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]])
     yv = np.array([[1, 0, 0], [0, 1, 0]])  # no validation row of label 2
     pool = np.tile([0.5, 0.5, 0.0], (10, 1))  # the model never predicts label 2 on the pool
     shift = estimate_label_shift(pv, yv, pool, np.full(3, 1 / 3))
     q = np.array(shift.target_prior)
     assert shift.valid_rows_per_label == [1, 1, 0]
-    assert np.isclose(q.sum(), 1.0) and q[2] == pytest.approx(PRIOR_FLOOR, rel=0.01)
+    assert np.isclose(q.sum(), 1.0) and q[2] == pytest.approx(FLOOR_SHARE / 3, rel=0.01)
     out = reweight(np.array([[0.0, 0.0, 1.0], [0.3, 0.3, 0.4]]), np.full(3, 1 / 3), q)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out.sum(axis=1), 1.0)
