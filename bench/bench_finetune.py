@@ -94,6 +94,23 @@ def _fit_eval(
         out["label_shift"] = shift.to_json()
         out["without_label_shift"] = {k: out[k] for k in ("accuracy", "macro_f1")}
         out.update(_scores(shift.apply(p), test.y, test.multi_label))
+    for name, member in getattr(m, "members_", {}).items():
+        # an ensemble: each member's own test scores, from the same fit
+        pm = member.predict_proba(test.texts)
+        member_out = _scores(pm, test.y, test.multi_label)
+        if label_shift and pool and not test.multi_label:
+            shift = estimate_label_shift(
+                member.predict_proba(valid.texts),
+                valid.y,
+                member.predict_proba(pool),
+                member.source_prior(train),
+            )
+            member_out = {
+                **_scores(shift.apply(pm), test.y, test.multi_label),
+                "without_label_shift": member_out,
+            }
+        member_out["fit_s"] = ctx.info["members"][name]["fit_seconds"]
+        out.setdefault("members", {})[name] = member_out
     for key in ("self_training", "diverged"):
         if key in ctx.info:
             out[key] = ctx.info[key]
@@ -196,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
                 + ")"
             )
         print(f"{head} | {score}")
+        for name, ms in r.get("members", {}).items():
+            print(f"    member {name}: {json.dumps(ms)}")
     for method in sorted({r["method"] for r in results}):
         for n in sorted({r.get("n_per_class", 0) for r in results}):
             sel = [r for r in results if r["method"] == method and r.get("n_per_class", 0) == n]

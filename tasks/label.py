@@ -18,7 +18,6 @@ Output directory:
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import time
@@ -111,14 +110,10 @@ def choose_run(cfg: LabelConfig, trained_dir: Path, evaluated_dir: Path) -> dict
 
 def load_method(run: dict[str, Any], device: DeviceChoice) -> Any:
     """The trained method of ``run`` loaded from its ``model/`` directory."""
-    from label_pipeline.methods import get_method
+    from label_pipeline.methods.base import load_saved
 
     base = run.get("base_method") or run["method"].split("+")[0]
-    cls = get_method(base)
-    path = Path(run["run_dir"]) / "model"
-    if "device" in inspect.signature(cls.load).parameters:
-        return cls.load(path, device=device)
-    return cls.load(path)
+    return load_saved(base, Path(run["run_dir"]) / "model", device)
 
 
 def label_rows(

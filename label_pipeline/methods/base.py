@@ -112,6 +112,17 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def load_saved(name: str, path: Path, device: DeviceChoice | None = None) -> Method:
+    """The method ``name`` loaded from its ``save`` directory ``path``, on ``device`` when
+    its ``load`` takes one."""
+    import inspect
+
+    cls = get_method(name)
+    if device is not None and "device" in inspect.signature(cls.load).parameters:
+        return cls.load(path, device=device)
+    return cls.load(path)
+
+
 def get_method(name: str) -> type[Method]:
     from label_pipeline import methods as _pkg  # noqa: F401  (imports every method module)
 
