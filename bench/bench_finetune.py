@@ -74,41 +74,44 @@ def _fit_eval(
     t0 = time.time()
     m = get_method(method)(**params).fit(train, valid, ctx)
     fit_s = time.time() - t0
-    t0 = time.time()
-    p = m.predict_proba(test.texts)
+    shift_pool = pool if label_shift and pool and not test.multi_label else None
+
+    def scores(model) -> dict:
+        """Test scores; with label shift (the train stage's train.label_shift=pool: the pool's
+        label frequencies estimated from valid + pool predictions) the reweighted ones, the
+        plain ones under ``without_label_shift``; ``predict_s``: the test prediction."""
+        t0 = time.time()
+        p = model.predict_proba(test.texts)
+        predict_s = round(time.time() - t0, 1)
+        plain = _scores(p, test.y, test.multi_label)
+        if shift_pool is None:
+            return {"predict_s": predict_s, **plain}
+        shift = estimate_label_shift(
+            model.predict_proba(valid.texts),
+            valid.y,
+            model.predict_proba(shift_pool),
+            model.source_prior(train),
+        )
+        return {
+            "predict_s": predict_s,
+            **_scores(shift.apply(p), test.y, test.multi_label),
+            "label_shift": shift.to_json(),
+            "without_label_shift": plain,
+        }
+
     out = {
         "method": method,
         "params": params,
         "seed": seed,
         "train_rows": len(train),
         "fit_s": round(fit_s, 1),
-        "predict_s": round(time.time() - t0, 1),
-        **_scores(p, test.y, test.multi_label),
+        **scores(m),
     }
-    if label_shift and pool and not test.multi_label:
-        # the train stage's train.label_shift=pool: estimate the pool's label frequencies from
-        # valid + pool predictions, reweight the test probabilities to them
-        shift = estimate_label_shift(
-            m.predict_proba(valid.texts), valid.y, m.predict_proba(pool), m.source_prior(train)
-        )
-        out["label_shift"] = shift.to_json()
-        out["without_label_shift"] = {k: out[k] for k in ("accuracy", "macro_f1")}
-        out.update(_scores(shift.apply(p), test.y, test.multi_label))
     for name, member in getattr(m, "members_", {}).items():
         # an ensemble: each member's own test scores, from the same fit
-        pm = member.predict_proba(test.texts)
-        member_out = _scores(pm, test.y, test.multi_label)
-        if label_shift and pool and not test.multi_label:
-            shift = estimate_label_shift(
-                member.predict_proba(valid.texts),
-                valid.y,
-                member.predict_proba(pool),
-                member.source_prior(train),
-            )
-            member_out = {
-                **_scores(shift.apply(pm), test.y, test.multi_label),
-                "without_label_shift": member_out,
-            }
+        member_out = scores(member)
+        member_out.pop("label_shift", None)
+        member_out.pop("predict_s")
         member_out["fit_s"] = ctx.info["members"][name]["fit_seconds"]
         out.setdefault("members", {})[name] = member_out
     for key in ("self_training", "diverged"):

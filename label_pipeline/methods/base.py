@@ -81,11 +81,20 @@ class Method(ABC):
     def load(cls, path: Path) -> Method:
         """Inverse of :meth:`save`."""
 
+    def balances_labels(self) -> bool:
+        """True when the method weights its loss by inverse label frequency (single-label), so
+        its probabilities are calibrated for balanced labels; methods with such an option
+        override this."""
+        return False
+
     def source_prior(self, train: LabelledTexts) -> np.ndarray:
         """The label distribution this method's probabilities are calibrated for after
-        fitting on ``train``: the (weighted) training label frequencies. A method that
-        weights its loss by inverse label frequency overrides this with the uniform one.
-        Used by label-shift correction (:mod:`label_pipeline.label_shift`)."""
+        fitting on ``train``: uniform when :meth:`balances_labels` on a single-label task,
+        else the (weighted) training label frequencies. Used by label-shift correction
+        (:mod:`label_pipeline.label_shift`)."""
+        if self.balances_labels() and not train.multi_label:
+            k = len(train.label_names)
+            return np.full(k, 1.0 / k)
         return label_frequencies(train)
 
 
@@ -96,11 +105,6 @@ def label_frequencies(train: LabelledTexts) -> np.ndarray:
     total = freq.sum()
     k = freq.shape[0]
     return freq / total if total > 0 else np.full(k, 1.0 / k)
-
-
-def uniform_prior(train: LabelledTexts) -> np.ndarray:
-    k = len(train.label_names)
-    return np.full(k, 1.0 / k)
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -18,14 +18,7 @@ import joblib
 import numpy as np
 
 from label_pipeline.errors import ConfigError
-from label_pipeline.methods.base import (
-    FitContext,
-    LabelledTexts,
-    Method,
-    label_frequencies,
-    register,
-    uniform_prior,
-)
+from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model
 
 STATE_FILE = "state.joblib"
@@ -368,11 +361,8 @@ class EmbeddingLogReg(_EmbeddingMethod):
         self.class_weight = class_weight
         self.max_iter = int(max_iter)
 
-    def source_prior(self, train: LabelledTexts) -> np.ndarray:
-        """Uniform with ``class_weight="balanced"``, else the training label frequencies."""
-        if self.class_weight == "balanced" and not train.multi_label:
-            return uniform_prior(train)
-        return label_frequencies(train)
+    def balances_labels(self) -> bool:
+        return self.class_weight == "balanced"
 
     def _params(self) -> dict[str, Any]:
         return {

@@ -26,23 +26,16 @@ import numpy as np
 
 from label_pipeline.devices import DeviceChoice
 from label_pipeline.errors import ConfigError, TrainingDivergedError
-from label_pipeline.methods.base import (
-    FitContext,
-    LabelledTexts,
-    Method,
-    label_frequencies,
-    register,
-    uniform_prior,
-)
+from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
 from label_pipeline.methods.finetune import (
     FineTune,
     autocast,
     check_labelled,
     device_of,
     encoder_dir,
+    inference_batches,
     read_method_meta,
     seed_everything,
-    sorted_batches,
     write_method_meta,
 )
 from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
@@ -139,12 +132,9 @@ def mean_pooled_embeddings(
     out = np.zeros((len(texts), int(encoder.config.hidden_size)), dtype=np.float32)
     if not len(texts):
         return out
-    ids = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
     encoder.eval()
     with torch.inference_mode():
-        for idx in sorted_batches([len(x) for x in ids], bs):
-            batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-            batch = {k: v.to(device.device) for k, v in batch.items()}
+        for idx, batch in inference_batches(tokenizer, texts, max_length, bs, device):
             with autocast(device):
                 hidden = encoder(**batch).last_hidden_state
             out[idx] = _mean_pool(hidden, batch["attention_mask"]).cpu().numpy()
@@ -213,15 +203,11 @@ class SetFit(Method):
         self.self_training_weight = self_training_weight
         self.self_training_pool_size = self_training_pool_size
 
-    def source_prior(self, train: LabelledTexts) -> np.ndarray:
-        """Uniform when the head weights labels by inverse frequency, else their frequency."""
+    def balances_labels(self) -> bool:
+        """The head's weighting: the fine-tuned head's ``class_weighting`` or the logistic's."""
         if self.head == "finetune":
-            balanced = (self.finetune_params or {}).get("class_weighting", "balanced")
-        else:
-            balanced = self.class_weighting
-        if balanced == "balanced" and not train.multi_label:
-            return uniform_prior(train)
-        return label_frequencies(train)
+            return FineTune(**(self.finetune_params or {})).balances_labels()
+        return self.class_weighting == "balanced"
 
     def get_params(self) -> dict[str, Any]:
         return {

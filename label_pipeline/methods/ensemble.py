@@ -71,7 +71,6 @@ class Ensemble(Method):
 
     def _validate(self) -> None:
         p = f"train.method_params.{self.name}"
-        get_method("naive_bayes")  # imports every method module, so REGISTRY is complete
         if not self.members:
             raise ConfigError(f"{p}.members is empty; name two or more methods")
         if len(set(self.members)) != len(self.members):
@@ -109,6 +108,8 @@ class Ensemble(Method):
         facts: dict[str, Any] = {}
         ctx.info["members"] = facts
         log = stage_logger()
+        has_valid = valid is not None and len(valid) > 0
+        valid_probs: list[np.ndarray] = []
         for name in self.members:
             sub = FitContext(
                 device=ctx.device,
@@ -121,13 +122,14 @@ class Ensemble(Method):
             model = get_method(name)(**self.member_params.get(name, {})).fit(train, valid, sub)
             self.members_[name] = model
             fact: dict[str, Any] = {"fit_seconds": round(time.time() - started, 2)}
-            if valid is not None and len(valid):
-                fact["valid"] = round(valid_score(model.predict_proba(list(valid.texts)), valid), 4)
+            if has_valid:
+                valid_probs.append(np.asarray(model.predict_proba(list(valid.texts)), np.float64))
+                fact["valid"] = round(valid_score(valid_probs[-1], valid), 4)
             self.history_["members"][name] = dict(fact)
             facts[name] = {**fact, "info": sub.info}
             log.info("%s: member %s fitted in %.1fs", self.name, name, fact["fit_seconds"])
-        if valid is not None and len(valid):
-            score = valid_score(self.predict_proba(list(valid.texts)), valid)
+        if has_valid:
+            score = valid_score(self._average(valid_probs), valid)
             self.history_["valid"] = round(score, 4)
             ctx.info["valid"] = round(score, 4)
         return self
@@ -140,10 +142,15 @@ class Ensemble(Method):
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Weighted mean of the members' probabilities (n_texts, n_labels)."""
         texts = list(texts)
-        w = self._weights()
-        out = np.zeros((len(texts), len(self.label_names_)), dtype=np.float64)
-        for wi, name in zip(w, self.members, strict=True):
-            out += wi * np.asarray(self.members_[name].predict_proba(texts), dtype=np.float64)
+        return self._average(
+            [np.asarray(self.members_[m].predict_proba(texts), np.float64) for m in self.members]
+        )
+
+    def _average(self, member_probs: list[np.ndarray]) -> np.ndarray:
+        """Weighted mean of the members' probabilities, in ``members`` order."""
+        out = np.zeros_like(member_probs[0])
+        for wi, probs in zip(self._weights(), member_probs, strict=True):
+            out += wi * probs
         return checked_proba(out, self.name)
 
     def save(self, path: Path) -> None:

@@ -19,7 +19,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,14 +27,7 @@ import numpy as np
 
 from label_pipeline.devices import DeviceChoice, choose_device
 from label_pipeline.errors import ConfigError, TrainingDivergedError
-from label_pipeline.methods.base import (
-    FitContext,
-    LabelledTexts,
-    Method,
-    label_frequencies,
-    register,
-    uniform_prior,
-)
+from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
 from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
 from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
@@ -101,6 +94,16 @@ def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> Iterator
     order = np.argsort(np.asarray(lengths), kind="stable")
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
+
+
+def inference_batches(
+    tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int, device: DeviceChoice
+) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """Length-sorted inference batches: (row indices, padded model inputs on the device)."""
+    ids = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
+    for idx in sorted_batches([len(x) for x in ids], batch_size):
+        batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+        yield idx, {k: v.to(device.device) for k, v in batch.items()}
 
 
 def check_labelled(rows: LabelledTexts, what: str, method: str) -> None:
@@ -235,11 +238,8 @@ class FineTune(Method):
 
     # ------------------------------------------------------------ params
 
-    def source_prior(self, train: LabelledTexts) -> np.ndarray:
-        """Uniform when the loss is weighted by inverse label frequency (``balanced``)."""
-        if self.class_weighting == "balanced" and not train.multi_label:
-            return uniform_prior(train)
-        return label_frequencies(train)
+    def balances_labels(self) -> bool:
+        return self.class_weighting == "balanced"
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -519,12 +519,9 @@ class FineTune(Method):
         out = np.zeros((len(texts), len(self.label_names_)), dtype=np.float32)
         if not texts:
             return out
-        ids = tok([str(t) for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
         model.eval()
         with torch.inference_mode():
-            for idx in sorted_batches([len(x) for x in ids], bs):
-                batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-                batch = {k: v.to(dev.device) for k, v in batch.items()}
+            for idx, batch in inference_batches(tok, texts, self.max_length, bs, dev):
                 with autocast(dev):
                     logits = model(**batch).logits
                 out[idx] = logits.float().cpu().numpy()

@@ -34,14 +34,7 @@ import numpy as np
 
 from label_pipeline.devices import DeviceChoice
 from label_pipeline.errors import ConfigError, TrainingDivergedError
-from label_pipeline.methods.base import (
-    FitContext,
-    LabelledTexts,
-    Method,
-    label_frequencies,
-    register,
-    uniform_prior,
-)
+from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
 from label_pipeline.methods.contrastive import _mean_pool, mean_pooled_embeddings
 from label_pipeline.methods.finetune import (
     autocast,
@@ -134,13 +127,11 @@ class Prototype(Method):
         self.self_training_pool_size = self_training_pool_size
         self.self_training_keep = self_training_keep
 
-    def source_prior(self, train: LabelledTexts) -> np.ndarray:
-        """Uniform with ``class_weighting="balanced"``, else the gold rows' label frequencies
+    def balances_labels(self) -> bool:
+        """``class_weighting="balanced"``; otherwise the gold rows' label frequencies stand
         (self-training draws as many pseudo-labelled rows for every label, so it leaves a
         balanced training set balanced)."""
-        if self.class_weighting == "balanced" and not train.multi_label:
-            return uniform_prior(train)
-        return label_frequencies(train)
+        return self.class_weighting == "balanced"
 
     def get_params(self) -> dict[str, Any]:
         return {

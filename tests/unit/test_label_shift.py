@@ -123,3 +123,29 @@ def test_train_stage_estimates_the_pool_and_rejects_multi_label(tmp_path):
     ml_dir = make_splits_dir(tmp_path / "ml", multi_label=True)
     with pytest.raises(ConfigError, match="train.label_shift='pool' applies to single-label"):
         run_train(store, cfg, splits_ref(ml_dir))
+
+
+def test_source_prior_is_uniform_only_for_label_balancing_single_label_methods():
+    from label_pipeline.methods import LabelledTexts, get_method
+
+    y = np.eye(3, dtype=np.int64)[[0, 0, 0, 1]]
+    single = LabelledTexts(["a", "b", "c", "d"], y, LABELS, False)
+    multi = LabelledTexts(["a", "b", "c", "d"], y, LABELS, True)
+    freq, uniform = [0.75, 0.25, 0.0], [1 / 3] * 3
+    cases = [
+        (get_method("finetune")(), uniform, freq),
+        (get_method("finetune")(class_weighting="none"), freq, freq),
+        (get_method("setfit")(), uniform, freq),
+        (
+            get_method("setfit")(head="finetune", finetune_params={"class_weighting": "none"}),
+            freq,
+            freq,
+        ),
+        (get_method("prototype")(), freq, freq),
+        (get_method("prototype")(class_weighting="balanced"), uniform, freq),
+        (get_method("embed_lr")(class_weight="balanced"), uniform, freq),
+        (get_method("naive_bayes")(), freq, freq),
+    ]
+    for method, want_single, want_multi in cases:
+        np.testing.assert_allclose(method.source_prior(single), want_single, err_msg=method.name)
+        np.testing.assert_allclose(method.source_prior(multi), want_multi, err_msg=method.name)
