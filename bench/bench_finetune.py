@@ -107,6 +107,10 @@ def _fit_eval(
         "fit_s": round(fit_s, 1),
         **scores(m),
     }
+    teacher = getattr(m, "teacher_", None)
+    if teacher is not None and teacher is not getattr(m, "model_", None):
+        # distill: the teacher's own test scores, from the same fit
+        out["teacher"] = {k: v for k, v in scores(teacher).items() if k != "predict_s"}
     for name, member in getattr(m, "members_", {}).items():
         # an ensemble: each member's own test scores, from the same fit
         member_out = scores(member)
@@ -114,7 +118,7 @@ def _fit_eval(
         member_out.pop("predict_s")
         member_out["fit_s"] = ctx.info["members"][name]["fit_seconds"]
         out.setdefault("members", {})[name] = member_out
-    for key in ("self_training", "diverged"):
+    for key in ("self_training", "diverged", "distill"):
         if key in ctx.info:
             out[key] = ctx.info[key]
     return out
@@ -161,7 +165,11 @@ def bench_emotion(args) -> list[dict]:
     for n in args.n:
         for seed in args.seeds:
             train = rows(_sample_per_class(train_all, n, seed))
-            valid = rows(_sample_per_class(dev, max(n, 8), seed))
+            valid_df = _sample_per_class(dev, max(n, 8), seed)
+            valid = rows(valid_df)
+            if args.eval == "dev-rest":
+                # choosing a design: score on the dev rows not in valid, never on test.csv
+                test = rows(dev[~dev["text"].isin(set(valid_df["text"]))])
             pool = None
             if args.pool:
                 pool = list(train_all.sample(n=args.pool, random_state=seed + 1000)["text"])
@@ -196,6 +204,13 @@ def main(argv: list[str] | None = None) -> None:
         "(train.label_shift); both scores are printed",
     )
     parser.add_argument("--test-rows", type=int, default=0, help="0 = the full test set")
+    parser.add_argument(
+        "--eval",
+        choices=["test", "dev-rest"],
+        default="test",
+        help="emotion: score on test.csv, or on the dev.csv rows not drawn as valid (for "
+        "choosing settings without looking at test.csv)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--tag", default="", help="suffix of the results file")
     args = parser.parse_args(argv)
@@ -216,6 +231,8 @@ def main(argv: list[str] | None = None) -> None:
                 + ")"
             )
         print(f"{head} | {score}")
+        if "teacher" in r:
+            print(f"    teacher: {json.dumps(r['teacher'])}")
         for name, ms in r.get("members", {}).items():
             print(f"    member {name}: {json.dumps(ms)}")
     for method in sorted({r["method"] for r in results}):

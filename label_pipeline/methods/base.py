@@ -28,6 +28,9 @@ class LabelledTexts:
         multi_label: True for multi-label tasks (sigmoid outputs), False for single-label (softmax).
         sample_weight: optional per-row weight (e.g. down-weighted pseudo-labels); None = all 1.
         ids: optional row ids.
+        soft_y: optional float targets (n_rows, n_labels), e.g. a teacher's probabilities for
+            distillation: methods that train on probabilities (``finetune``) use them instead
+            of ``y``; the others train on ``y``.
     """
 
     texts: list[str]
@@ -36,6 +39,7 @@ class LabelledTexts:
     multi_label: bool
     sample_weight: np.ndarray | None = None
     ids: list[str] | None = None
+    soft_y: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -99,9 +103,11 @@ class Method(ABC):
 
 
 def label_frequencies(train: LabelledTexts) -> np.ndarray:
-    """Weighted share of each label among the rows' labels (sums to 1)."""
+    """Weighted share of each label among the rows' targets (``soft_y`` where given, else
+    ``y``; sums to 1)."""
     w = np.ones(len(train)) if train.sample_weight is None else np.asarray(train.sample_weight)
-    freq = (np.asarray(train.y, dtype=np.float64) * w[:, None]).sum(axis=0)
+    target = train.y if train.soft_y is None else train.soft_y
+    freq = (np.asarray(target, dtype=np.float64) * w[:, None]).sum(axis=0)
     total = freq.sum()
     k = freq.shape[0]
     return freq / total if total > 0 else np.full(k, 1.0 / k)

@@ -2,7 +2,9 @@
 
 Multi-label tasks train sigmoid outputs with binary cross-entropy (``pos_weight`` for rare
 labels), single-label tasks softmax outputs with cross-entropy (class weights). Row weights
-(``LabelledTexts.sample_weight``, e.g. down-weighted pseudo-labels) scale each row's loss.
+(``LabelledTexts.sample_weight``, e.g. down-weighted pseudo-labels) scale each row's loss;
+soft targets (``LabelledTexts.soft_y``, e.g. a teacher's probabilities in ``distill``) replace
+the 0/1 labels in the loss.
 Batches are padded dynamically and grouped by length; on a GPU training runs in mixed precision
 with larger batches. Training stops early when the validation score stops improving and the
 best checkpoint is kept. A non-finite loss stops training, restores the last good checkpoint and
@@ -120,6 +122,15 @@ def check_labelled(rows: LabelledTexts, what: str, method: str) -> None:
         raise InputDataError(
             f"{method}: {what} has {len(rows.sample_weight)} sample weights for {len(rows)} rows"
         )
+    if rows.soft_y is not None:
+        soft = np.asarray(rows.soft_y, dtype=np.float64)
+        if soft.shape != rows.y.shape or not np.isfinite(soft).all():
+            raise InputDataError(
+                f"{method}: {what} soft targets have shape {soft.shape}, expected {rows.y.shape} "
+                "of finite probabilities"
+            )
+        if soft.min() < 0 or soft.max() > 1:
+            raise InputDataError(f"{method}: {what} soft targets must lie in [0, 1]")
 
 
 def logits_to_proba(logits: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -323,8 +334,11 @@ class FineTune(Method):
         w[present] = n / (present.sum() * counts[present])
         return w
 
-    def _loss(self, logits: Any, targets: Any, weights: Any, class_w: Any) -> Any:
-        """Mean of row losses weighted by ``weights`` (logits in float32)."""
+    def _loss(
+        self, logits: Any, targets: Any, weights: Any, class_w: Any, soft: bool = False
+    ) -> Any:
+        """Mean of row losses weighted by ``weights`` (logits in float32); ``soft``: the
+        single-label targets are probabilities rather than one-hot rows."""
         import torch.nn.functional as F
 
         logits = logits.float()
@@ -332,6 +346,9 @@ class FineTune(Method):
             per = F.binary_cross_entropy_with_logits(
                 logits, targets.float(), pos_weight=class_w, reduction="none"
             ).mean(dim=1)
+        elif soft:
+            # probability targets: -sum_c w_c t_c log p_c (equal to the index form on one-hot rows)
+            per = F.cross_entropy(logits, targets, weight=class_w, reduction="none")
         else:
             per = F.cross_entropy(logits, targets.argmax(dim=1), weight=class_w, reduction="none")
         return (per * weights).sum() / weights.sum().clamp(min=1e-8)
@@ -374,7 +391,8 @@ class FineTune(Method):
         enc = tokenizer(list(train.texts), truncation=True, max_length=self.max_length)
         ids = enc["input_ids"]
         lengths = np.array([len(x) for x in ids])
-        y = torch.tensor(train.y, dtype=torch.float32)
+        soft = train.soft_y is not None
+        y = torch.tensor(train.soft_y if soft else train.y, dtype=torch.float32)
         w = torch.tensor(
             np.ones(len(train)) if train.sample_weight is None else train.sample_weight,
             dtype=torch.float32,
@@ -423,7 +441,9 @@ class FineTune(Method):
                 batch = {k: v.to(dev.device) for k, v in batch.items()}
                 with autocast(dev):
                     logits = model(**batch).logits
-                loss = self._loss(logits, y[idx].to(dev.device), w[idx].to(dev.device), class_w)
+                loss = self._loss(
+                    logits, y[idx].to(dev.device), w[idx].to(dev.device), class_w, soft
+                )
                 if not torch.isfinite(loss):
                     diverged = f"non-finite training loss ({loss.item()}) in epoch {epoch}"
                     break

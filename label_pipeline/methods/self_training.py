@@ -108,7 +108,8 @@ def sample_pool(
 def with_pseudo_rows(
     train: LabelledTexts, texts: list[str], y: np.ndarray, weight: float
 ) -> LabelledTexts:
-    """``train`` plus pseudo-labelled rows of weight ``weight`` (gold rows keep theirs)."""
+    """``train`` plus pseudo-labelled rows of weight ``weight`` (gold rows keep theirs, and
+    their soft targets where they have them)."""
     gold_w = (
         np.ones(len(train), dtype=np.float64)
         if train.sample_weight is None
@@ -121,6 +122,7 @@ def with_pseudo_rows(
         multi_label=train.multi_label,
         sample_weight=np.concatenate([gold_w, np.full(len(texts), weight, dtype=np.float64)]),
         ids=None,
+        soft_y=None if train.soft_y is None else np.vstack([train.soft_y, y]).astype(np.float64),
     )
 
 
