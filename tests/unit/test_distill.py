@@ -127,3 +127,37 @@ def test_finetune_student_learns_from_a_teacher_on_few_rows(toy_encoder):  # noq
     p = model.predict_proba(test.texts)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
     assert (p.argmax(1) == test.y_index).mean() > 0.8  # chance is 1/3
+
+
+def test_train_stage_runs_distill_and_the_saved_student_predicts(tmp_path):
+    """Through the train stage: the pool is the unlabeled split, fit.json holds the teacher's
+    and student's facts, the saved model reloads and gives the stage's probabilities."""
+    import json
+
+    from train_fixtures import LABELS, make_splits_dir, splits_ref
+
+    from label_pipeline.data import load_splits
+    from label_pipeline.decision import Decision
+    from label_pipeline.store import StageStore
+    from tasks.train import TrainConfig, run_train
+
+    split_dir = make_splits_dir(
+        tmp_path / "split", multi_label=False, n_unlabeled=40, unlabeled_label="bug"
+    )
+    cfg = TrainConfig(methods=["distill"], method_params={"distill": NB}, label_shift="pool")
+    ref = run_train(StageStore(tmp_path / "store"), cfg, splits_ref(split_dir))
+    run = ref.dir / "runs/distill/all"
+    fit = json.loads((run / "fit.json").read_text())
+    facts = fit["info"]["distill"]
+    assert facts["pool_rows"] == 40 and "valid" in facts["student"]
+    # the student learned a pool of bug reports: its training mix leans to "bug"
+    prior = json.loads((run / "model/method.json").read_text())["history"]["source_prior"]
+    assert int(np.argmax(prior)) == LABELS.index("bug")
+    test_texts = list(load_splits(split_dir)["test"]["text"])
+    probs = load_saved("distill", run / "model").predict_proba(test_texts)
+    # the stage's test probabilities are the reloaded student's, reweighted to the pool
+    decision = Decision.from_json(json.loads((run / "decision.json").read_text()))
+    assert decision.label_shift is not None
+    np.testing.assert_allclose(
+        decision.adjust(probs), np.load(run / "test_probs.npy"), rtol=1e-5, atol=1e-6
+    )
