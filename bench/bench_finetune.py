@@ -11,7 +11,10 @@ class from dev.csv, test accuracy and macro-F1 on the full test.csv (2000 rows) 
 default). The labelled rows are balanced and the pool is not, so by default (``--label-shift
 pool``, the train stage's ``train.label_shift: pool``) each model's test probabilities are
 reweighted to the pool's label frequencies estimated from its own valid and pool predictions;
-the scores without that reweighting are printed beside them.
+the scores without that reweighting are printed beside them. For ``ensemble`` each member's
+scores and for ``distill`` the teacher's are printed too, from the same fit. ``--eval
+dev-rest`` scores on the dev.csv rows not drawn as valid instead of test.csv, for choosing
+settings without looking at the test set.
 
     .venv/bin/python bench/bench_finetune.py default
     .venv/bin/python bench/bench_finetune.py emotion --n 8 64 --seeds 0 1 2
