@@ -151,6 +151,7 @@ class Distill(Method):
             "info": teacher_ctx.info,
         }
         self.teacher_ = teacher  # kept for inspection (benchmarks); not saved
+        teacher_valid = None
         if valid is not None:
             teacher_valid = np.asarray(teacher.predict_proba(list(valid.texts)), np.float64)
             facts["teacher"]["valid"] = round(valid_score(teacher_valid, valid), 4)
@@ -160,16 +161,14 @@ class Distill(Method):
         if not pool:
             facts["skipped"] = "no unlabeled texts were given; the teacher predicts"
             log.warning("%s: no unlabeled texts; the teacher predicts without a student", self.name)
-            self.model_, self.model_name_ = teacher, self.teacher
-            self.prior_ = teacher.source_prior(train)
-            self.history_ = {"distill": _plain(facts)}
+            self._keep(teacher, self.teacher, teacher.source_prior(train), facts)
             return self
 
         log.info("%s: teacher %s labels %d pool rows", self.name, self.teacher, len(pool))
         pool_probs = np.asarray(teacher.predict_proba(pool), np.float64)
         facts["pool_rows"] = len(pool)
         if self.label_shift == "pool":
-            pool_probs = self._shift(teacher, train, valid, pool_probs, facts)
+            pool_probs = self._shift(teacher, train, valid, teacher_valid, pool_probs, facts)
         rows = self._student_rows(train, pool, pool_probs)
 
         started = time.time()
@@ -183,28 +182,38 @@ class Distill(Method):
             score = valid_score(np.asarray(student.predict_proba(list(valid.texts))), valid)
             facts["student"]["valid"] = round(score, 4)
             ctx.info["valid"] = round(score, 4)
-        self.model_, self.model_name_ = student, self.student
-        self.prior_ = student.source_prior(rows)
-        self.history_ = {"distill": _plain(facts)}
+        self._keep(student, self.student, student.source_prior(rows), facts)
         return self
+
+    def _keep(self, model: Method, name: str, prior: np.ndarray, facts: dict[str, Any]) -> None:
+        """``model`` (registered as ``name``, calibrated for ``prior``) is the one that
+        predicts."""
+        self.model_, self.model_name_ = model, name
+        self.prior_ = np.asarray(prior, dtype=np.float64)
+        self.history_ = {
+            "distill": _plain(facts),
+            "model": name,
+            "source_prior": [float(x) for x in self.prior_],
+        }
 
     def _shift(
         self,
         teacher: Method,
         train: LabelledTexts,
         valid: LabelledTexts | None,
+        valid_probs: np.ndarray | None,
         pool_probs: np.ndarray,
         facts: dict[str, Any],
     ) -> np.ndarray:
         """The teacher's pool probabilities reweighted to the pool's estimated label mix."""
         from label_pipeline.label_shift import estimate_label_shift
 
-        if valid is None:
+        if valid is None or valid_probs is None:
             facts["label_shift_skipped"] = "no validation rows to estimate the pool's label mix"
             stage_logger().warning("%s: label_shift skipped (no validation rows)", self.name)
             return pool_probs
         shift = estimate_label_shift(
-            np.asarray(teacher.predict_proba(list(valid.texts)), np.float64),
+            valid_probs,
             valid.y,
             pool_probs,
             teacher.source_prior(train),
@@ -249,8 +258,6 @@ class Distill(Method):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.model_.save(path / MODEL_DIR)
-        self.history_["model"] = self.model_name_
-        self.history_["source_prior"] = [float(x) for x in self.prior_]
         write_method_meta(self, path)
 
     @classmethod
