@@ -33,6 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from label_pipeline.artifacts import md_table
+from label_pipeline.calibration import calibration_scores, fit_calibration, save_calibrator
 from label_pipeline.decision import Decision, apply_decision, tune_decision
 from label_pipeline.devices import DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, InputDataError, TrainingDivergedError
@@ -44,7 +45,7 @@ from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "train"
-VERSION = "1"
+VERSION = "2"
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
 MODIFIERS = {"aug": "augmented rows", "pseudo": "pseudo-labelled rows"}
@@ -76,6 +77,14 @@ class TrainConfig(BaseModel):
             (``label_pipeline.label_shift``); for labelled rows collected as N per label from
             a pool whose labels are not balanced. ``none``: probabilities as trained.
         label_shift_pool_rows: pool rows (sampled with ``seed``) the estimate uses.
+        calibration: calibration of each run's probabilities on valid
+            (``label_pipeline.calibration``): ``auto`` (temperature, Platt, isotonic or none,
+            whichever has the lowest cross-fitted valid log loss), ``temperature``, ``platt``,
+            ``isotonic`` or ``none``. The calibrator is saved with the model (loading it
+            applies it); valid probabilities are cross-fitted, test gets the calibrator fitted
+            on all of valid. With ``label_shift: pool`` the probabilities are calibrated first
+            and the shift is estimated from the calibrated ones.
+        calibration_min_rows: fewer valid rows than this: no calibration (identity, reported).
         seed: random seed handed to every method.
         device: device, precision and batch sizes.
     """
@@ -95,6 +104,8 @@ class TrainConfig(BaseModel):
     min_valid_rows: int = Field(10, ge=1)
     label_shift: Literal["none", "pool"] = "none"
     label_shift_pool_rows: int = Field(4000, ge=1)
+    calibration: Literal["auto", "temperature", "platt", "isotonic", "none"] = "auto"
+    calibration_min_rows: int = Field(30, ge=2)
     seed: int = 0
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
@@ -238,8 +249,18 @@ def fit_and_predict(
     ctx: FitContext,
     model_dir: Path,
     shift_pool: list[str] | None = None,
+    calibration: str = "none",
+    calibration_min_rows: int = 30,
+    uncalibrated: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Fit one method, save it and predict valid/test probabilities.
+
+    With ``calibration`` other than ``none`` the probabilities are calibrated on valid
+    (``label_pipeline.calibration.fit_calibration``): valid gets the cross-fitted ones, test the
+    calibrator fitted on all of valid, which is saved into ``model_dir`` (``calibration.json``,
+    applied by ``load_saved``); the returned facts carry the choice under ``calibration``.
+    ``uncalibrated``, when given, receives the ``valid`` and ``test`` probabilities without
+    calibration (label-shift corrected on their own when ``shift_pool`` is set).
 
     With ``shift_pool`` (single-label), the pool's label frequencies are estimated from the
     model's probabilities on those texts and valid/test probabilities are reweighted to them;
@@ -261,18 +282,43 @@ def fit_and_predict(
         _check_probs(valid_probs, len(valid), train.y.shape[1], f"{method_name} on valid")
         test_probs = np.asarray(model.predict_proba(test_texts), dtype=np.float64)
         _check_probs(test_probs, len(test_texts), train.y.shape[1], f"{method_name} on test")
+        raw_valid, raw_test = np.clip(valid_probs, 0.0, 1.0), np.clip(test_probs, 0.0, 1.0)
+        cal = fit_calibration(
+            raw_valid,
+            valid.y,
+            train.multi_label,
+            calibration,
+            min_rows=calibration_min_rows,
+            seed=ctx.seed,
+            labels=train.label_names,
+            what=f"valid ({method_name})",
+        )
+        valid_probs, test_probs = cal.valid_probs, cal.calibrator.apply(raw_test)
+        if calibration != "none":
+            facts["calibration"] = cal.facts()
         if shift_pool:
             from label_pipeline.label_shift import estimate_label_shift
 
             pool_probs = np.asarray(model.predict_proba(shift_pool), dtype=np.float64)
             _check_probs(pool_probs, len(shift_pool), train.y.shape[1], f"{method_name} on pool")
+            prior = model.source_prior(train)
+            # calibrate first, then estimate the shift from calibrated probabilities
             shift = estimate_label_shift(
-                valid_probs, valid.y, pool_probs, model.source_prior(train)
+                valid_probs, valid.y, cal.calibrator.apply(np.clip(pool_probs, 0, 1)), prior
             )
             valid_probs, test_probs = shift.apply(valid_probs), shift.apply(test_probs)
             facts["label_shift"] = shift.to_json()
+            if uncalibrated is not None and cal.method != "none":
+                raw_shift = estimate_label_shift(raw_valid, valid.y, pool_probs, prior)
+                raw_valid, raw_test = raw_shift.apply(raw_valid), raw_shift.apply(raw_test)
+            elif uncalibrated is not None:
+                raw_valid, raw_test = valid_probs, test_probs
         facts["predict_seconds"] = round(time.time() - t0, 3)
         model.save(model_dir)
+        if cal.method != "none":
+            save_calibrator(cal.calibrator, model_dir, cal.facts())
+        if uncalibrated is not None:
+            uncalibrated.update(valid=raw_valid, test=raw_test)
     except (TrainingDivergedError, FloatingPointError) as exc:
         facts["fit_seconds"] = round(time.time() - started, 3)
         facts["fallback"] = (
@@ -283,6 +329,8 @@ def fit_and_predict(
         shutil.rmtree(model_dir, ignore_errors=True)
         valid_probs = label_prior(train, len(valid))
         test_probs = label_prior(train, len(test_texts))
+        if uncalibrated is not None:
+            uncalibrated.update(valid=valid_probs, test=test_probs)
     return np.clip(valid_probs, 0.0, 1.0), np.clip(test_probs, 0.0, 1.0), facts
 
 
@@ -368,6 +416,7 @@ def _builder(
                     )
                     run_dir = ctx.dir / "runs" / spec / slice_name
                     run_dir.mkdir(parents=True)
+                    uncalibrated: dict[str, np.ndarray] = {}
                     with tempfile.TemporaryDirectory(prefix="lp-train-") as work:
                         fit_ctx = FitContext(
                             device=device,
@@ -385,6 +434,9 @@ def _builder(
                             fit_ctx,
                             run_dir / "model",
                             shift_pool,
+                            cfg.calibration,
+                            cfg.calibration_min_rows,
+                            uncalibrated,
                         )
                     if "fallback" in facts:
                         log.warning("train: %s / %s: %s", spec, slice_name, facts["fallback"])
@@ -397,6 +449,23 @@ def _builder(
                         log.warning("train: %s / %s: %s", spec, slice_name, decision.note)
                     np.save(run_dir / "valid_probs.npy", valid_probs.astype(np.float32))
                     np.save(run_dir / "test_probs.npy", test_probs.astype(np.float32))
+                    cal_facts = facts.get("calibration")
+                    if cal_facts is not None and len(va_y):
+                        for split, probs in uncalibrated.items():
+                            np.save(
+                                run_dir / f"{split}_probs_uncalibrated.npy",
+                                probs.astype(np.float32),
+                            )
+                        cal_facts["valid_before"] = calibration_scores(
+                            va_y, uncalibrated["valid"], multi_label
+                        )
+                        cal_facts["valid_after"] = calibration_scores(
+                            va_y, valid_probs, multi_label
+                        )
+                        for note in cal_facts["notes"]:
+                            if note.startswith("no calibrator"):
+                                continue
+                            warnings.append(f"{spec} / slice {slice_name}: calibration: {note}")
                     (run_dir / "decision.json").write_text(json.dumps(decision.to_json(), indent=2))
                     valid_f1 = (
                         f1_micro_macro(va_y, apply_decision(valid_probs, decision))
@@ -429,6 +498,7 @@ def _builder(
                             "decision_fallback": decision.note if decision.fallback else "",
                             "fallback": facts.get("fallback", ""),
                             "fit_seconds": facts.get("fit_seconds"),
+                            "calibration": _calibration_entry(cal_facts),
                         }
                     )
                     progress.update(1)
@@ -447,6 +517,30 @@ def _builder(
         }
 
     return build
+
+
+def _calibration_entry(cal: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The runs.json view of a run's calibration: method and valid ECE / log loss before and
+    after (the valid figures are cross-fitted)."""
+    if not cal:
+        return None
+    out: dict[str, Any] = {"method": cal["method"], "describe": cal["describe"]}
+    out["fallback"] = cal["fallback"]
+    for when in ("before", "after"):
+        scores = cal.get(f"valid_{when}") or {}
+        for key in ("ece", "log_loss"):
+            out[f"valid_{key}_{when}"] = scores.get(key)
+    return out
+
+
+def _calibration_cells(cal: dict[str, Any] | None) -> dict[str, str]:
+    if not cal:
+        return {}
+    return {
+        "calibration": cal["describe"] + (" (fallback)" if cal["fallback"] else ""),
+        "valid ECE before → after": f"{_fmt(cal.get('valid_ece_before'))} → "
+        f"{_fmt(cal.get('valid_ece_after'))}",
+    }
 
 
 def _label_shift_pool(
@@ -557,6 +651,7 @@ def _write_summary(
             "valid macro-F1": _fmt(r["valid_macro_f1"]),
             "decision": r["decision"],
             "fit s": r["fit_seconds"],
+            **_calibration_cells(r.get("calibration")),
             "note": "FALLBACK: label prior" if r["fallback"] else "",
         }
         for r in runs

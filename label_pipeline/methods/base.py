@@ -124,13 +124,20 @@ def register(cls: type[Method]) -> type[Method]:
 
 def load_saved(name: str, path: Path, device: DeviceChoice | None = None) -> Method:
     """The method ``name`` loaded from its ``save`` directory ``path``, on ``device`` when
-    its ``load`` takes one."""
+    its ``load`` takes one. When the train stage saved a calibrator with it
+    (``calibration.json``), its ``predict_proba`` returns calibrated probabilities
+    (:class:`label_pipeline.calibration.CalibratedMethod`)."""
     import inspect
+
+    from label_pipeline.calibration import CalibratedMethod, load_calibrator
 
     cls = get_method(name)
     if device is not None and "device" in inspect.signature(cls.load).parameters:
-        return cls.load(path, device=device)
-    return cls.load(path)
+        model = cls.load(path, device=device)
+    else:
+        model = cls.load(path)
+    calibrator = load_calibrator(path)
+    return model if calibrator is None else CalibratedMethod(model, calibrator)  # type: ignore[return-value]
 
 
 def get_method(name: str) -> type[Method]:

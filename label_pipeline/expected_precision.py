@@ -1,0 +1,155 @@
+"""Expected precision of labels written on unlabeled rows, and how many of them are wrong.
+
+Given calibrated probabilities of the pool and the labels a rule assigned, the expected number
+of right labels of label ``j`` is the sum of ``P(j | row)`` over the rows that got ``j``; the
+expected precision is that sum over the number of such rows, the expected number of wrong
+labels the rest. The same per label and over all assigned labels.
+
+The interval around it adds two uncertainties: the outcome of each label given its probability
+(a Poisson-binomial variance, ``Σ p(1-p) / n²``) and how well the calibration holds in that
+region, which the validation split measures only up to its own sampling error (the binomial
+standard error of the precision the same rule reaches on the validation rows). The interval is
+``expected ± z·sqrt(both variances)``, clipped to [0, 1]. Beside it the precision measured on
+the validation rows (Wilson interval), and the expected precision the calibrated validation
+probabilities state for those rows (cross-fitted, so honest): their gap shows any calibration
+bias in the selected region.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Z_95 = 1.959964
+
+
+def wilson(k: float, n: int, z: float = Z_95) -> tuple[float, float] | None:
+    """Wilson score interval of ``k`` successes in ``n`` trials (None when ``n`` is 0)."""
+    if n <= 0:
+        return None
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _block(
+    p_pool: np.ndarray,
+    valid: tuple[np.ndarray, np.ndarray] | None,
+    fallback_se: float | None,
+    z: float,
+) -> dict[str, Any]:
+    """One row: ``p_pool`` the calibrated probabilities of the assigned labels, ``valid``
+    (calibrated probability, gold 0/1) of the labels the rule assigns on valid."""
+    n = int(p_pool.size)
+    out: dict[str, Any] = {"assigned": n}
+    if n:
+        expected = float(p_pool.mean())
+        out["expected_precision"] = expected
+        out["expected_wrong"] = float((1 - p_pool).sum())
+        var_outcome = float((p_pool * (1 - p_pool)).sum()) / (n * n)
+    else:
+        out["expected_precision"] = None
+        out["expected_wrong"] = 0.0
+        var_outcome = 0.0
+    se_cal = fallback_se
+    if valid is not None and valid[0].size:
+        pv, yv = valid
+        k, m = float(yv.sum()), int(yv.size)
+        measured = k / m
+        out["valid_assigned"] = m
+        out["valid_precision"] = measured
+        out["valid_interval"] = wilson(k, m, z)
+        out["valid_expected_precision"] = float(pv.mean())
+        # a measured precision of 0 or 1 has a zero plug-in variance: use the add-one estimate
+        pm = (k + 1) / (m + 2)
+        se_cal = math.sqrt(pm * (1 - pm) / m)
+    else:
+        out["valid_assigned"] = 0
+        out["valid_precision"] = None
+        out["valid_interval"] = None
+        out["valid_expected_precision"] = None
+    out["calibration_se"] = se_cal
+    if n:
+        half = z * math.sqrt(var_outcome + (se_cal or 0.0) ** 2)
+        out["interval"] = (max(0.0, expected - half), min(1.0, expected + half))
+        out["expected_wrong_interval"] = (
+            n * (1 - out["interval"][1]),
+            n * (1 - out["interval"][0]),
+        )
+    else:
+        out["interval"] = None
+        out["expected_wrong_interval"] = None
+    if se_cal is None and n:
+        out["note"] = "no validation row got this label: the interval covers outcomes only"
+    return out
+
+
+def expected_precision(
+    pool_probs: np.ndarray,
+    pool_pred: np.ndarray,
+    labels: list[str],
+    valid_probs: np.ndarray | None = None,
+    valid_pred: np.ndarray | None = None,
+    valid_y: np.ndarray | None = None,
+    z: float = Z_95,
+) -> dict[str, Any]:
+    """Expected precision per label and overall of the labels ``pool_pred`` (0/1, rows x
+    labels) assigns, from the calibrated ``pool_probs``; with ``valid_*`` (calibrated,
+    cross-fitted validation probabilities, the same rule's 0/1 predictions and the gold labels)
+    the interval includes the calibration uncertainty and the measured validation precision.
+
+    Returns ``{"overall": {...}, "per_label": [{"label", ...}], "z"}``; each block has
+    ``assigned``, ``expected_precision``, ``expected_wrong``, ``interval``,
+    ``expected_wrong_interval``, ``valid_assigned``, ``valid_precision``, ``valid_interval``,
+    ``valid_expected_precision``, ``calibration_se``.
+    """
+    P = np.asarray(pool_probs, dtype=np.float64)
+    Z = np.asarray(pool_pred).astype(bool)
+    if P.shape != Z.shape:
+        raise ValueError(f"probabilities {P.shape} and predictions {Z.shape} differ in shape")
+    has_valid = valid_probs is not None and valid_pred is not None and valid_y is not None
+    if has_valid:
+        PV = np.asarray(valid_probs, dtype=np.float64)
+        ZV = np.asarray(valid_pred).astype(bool)
+        YV = np.asarray(valid_y).astype(np.float64)
+    overall_valid = (PV[ZV], YV[ZV]) if has_valid else None
+    overall = _block(P[Z], overall_valid, None, z)
+    per_label = []
+    for j, name in enumerate(labels):
+        v = (PV[ZV[:, j], j], YV[ZV[:, j], j]) if has_valid else None
+        per_label.append({"label": name, **_block(P[Z[:, j], j], v, overall["calibration_se"], z)})
+    return {"overall": overall, "per_label": per_label, "z": z}
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _iv(v: Any) -> str:
+    return "–" if not v else f"{100 * v[0]:.1f}–{100 * v[1]:.1f}"
+
+
+def precision_rows(est: dict[str, Any]) -> list[dict[str, Any]]:
+    """Table rows (label, assigned, expected precision % and interval, expected wrong, valid
+    precision % and interval) for markdown and Prefect tables."""
+    rows = []
+    for name, b in [("all labels", est["overall"])] + [(r["label"], r) for r in est["per_label"]]:
+        wrong_iv = b.get("expected_wrong_interval")
+        rows.append(
+            {
+                "label": name,
+                "labels assigned": b["assigned"],
+                "expected precision %": _pct(b["expected_precision"]),
+                "interval %": _iv(b["interval"]),
+                "expected wrong": f"{b['expected_wrong']:.0f}"
+                + (f" ({wrong_iv[0]:.0f}–{wrong_iv[1]:.0f})" if wrong_iv else ""),
+                "valid precision %": _pct(b["valid_precision"]),
+                "valid interval %": _iv(b["valid_interval"]),
+                "valid rows": b["valid_assigned"],
+            }
+        )
+    return rows
