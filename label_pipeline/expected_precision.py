@@ -36,21 +36,66 @@ def wilson(k: float, n: int, z: float = Z_95) -> tuple[float, float] | None:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+class PrecisionAccumulator:
+    """Sums over the pool, shard by shard: per label the number of assigned labels, the sum of
+    their probabilities and of ``p(1-p)`` (the whole pool never needs to sit in memory)."""
+
+    def __init__(self, n_labels: int) -> None:
+        self.count = np.zeros(n_labels, dtype=np.int64)
+        self.sum_p = np.zeros(n_labels)
+        self.sum_pq = np.zeros(n_labels)
+
+    def add(self, probs: np.ndarray, pred: np.ndarray) -> None:
+        """Add one shard: calibrated probabilities and the rule's 0/1 predictions."""
+        P = np.asarray(probs, dtype=np.float64)
+        Z = np.asarray(pred).astype(bool)
+        if P.shape != Z.shape:
+            raise ValueError(f"probabilities {P.shape} and predictions {Z.shape} differ in shape")
+        sel = np.where(Z, P, 0.0)
+        self.count += Z.sum(axis=0)
+        self.sum_p += sel.sum(axis=0)
+        self.sum_pq += (sel * (1 - sel)).sum(axis=0)
+
+    def result(
+        self,
+        labels: list[str],
+        valid_probs: np.ndarray | None = None,
+        valid_pred: np.ndarray | None = None,
+        valid_y: np.ndarray | None = None,
+        z: float = Z_95,
+    ) -> dict[str, Any]:
+        """See :func:`expected_precision`."""
+        has_valid = valid_probs is not None and valid_pred is not None and valid_y is not None
+        if has_valid:
+            PV = np.asarray(valid_probs, dtype=np.float64)
+            ZV = np.asarray(valid_pred).astype(bool)
+            YV = np.asarray(valid_y).astype(np.float64)
+        stats = (int(self.count.sum()), float(self.sum_p.sum()), float(self.sum_pq.sum()))
+        overall = _block(stats, (PV[ZV], YV[ZV]) if has_valid else None, None, z)
+        per_label = []
+        for j, name in enumerate(labels):
+            v = (PV[ZV[:, j], j], YV[ZV[:, j], j]) if has_valid else None
+            stats = (int(self.count[j]), float(self.sum_p[j]), float(self.sum_pq[j]))
+            per_label.append({"label": name, **_block(stats, v, overall["calibration_se"], z)})
+        return {"overall": overall, "per_label": per_label, "z": z}
+
+
 def _block(
-    p_pool: np.ndarray,
+    stats: tuple[int, float, float],
     valid: tuple[np.ndarray, np.ndarray] | None,
     fallback_se: float | None,
     z: float,
 ) -> dict[str, Any]:
-    """One row: ``p_pool`` the calibrated probabilities of the assigned labels, ``valid``
-    (calibrated probability, gold 0/1) of the labels the rule assigns on valid."""
-    n = int(p_pool.size)
+    """One row: ``stats`` (assigned labels, sum of their calibrated probabilities, sum of
+    ``p(1-p)``) on the pool, ``valid`` (calibrated probability, gold 0/1) of the labels the rule
+    assigns on valid."""
+    n, sum_p, sum_pq = stats
     out: dict[str, Any] = {"assigned": n}
     if n:
-        expected = float(p_pool.mean())
+        expected = sum_p / n
         out["expected_precision"] = expected
-        out["expected_wrong"] = float((1 - p_pool).sum())
-        var_outcome = float((p_pool * (1 - p_pool)).sum()) / (n * n)
+        out["expected_wrong"] = n - sum_p
+        var_outcome = sum_pq / (n * n)
     else:
         out["expected_precision"] = None
         out["expected_wrong"] = 0.0
@@ -107,22 +152,9 @@ def expected_precision(
     ``expected_wrong_interval``, ``valid_assigned``, ``valid_precision``, ``valid_interval``,
     ``valid_expected_precision``, ``calibration_se``.
     """
-    P = np.asarray(pool_probs, dtype=np.float64)
-    Z = np.asarray(pool_pred).astype(bool)
-    if P.shape != Z.shape:
-        raise ValueError(f"probabilities {P.shape} and predictions {Z.shape} differ in shape")
-    has_valid = valid_probs is not None and valid_pred is not None and valid_y is not None
-    if has_valid:
-        PV = np.asarray(valid_probs, dtype=np.float64)
-        ZV = np.asarray(valid_pred).astype(bool)
-        YV = np.asarray(valid_y).astype(np.float64)
-    overall_valid = (PV[ZV], YV[ZV]) if has_valid else None
-    overall = _block(P[Z], overall_valid, None, z)
-    per_label = []
-    for j, name in enumerate(labels):
-        v = (PV[ZV[:, j], j], YV[ZV[:, j], j]) if has_valid else None
-        per_label.append({"label": name, **_block(P[Z[:, j], j], v, overall["calibration_se"], z)})
-    return {"overall": overall, "per_label": per_label, "z": z}
+    acc = PrecisionAccumulator(len(labels))
+    acc.add(pool_probs, pool_pred)
+    return acc.result(labels, valid_probs, valid_pred, valid_y, z)
 
 
 def _pct(v: Any) -> str:

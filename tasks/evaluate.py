@@ -12,6 +12,11 @@ Output directory:
   line); ``figures/learning_curve_micro.png``, ``figures/learning_curve_macro.png``;
 - ``best.json``: ``{"method", "slice", "run_dir", "metric", "valid", "test"}``, the best
   method on valid at the largest slice (the label stage uses it);
+- calibration: each run's ``calibration`` entry in ``metrics.json`` (the calibrator the train
+  stage chose, and ``label_pipeline.calibration.calibration_scores`` — ECE with 15 equal-width
+  bins, adaptive ECE, Brier, log loss — on valid (cross-fitted) and test, ``before`` and
+  ``after`` calibration), ``calibration.json`` (the same per run, plus the final model's),
+  ``figures/reliability.png`` (the final model's reliability diagram on test, before and after);
 - ``summary.md``, ``sample.json``.
 """
 
@@ -33,7 +38,7 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "evaluate"
-VERSION = "1"
+VERSION = "2"
 
 
 class EvaluateConfig(BaseModel):
@@ -90,7 +95,53 @@ def evaluate_run(
             y, probs, apply_decision(probs, decision), labels, multi_label
         )
     out["decision"] = decision.to_json()
+    out["calibration"] = calibration_of_run(
+        run_dir, {"valid": y_valid, "test": y_test}, multi_label
+    )
     return out
+
+
+def calibration_of_run(
+    run_dir: Path, ys: dict[str, np.ndarray], multi_label: bool
+) -> dict[str, Any]:
+    """Calibration scores of a run's saved probabilities per split: ``after`` (the saved,
+    calibrated ones) and ``before`` (``<split>_probs_uncalibrated.npy``, when the train stage
+    calibrated), with the calibrator's facts from ``fit.json``."""
+    from label_pipeline.calibration import calibration_scores
+
+    fit_path = run_dir / "fit.json"
+    fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
+    cal = fit.get("calibration") or {}
+    out: dict[str, Any] = {
+        "method": cal.get("method", "none"),
+        "describe": cal.get("describe", "none (identity)"),
+        "fallback": bool(cal.get("fallback", False)),
+        "notes": cal.get("notes", []),
+    }
+    for split, y in ys.items():
+        after = np.load(run_dir / f"{split}_probs.npy").astype(np.float64)
+        raw_path = run_dir / f"{split}_probs_uncalibrated.npy"
+        before = np.load(raw_path).astype(np.float64) if raw_path.is_file() else after
+        out[split] = {
+            "before": calibration_scores(y, before, multi_label),
+            "after": calibration_scores(y, after, multi_label),
+        }
+    return out
+
+
+def plot_final_reliability(
+    run_dir: Path, y_test: np.ndarray, multi_label: bool, path: Path, title: str
+) -> None:
+    """The reliability diagram of one run on test, uncalibrated and calibrated."""
+    from label_pipeline.calibration import plot_reliability
+
+    after = np.load(run_dir / "test_probs.npy").astype(np.float64)
+    raw_path = run_dir / "test_probs_uncalibrated.npy"
+    curves = {}
+    if raw_path.is_file():
+        curves["uncalibrated"] = (y_test, np.load(raw_path).astype(np.float64))
+    curves["calibrated" if raw_path.is_file() else "as trained"] = (y_test, after)
+    plot_reliability(curves, multi_label, path, title)
 
 
 def learning_curves(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
@@ -212,8 +263,30 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
                 "valid": {k: best["valid"][k] for k in ("micro_f1", "macro_f1")},
                 "test": {k: best["test"][k] for k in ("micro_f1", "macro_f1")},
                 "decision": best["decision"],
+                "calibration": _final_calibration(best),
             }
-            (ctx.dir / "best.json").write_text(json.dumps(best_json, indent=2))
+            (ctx.dir / "best.json").write_text(json.dumps(_clean(best_json), indent=2))
+            plot_final_reliability(
+                Path(best["run_dir"]),
+                ys["test"],
+                multi_label,
+                ctx.dir / "figures" / "reliability.png",
+                f"Reliability on test: {best['method']} (slice {best['slice']})",
+            )
+        (ctx.dir / "calibration.json").write_text(
+            json.dumps(
+                _clean(
+                    {
+                        "final": best_json and best_json["calibration"],
+                        "runs": [
+                            {"method": r["method"], "slice": r["slice"], **r["calibration"]}
+                            for r in runs
+                        ],
+                    }
+                ),
+                indent=1,
+            )
+        )
         metrics = {"labels": labels, "multi_label": multi_label, "runs": runs, "zero_shot": zero}
         (ctx.dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))
         (ctx.dir / "learning_curves.json").write_text(
@@ -224,9 +297,43 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
             "runs": len(runs),
             "best": best_json and {k: best_json[k] for k in ("method", "slice", "test")},
             "zero_shot_test": zero and zero.get("test"),
+            "final_calibration": best_json and best_json["calibration"],
         }
 
     return build
+
+
+def _final_calibration(run: dict[str, Any]) -> dict[str, Any]:
+    """The final model's calibrator and its test scores before and after."""
+    cal = run["calibration"]
+    return {
+        "method": cal["method"],
+        "describe": cal["describe"],
+        "test_before": cal["test"]["before"],
+        "test_after": cal["test"]["after"],
+    }
+
+
+def calibration_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: calibrator, test ECE / adaptive ECE / Brier / log loss before → after."""
+    rows = []
+    for r in runs:
+        cal = r.get("calibration")
+        if not cal:
+            continue
+        b, a = cal["test"]["before"], cal["test"]["after"]
+        row = {"method": r["method"], "slice": r["slice"], "calibration": cal["describe"]}
+        for key, name in (
+            ("ece", "ECE"),
+            ("adaptive_ece", "adaptive ECE"),
+            ("brier", "Brier"),
+            ("log_loss", "log loss"),
+        ):
+            row[f"test {name}"] = f"{_f(b[key])} → {_f(a[key])}"
+        if cal["fallback"]:
+            row["calibration"] += " (fallback: " + "; ".join(cal["notes"]) + ")"
+        rows.append(row)
+    return rows
 
 
 def _clean(value: Any) -> Any:
@@ -289,6 +396,19 @@ def _write_summary(
         "![learning curve micro](figures/learning_curve_micro.png)",
         "![learning curve macro](figures/learning_curve_macro.png)",
     ]
+    cal_rows = calibration_table(runs)
+    if cal_rows:
+        lines += [
+            "",
+            "## Calibration",
+            "",
+            "Test scores before → after calibrating on valid (ECE: 15 equal-width bins; adaptive"
+            " ECE: 15 equal-mass bins).",
+            "",
+            md_table(cal_rows),
+        ]
+        if best:
+            lines += ["", "![reliability](figures/reliability.png)"]
     write_summary(directory, "\n".join(lines) + "\n", results_table(runs, multi_label))
 
 

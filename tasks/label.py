@@ -13,7 +13,14 @@ Output directory:
   ``decision.json`` (argmax or thresholds, and the label-shift reweighting when
   ``train.label_shift`` is on), ``run.json`` (which run it is) and
   ``README.md`` (a model card: data, metrics, intended use, limitations);
+- ``expected_precision.json``: per label and over all labels, the expected precision of the
+  labels written on the pool and the expected number of wrong ones, from the (calibrated)
+  probabilities, with an interval, beside the precision the same rule reaches on the validation
+  split (``label_pipeline.expected_precision``);
 - ``labels.json``, ``summary.md``, ``sample.json``.
+
+The probabilities are the run's calibrated ones: ``load_saved`` applies the calibrator the
+train stage saved with the model, then the decision rule's label-shift reweighting, if any.
 """
 
 from __future__ import annotations
@@ -30,12 +37,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from label_pipeline.data import save_dataset
 from label_pipeline.devices import DeviceChoice, DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, InputDataError
+from label_pipeline.expected_precision import PrecisionAccumulator
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "label"
-VERSION = "1"
+VERSION = "2"
 
 
 class LabelConfig(BaseModel):
@@ -193,19 +201,27 @@ def _model_card(
         "## Intended use",
         "Labelling texts of the same source and label set as the training data, and ranking "
         "rows for review by their `prob_<label>` columns. Load it with "
-        f"`label_pipeline.methods.get_method({(run.get('base_method') or run['method'])!r})"
-        ".load('model')`; `predict_proba` returns probabilities, `decision.json` turns them into "
+        f"`label_pipeline.methods.base.load_saved({(run.get('base_method') or run['method'])!r}, "
+        "'model')` (it applies the calibrator in `calibration.json`, when there is one); "
+        "`predict_proba` returns probabilities, `decision.json` turns them into "
         "labels (`Decision.adjust` first applies its label-shift reweighting, if any).",
         "",
         "## Limitations",
         "- trained on few labelled rows: expect errors on rare labels and on texts unlike the "
         "training data; check the per-label scores in the evaluate stage before relying on it;",
         "- the test split is small, so the metrics above carry wide uncertainty;",
-        "- probabilities are not calibrated beyond the decision rule tuned on the validation split;",
+        f"- probabilities are calibrated on the validation split ({_calibration_of(run)}); "
+        "a calibration holds for texts like the validation rows;",
         "- pseudo-labels it writes inherit its biases; review them before training on them.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _calibration_of(run: dict[str, Any]) -> str:
+    fit_path = Path(run["run_dir"]) / "fit.json"
+    cal = (json.loads(fit_path.read_text()) if fit_path.is_file() else {}).get("calibration")
+    return cal["describe"] if cal else "no calibrator: as trained"
 
 
 def _label_shift_lines(decision: Any, labels: list[str]) -> list[str]:
@@ -228,6 +244,61 @@ def _label_shift_lines(decision: Any, labels: list[str]) -> list[str]:
     ]
 
 
+def _expected_precision(
+    acc: PrecisionAccumulator, run_dir: Path, decision: Any, dd: Any, labels: list[str]
+) -> dict[str, Any]:
+    """Expected precision of the pool labels, checked against the run's valid probabilities
+    (calibrated and cross-fitted by the train stage) under the same decision rule."""
+    from label_pipeline.data import label_matrix
+    from label_pipeline.decision import apply_decision
+
+    valid_probs = valid_pred = valid_y = None
+    path = run_dir / "valid_probs.npy"
+    if path.is_file() and "valid" in dd and len(dd["valid"]):
+        valid_y = label_matrix([list(x) for x in dd["valid"]["labels"]], labels)
+        valid_probs = np.load(path).astype(np.float64)
+        if valid_probs.shape != valid_y.shape:
+            raise InputDataError(
+                f"{path} has shape {valid_probs.shape} but the valid split has {valid_y.shape}; "
+                "re-run train on these splits"
+            )
+        valid_pred = apply_decision(valid_probs, decision)
+    out = acc.result(labels, valid_probs, valid_pred, valid_y)
+    fit_path = run_dir / "fit.json"
+    cal = (json.loads(fit_path.read_text()) if fit_path.is_file() else {}).get("calibration")
+    out["calibration"] = (cal or {}).get("describe", "none (the train stage did not calibrate)")
+    out["calibration_notes"] = (cal or {}).get("notes", [])
+    return out
+
+
+def _precision_section(expected: dict[str, Any]) -> str:
+    from label_pipeline.artifacts import md_table
+    from label_pipeline.expected_precision import precision_rows
+
+    o = expected["overall"]
+    lines = ["## Expected precision of the labels", ""]
+    if o["expected_precision"] is None:
+        return "\n".join(lines + ["No label was written on the pool.", ""])
+    lines += [
+        f"Calibration: {expected['calibration']}."
+        + "".join(f" {n}." for n in expected["calibration_notes"]),
+        f"Of the {o['assigned']} labels written, about **{o['expected_wrong']:.0f}** are expected "
+        f"to be wrong: expected precision **{100 * o['expected_precision']:.1f} %** "
+        f"({100 * o['interval'][0]:.1f}–{100 * o['interval'][1]:.1f} %, "
+        "95 % interval: label outcomes and the validation check of the calibration)"
+        + (
+            f"; the same rule on the validation split: {100 * o['valid_precision']:.1f} % "
+            f"of {o['valid_assigned']} labels right."
+            if o["valid_precision"] is not None
+            else "; no validation rows to check it on."
+        ),
+        "",
+        md_table(precision_rows(expected)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: StageRef):
     def build(ctx: BuildContext) -> dict[str, Any]:
         import datasets
@@ -235,7 +306,7 @@ def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: S
         import pyarrow.parquet as pq
 
         from label_pipeline.data import load_splits, read_label_info, write_label_info
-        from label_pipeline.decision import Decision
+        from label_pipeline.decision import Decision, apply_decision
 
         log = stage_logger()
         labels, multi_label = read_label_info(splits.dir)
@@ -265,6 +336,7 @@ def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: S
         counts = np.zeros(len(labels), dtype=np.int64)
         no_label = 0
         conf_sum = 0.0
+        precision = PrecisionAccumulator(len(labels))
         sample: list[dict[str, Any]] = []
         started = time.time()
         with (
@@ -276,6 +348,7 @@ def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: S
                 part = pool[start : start + cfg.shard_size]  # one shard in memory at a time
                 texts = [str(t) for t in part["text"]]
                 probs, names = label_rows(method, decision, texts, labels)
+                precision.add(probs, apply_decision(probs, decision))
                 cols: dict[str, Any] = {
                     "id": [str(i) for i in part["id"]],
                     "text": texts,
@@ -319,6 +392,8 @@ def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: S
             _model_card(run, labels, multi_label, decision, evaluated.dir, n)
         )
         write_label_info(ctx.dir, labels, multi_label)
+        expected = _expected_precision(precision, run_dir, decision, dd, labels)
+        (ctx.dir / "expected_precision.json").write_text(json.dumps(expected, indent=2))
 
         share = {
             name: (int(c), round(100.0 * c / n, 1) if n else 0.0)
@@ -336,7 +411,7 @@ def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: S
             f"- mean top probability: {conf_sum / n if n else 0.0:.3f}\n\n"
             f"| label | rows | % of pool |\n|---|---|---|\n{table_md}\n\n"
             "Exports: `labelled/` (Arrow), `labelled.jsonl`, `labelled.parquet`; "
-            "the model with its card in `model/`.\n"
+            "the model with its card in `model/`.\n\n" + _precision_section(expected)
         )
         write_summary(ctx.dir, summary, sample)
         return {
@@ -347,6 +422,14 @@ def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: S
             "predicted_per_label": {k: c for k, (c, _) in share.items()},
             "rows_without_label": no_label,
             "label_seconds": round(seconds, 2),
+            "calibration": expected["calibration"],
+            "expected_precision": expected["overall"]["expected_precision"],
+            "expected_precision_interval": expected["overall"]["interval"],
+            "expected_wrong": expected["overall"]["expected_wrong"],
+            "valid_precision": expected["overall"]["valid_precision"],
+            "expected_precision_per_label": {
+                r["label"]: r["expected_precision"] for r in expected["per_label"]
+            },
         }
 
     return build

@@ -1,0 +1,134 @@
+"""Expected precision of labels written on a pool: matches the measured precision on a
+constructed case, and the evaluate / label stages report calibration and expected precision."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from train_fixtures import LABELS, make_splits_dir, splits_ref
+
+from label_pipeline.calibration import fit_calibration
+from label_pipeline.expected_precision import (
+    PrecisionAccumulator,
+    expected_precision,
+    precision_rows,
+    wilson,
+)
+
+
+def _overconfident(n: int, seed: int):
+    """Multi-label rows whose label j is drawn with probability sigmoid(z_j); the model reports
+    sigmoid(3 z_j)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(-0.5, 1.5, size=(n, 3))
+    y = (rng.random((n, 3)) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    return 1 / (1 + np.exp(-3 * z)), y
+
+
+def test_wilson_interval():
+    lo, hi = wilson(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    assert wilson(0, 0) is None
+    assert wilson(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_stated_precision_matches_the_measured_one_within_the_interval():
+    valid_p, valid_y = _overconfident(800, seed=0)
+    pool_p, pool_y = _overconfident(5000, seed=1)  # labels hidden from the estimate
+    fit = fit_calibration(valid_p, valid_y, True, "auto")
+    pool_cal = fit.calibrator.apply(pool_p)
+    pool_pred = (pool_cal >= 0.5).astype(int)
+    valid_pred = (fit.valid_probs >= 0.5).astype(int)
+    est = expected_precision(pool_cal, pool_pred, LABELS, fit.valid_probs, valid_pred, valid_y)
+
+    measured = (pool_y * pool_pred).sum() / pool_pred.sum()
+    o = est["overall"]
+    assert o["interval"][0] <= measured <= o["interval"][1], (o, measured)
+    assert abs(o["expected_precision"] - measured) < 0.03
+    assert o["interval"][1] - o["interval"][0] < 0.1
+    assert o["expected_wrong"] == pytest.approx(o["assigned"] * (1 - o["expected_precision"]))
+    assert o["valid_precision"] == pytest.approx((valid_y * valid_pred).sum() / valid_pred.sum())
+    for j, row in enumerate(est["per_label"]):
+        m = (pool_y[:, j] * pool_pred[:, j]).sum() / pool_pred[:, j].sum()
+        assert row["interval"][0] <= m <= row["interval"][1], (row, m)
+    # the uncalibrated probabilities state a precision the labels do not reach
+    raw = expected_precision(pool_p, pool_pred, LABELS)["overall"]["expected_precision"]
+    assert raw - measured > 0.05
+    assert len(precision_rows(est)) == 1 + len(LABELS)
+
+
+def test_accumulating_shards_equals_one_pass():
+    p, y = _overconfident(1000, seed=2)
+    pred = (p >= 0.5).astype(int)
+    acc = PrecisionAccumulator(3)
+    for start in range(0, 1000, 300):
+        acc.add(p[start : start + 300], pred[start : start + 300])
+    whole = expected_precision(p, pred, LABELS)
+    parts = acc.result(LABELS)
+    for a, b in zip(
+        [parts["overall"], *parts["per_label"]], [whole["overall"], *whole["per_label"]]
+    ):
+        assert a["assigned"] == b["assigned"]
+        assert a["expected_precision"] == pytest.approx(b["expected_precision"])
+        assert a["interval"] == pytest.approx(b["interval"])
+    assert whole["overall"]["assigned"] == int(pred.sum())
+
+
+def test_a_label_never_assigned_has_no_precision():
+    p = np.array([[0.9, 0.1, 0.2], [0.8, 0.3, 0.1]])
+    est = expected_precision(p, (p >= 0.5).astype(int), LABELS)
+    assert est["per_label"][1]["assigned"] == 0
+    assert est["per_label"][1]["expected_precision"] is None
+    assert est["overall"]["expected_precision"] == pytest.approx(0.85)
+
+
+@pytest.mark.slow
+def test_evaluate_and_label_report_calibration_and_expected_precision(tmp_path):
+    from label_pipeline.methods.base import load_saved
+    from label_pipeline.store import StageStore
+    from tasks.evaluate import EvaluateConfig, run_evaluate
+    from tasks.label import LabelConfig, run_label
+    from tasks.train import TrainConfig, run_train
+
+    split_dir = make_splits_dir(tmp_path / "split", multi_label=False, n_valid=60, n_unlabeled=60)
+    split = splits_ref(split_dir)
+    store = StageStore(tmp_path / "store")
+    trained = run_train(
+        store, TrainConfig(methods=["naive_bayes"], calibration="temperature"), split
+    )
+    evaluated = run_evaluate(store, EvaluateConfig(), split, trained)
+    metrics = json.loads((evaluated.dir / "metrics.json").read_text())
+    cal = metrics["runs"][0]["calibration"]
+    assert cal["method"] == "temperature"
+    assert set(cal["test"]["before"]) >= {"ece", "adaptive_ece", "brier", "log_loss"}
+    assert cal["test"]["before"] != cal["test"]["after"]
+    assert (evaluated.dir / "figures" / "reliability.png").is_file()
+    assert json.loads((evaluated.dir / "best.json").read_text())["calibration"]["method"] == (
+        "temperature"
+    )
+    assert "## Calibration" in (evaluated.dir / "summary.md").read_text()
+
+    labelled = run_label(store, LabelConfig(), split, trained, evaluated)
+    est = json.loads((labelled.dir / "expected_precision.json").read_text())
+    o = est["overall"]
+    assert o["assigned"] == 60  # single-label: one label per pool row
+    assert 0 < o["expected_precision"] <= 1
+    assert o["interval"][0] <= o["expected_precision"] <= o["interval"][1]
+    assert o["valid_assigned"] == 60 and o["valid_precision"] is not None
+    manifest = json.loads((labelled.dir / "manifest.json").read_text())
+    facts = manifest.get("facts", manifest)
+    assert facts["expected_precision"] == pytest.approx(o["expected_precision"])
+    assert "Expected precision" in (labelled.dir / "summary.md").read_text()
+
+    # the exported probabilities are the calibrated ones, and their mean top probability is
+    # the stated expected precision
+    import datasets
+
+    ds = datasets.load_from_disk(str(labelled.dir / "labelled"))
+    probs = np.stack([ds[f"prob_{name}"] for name in LABELS], axis=1)
+    model = load_saved("naive_bayes", labelled.dir / "model")
+    np.testing.assert_allclose(probs, model.predict_proba(list(ds["text"])), atol=1e-6)
+    assert not np.allclose(probs, model.model.predict_proba(list(ds["text"])), atol=1e-3)
+    assert probs.max(axis=1).mean() == pytest.approx(o["expected_precision"], abs=1e-5)
