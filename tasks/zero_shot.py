@@ -20,7 +20,14 @@ Output directory:
 - ``valid/``, ``test/``: the same scores with the gold ``labels`` and the selected ``predicted``;
 - ``metrics.json`` (valid and test micro/macro-F1, accuracy), ``selection.json`` (rule,
   value, per-label thresholds, valid metrics), ``selection_curve.json`` and
-  ``figures/selection_curve.png``, ``labels.json``, ``summary.md``, ``sample.json``.
+  ``figures/selection_curve.png``, ``labels.json``, ``summary.md``, ``sample.json``;
+- ``calibration.json``: the scores are not probabilities, so a calibrator
+  (``label_pipeline.calibration``) is fitted on the valid scores (``calibration``), with its
+  cross-fitted valid ECE / Brier / log loss before and after;
+- ``expected_precision.json``: from the calibrated pool scores, the expected precision and
+  expected number of wrong pseudo-labels of the selected rule, per label and overall, with an
+  interval, beside the precision the rule reaches on valid
+  (``label_pipeline.expected_precision``).
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ from label_pipeline.zeroshot.selection import (
 )
 
 STAGE = "zero_shot"
-VERSION = "1"
+VERSION = "2"
 SCORED_SPLITS = ("valid", "test", "unlabeled")
 SHARD_DONE = "shard.json"
 
@@ -84,6 +91,10 @@ class ZeroShotConfig(BaseModel):
         metric: what the sweep maximises on the validation split: ``micro_f1`` or ``macro_f1``.
         per_label_thresholds: tune one threshold per label (threshold rule only).
         confidence_floor: single-label: rows whose best score is below it get no pseudo-label.
+        calibration: calibrator of the scores, fitted on valid, for the expected precision of
+            the pseudo-labels: ``auto`` (lowest cross-fitted log loss), ``temperature``,
+            ``platt``, ``isotonic`` or ``none``.
+        calibration_min_rows: fewer valid rows than this: no calibration (identity, reported).
         shard_size: rows scored per shard (memory bound and resume granularity).
         max_length: tokens per model input; None = the model's limit (at most 512).
         batch_size: model inputs per forward pass; None = ``device`` default.
@@ -108,6 +119,8 @@ class ZeroShotConfig(BaseModel):
     metric: Literal["micro_f1", "macro_f1"] = "micro_f1"
     per_label_thresholds: bool = False
     confidence_floor: float = Field(0.0, ge=0.0, le=1.0)
+    calibration: Literal["auto", "temperature", "platt", "isotonic", "none"] = "auto"
+    calibration_min_rows: int = Field(30, ge=2)
     shard_size: int = Field(2048, ge=1)
     max_length: int | None = Field(None, ge=8)
     batch_size: int | None = Field(None, ge=1)
@@ -589,6 +602,13 @@ def _assemble(
         _save(ds, ctx.dir / split)
     unlabeled = _with_selection(scored["unlabeled"], sel, labels, "labels")
     _save(unlabeled, ctx.dir / "unlabeled")
+    calibration, expected = pseudo_label_precision(
+        cfg, sel, valid_scores, valid_true, scored["unlabeled"], labels, spec.multi_label
+    )
+    (ctx.dir / "calibration.json").write_text(json.dumps(calibration, indent=2))
+    (ctx.dir / "expected_precision.json").write_text(json.dumps(expected, indent=2))
+    for note in calibration["notes"]:
+        log.warning("zero_shot: calibration: %s", note)
 
     write_label_info(ctx.dir, labels, spec.multi_label)
     (ctx.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -615,7 +635,7 @@ def _assemble(
     summary, sample = _summary(
         cfg, spec, sel, metrics, resolved, backend, n_truncated, pseudo, labelled, unlabeled
     )
-    write_summary(ctx.dir, summary, sample)
+    write_summary(ctx.dir, summary + _precision_summary(calibration, expected), sample)
     n_rows = sum(s.stop - s.start for s in shards)
     return {
         "rows": {split: len(scored[split]) for split in SCORED_SPLITS},
@@ -632,7 +652,89 @@ def _assemble(
         if todo and score_seconds > 0
         else None,
         "rows_total": n_rows,
+        "calibration": calibration["describe"],
+        "expected_precision": expected["overall"]["expected_precision"],
+        "expected_precision_interval": expected["overall"]["interval"],
+        "expected_wrong": expected["overall"]["expected_wrong"],
+        "valid_precision": expected["overall"]["valid_precision"],
     }
+
+
+def pseudo_label_precision(
+    cfg: ZeroShotConfig,
+    sel: Selection,
+    valid_scores: np.ndarray,
+    valid_true: np.ndarray,
+    pool: Any,
+    labels: list[str],
+    multi_label: bool,
+    chunk: int = 8192,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Calibrate the scores on valid, then state the expected precision of the selected rule's
+    pseudo-labels on the pool (read ``chunk`` rows at a time). Returns (calibration facts,
+    expected precision; see ``label_pipeline.expected_precision``)."""
+    from label_pipeline.calibration import calibration_scores, fit_calibration
+    from label_pipeline.expected_precision import PrecisionAccumulator
+
+    fit = fit_calibration(
+        valid_scores,
+        valid_true,
+        multi_label,
+        cfg.calibration,
+        min_rows=cfg.calibration_min_rows,
+        labels=labels,
+        what="valid (zero-shot scores)",
+        min_rows_param="zero_shot.calibration_min_rows",
+    )
+    calibration = {**fit.facts(), "calibrator": fit.calibrator.to_json()}
+    if len(valid_true):
+        calibration["valid_before"] = calibration_scores(valid_true, valid_scores, multi_label)
+        calibration["valid_after"] = calibration_scores(valid_true, fit.valid_probs, multi_label)
+    acc = PrecisionAccumulator(len(labels))
+    for start in range(0, len(pool), chunk):
+        scores = _score_matrix(pool.select(range(start, min(start + chunk, len(pool)))), labels)
+        acc.add(fit.calibrator.apply(scores), apply_selection(sel, scores, labels))
+    if len(valid_true):
+        valid_pred = apply_selection(sel, valid_scores, labels)
+        expected = acc.result(labels, fit.valid_probs, valid_pred, valid_true)
+    else:
+        expected = acc.result(labels)
+    return calibration, expected
+
+
+def _precision_summary(calibration: dict[str, Any], expected: dict[str, Any]) -> str:
+    from label_pipeline.artifacts import md_table
+    from label_pipeline.expected_precision import precision_rows
+
+    o = expected["overall"]
+    lines = ["", "## Expected precision of the pseudo-labels", ""]
+    before, after = calibration.get("valid_before"), calibration.get("valid_after")
+    cal = f"- scores calibrated on valid: {calibration['describe']}"
+    if before and after:
+        cal += (
+            f" (cross-fitted valid ECE {before['ece']:.3f} → {after['ece']:.3f}, log loss "
+            f"{before['log_loss']:.3f} → {after['log_loss']:.3f})"
+        )
+    lines.append(cal)
+    lines += [f"- {n}" for n in calibration["notes"]]
+    if o["expected_precision"] is None:
+        lines += ["- the rule writes no pseudo-label on the pool", ""]
+        return "\n".join(lines)
+    lines += [
+        f"- of the {o['assigned']} pseudo-labels, about **{o['expected_wrong']:.0f}** are "
+        f"expected to be wrong: expected precision **{100 * o['expected_precision']:.1f} %** "
+        f"(95 % interval {100 * o['interval'][0]:.1f}–{100 * o['interval'][1]:.1f} %)"
+        + (
+            f"; on valid the rule's labels are {100 * o['valid_precision']:.1f} % right "
+            f"({o['valid_assigned']} labels)"
+            if o["valid_precision"] is not None
+            else ""
+        ),
+        "",
+        md_table(precision_rows(expected)),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _summary(

@@ -132,3 +132,46 @@ def test_evaluate_and_label_report_calibration_and_expected_precision(tmp_path):
     np.testing.assert_allclose(probs, model.predict_proba(list(ds["text"])), atol=1e-6)
     assert not np.allclose(probs, model.model.predict_proba(list(ds["text"])), atol=1e-3)
     assert probs.max(axis=1).mean() == pytest.approx(o["expected_precision"], abs=1e-5)
+
+
+def test_zero_shot_states_the_expected_precision_of_its_pseudo_labels(tmp_path):
+    import datasets
+
+    from label_pipeline.store import StageStore
+    from tasks.zero_shot import ZeroShotConfig, run_zero_shot
+
+    split_dir = make_splits_dir(tmp_path / "split", multi_label=False, n_valid=90, n_unlabeled=90)
+    store = StageStore(tmp_path / "store")
+    ref = run_zero_shot(store, ZeroShotConfig(backend="embedding"), splits_ref(split_dir))
+    cal = json.loads((ref.dir / "calibration.json").read_text())
+    assert not cal["fallback"]
+    assert cal["cv_log_loss"][cal["method"]] <= cal["cv_log_loss"]["none"]
+    est = json.loads((ref.dir / "expected_precision.json").read_text())
+    o = est["overall"]
+    pool = datasets.load_from_disk(str(ref.dir / "unlabeled"))
+    assert o["assigned"] == sum(len(x) for x in pool["labels"])
+    # the pool rows were written from the words of LABELS[i % 3]: measure the precision
+    right = sum(
+        lab == [LABELS[int(i.split("-")[1]) % 3]]
+        for i, lab in zip(pool["id"], pool["labels"], strict=True)
+        if lab
+    )
+    measured = right / o["assigned"]
+    assert o["interval"][0] <= measured <= o["interval"][1], (o, measured)
+    assert o["valid_precision"] is not None
+    summary = (ref.dir / "summary.md").read_text()
+    assert "Expected precision of the pseudo-labels" in summary
+    assert ref.manifest()["expected_precision"] == pytest.approx(o["expected_precision"])
+
+
+def test_zero_shot_with_too_few_valid_rows_says_so(tmp_path):
+    from label_pipeline.store import StageStore
+    from tasks.zero_shot import ZeroShotConfig, run_zero_shot
+
+    split_dir = make_splits_dir(tmp_path / "split", multi_label=True, n_valid=12, n_unlabeled=12)
+    store = StageStore(tmp_path / "store")
+    ref = run_zero_shot(store, ZeroShotConfig(backend="embedding"), splits_ref(split_dir))
+    cal = json.loads((ref.dir / "calibration.json").read_text())
+    assert cal["fallback"] and cal["method"] == "none"
+    summary = (ref.dir / "summary.md").read_text()
+    assert "calibration needs at least 30 (zero_shot.calibration_min_rows)" in summary
