@@ -144,6 +144,57 @@ def _facts(name: str, ref: StageRef) -> list[str]:
     return lines
 
 
+def calibration_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[str, Any]]:
+    """Report lines on calibration (the evaluate stage's table, before → after on test) and
+    on the expected precision of the zero-shot pseudo-labels and the pool labels; and the
+    same as plain values for ``metrics.json``."""
+    from label_pipeline.expected_precision import precision_rows
+    from tasks.evaluate import calibration_table
+
+    lines: list[str] = []
+    out: dict[str, Any] = {}
+    evaluated = refs.get("evaluate")
+    if evaluated is not None:
+        ev = _read_json(evaluated.dir / "metrics.json") or {}
+        table = calibration_table(ev.get("runs", []))
+        best = _read_json(evaluated.dir / "best.json") or {}
+        if table:
+            out["final"] = best.get("calibration")
+            lines += [
+                "",
+                "## Calibration",
+                "",
+                "Each run's probabilities are calibrated on valid (calibrator chosen by "
+                "cross-fitted log loss); test scores before → after (ECE: 15 equal-width bins, "
+                "adaptive ECE: 15 equal-mass bins). Reliability diagram of the final model: "
+                "`evaluate-reliability.png` below.",
+                "",
+                md_table(table),
+            ]
+    for stage, what in (("zero_shot", "zero-shot pseudo-labels"), ("label", "pool labels")):
+        ref = refs.get(stage)
+        est = _read_json(ref.dir / "expected_precision.json") if ref is not None else None
+        if not est:
+            continue
+        out[stage] = est["overall"]
+        o = est["overall"]
+        if o.get("expected_precision") is None:
+            lines += ["", f"## Expected precision of the {what}", "", "No label was written."]
+            continue
+        lines += [
+            "",
+            f"## Expected precision of the {what}",
+            "",
+            f"{o['assigned']} labels, about {o['expected_wrong']:.0f} expected to be wrong: "
+            f"expected precision {100 * o['expected_precision']:.1f} % (95 % interval "
+            f"{100 * o['interval'][0]:.1f}–{100 * o['interval'][1]:.1f} %), from the calibrated "
+            "probabilities; `valid precision` is the same rule measured on the validation split.",
+            "",
+            md_table(precision_rows(est)),
+        ]
+    return lines, out
+
+
 def build_report(
     cfg: PipelineConfig, refs: dict[str, StageRef], out_dir: Path, name: str | None = None
 ) -> dict[str, Any]:
@@ -202,6 +253,8 @@ def build_report(
             )
             lines.append("")
         lines.append(md_table(results))
+    cal_lines, metrics["calibration"] = calibration_section(refs)
+    lines += cal_lines
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}](figures/{f})" for f in figures]
     markdown = "\n".join(lines) + "\n"

@@ -133,6 +133,14 @@ def test_evaluate_and_label_report_calibration_and_expected_precision(tmp_path):
     assert not np.allclose(probs, model.model.predict_proba(list(ds["text"])), atol=1e-3)
     assert probs.max(axis=1).mean() == pytest.approx(o["expected_precision"], abs=1e-5)
 
+    from tasks.report import calibration_section
+
+    lines, values = calibration_section({"evaluate": evaluated, "label": labelled})
+    text = "\n".join(lines)
+    assert "## Calibration" in text and "## Expected precision of the pool labels" in text
+    assert values["label"]["expected_precision"] == pytest.approx(o["expected_precision"])
+    assert values["final"]["method"] == "temperature"
+
 
 def test_zero_shot_states_the_expected_precision_of_its_pseudo_labels(tmp_path):
     import datasets
