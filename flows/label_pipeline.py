@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow
 
+from label_pipeline import review
 from label_pipeline.config import PipelineConfig
 from label_pipeline.devices import choose_device
 from label_pipeline.orchestration import stage_task
@@ -21,10 +22,13 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.runners import run_with_runner
 from label_pipeline.shards import map_zero_shot_shards
 from label_pipeline.store import StageRef
-from tasks import adapt, augment, clean, evaluate, ingest, label, split, train, zero_shot
+from tasks import adapt, augment, clean, evaluate, ingest, label, split, suggest, train, zero_shot
 from tasks import report as report_stage
 
 ingest_task = stage_task(ingest.run_ingest, ingest.STAGE, ingest.VERSION, ingest.source_inputs)
+extra_labels_task = stage_task(
+    ingest.run_extra_labels, ingest.EXTRA_STAGE, ingest.EXTRA_VERSION, ingest.extra_label_inputs
+)
 clean_task = stage_task(clean.run_clean, clean.STAGE, clean.VERSION)
 split_task = stage_task(split.run_split, split.STAGE, split.VERSION)
 augment_task = stage_task(augment.run_augment, augment.STAGE, augment.VERSION)
@@ -33,6 +37,8 @@ adapt_task = stage_task(adapt.run_adapt, adapt.STAGE, adapt.VERSION)
 train_task = stage_task(train.run_train, train.STAGE, train.VERSION)
 evaluate_task = stage_task(evaluate.run_evaluate, evaluate.STAGE, evaluate.VERSION)
 label_task = stage_task(label.run_label, label.STAGE, label.VERSION)
+review_task = stage_task(review.run_review, review.STAGE, review.VERSION)
+suggest_task = stage_task(suggest.run_suggest, suggest.STAGE, suggest.VERSION)
 
 
 def with_device(stage_cfg: Any, device: Any) -> Any:
@@ -46,11 +52,21 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
     """Run every enabled stage in order and return their references (no report)."""
     store = cfg.store
     refs: dict[str, StageRef | None] = {}
-    refs["ingest"] = ingest_task(store, cfg.ingest, refresh=cfg.refreshes("ingest"))
+    refs["ingest"] = ingest_task(store, cfg.ingest.for_rows(), refresh=cfg.refreshes("ingest"))
     refs["clean"] = clean_task(
         store, cfg.clean, refresh=cfg.refreshes("clean"), rows=refs["ingest"]
     )
-    refs["split"] = split_task(store, cfg.split, refresh=cfg.refreshes("split"), rows=refs["clean"])
+    if cfg.ingest.extra_labels:  # labels from a labelling round: the pool rows join train
+        refs["extra_labels"] = extra_labels_task(
+            store, cfg.ingest, refresh=cfg.refreshes("extra_labels"), rows=refs["ingest"]
+        )
+    refs["split"] = split_task(
+        store,
+        cfg.split,
+        refresh=cfg.refreshes("split"),
+        rows=refs["clean"],
+        extra=refs.get("extra_labels"),
+    )
     splits = refs["split"]
 
     adapt_cfg, augment_cfg = (
@@ -81,6 +97,11 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
         refs["zero_shot"] = zero_shot_task(
             store, zero_shot_cfg, refresh=cfg.refreshes("zero_shot"), splits=splits, encoder=encoder
         )
+        if cfg.review.after == "zero_shot":  # pauses for the reviewer
+            decision = review.gate(cfg.review, refs["zero_shot"])
+            refs["review"] = review_task(
+                store, decision, refresh=cfg.refreshes("review"), source=refs["zero_shot"]
+            )
     if train_cfg.enabled:
         refs["train"] = train_task(
             store,
@@ -88,7 +109,7 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
             refresh=cfg.refreshes("train"),
             splits=splits,
             augmented=refs.get("augment"),
-            pseudo=refs.get("zero_shot"),
+            pseudo=refs.get("review") or refs.get("zero_shot"),
             adapted=refs.get("adapt"),
         )
         if cfg.evaluate.enabled:
@@ -109,6 +130,20 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
                     trained=refs["train"],
                     evaluated=refs["evaluate"],
                 )
+                if cfg.review.after == "label":  # pauses for the reviewer
+                    decision = review.gate(cfg.review, refs["label"])
+                    refs["review"] = review_task(
+                        store, decision, refresh=cfg.refreshes("review"), source=refs["label"]
+                    )
+                if cfg.suggest.enabled:
+                    refs["suggest"] = suggest_task(
+                        store,
+                        with_device(cfg.suggest, cfg.device),
+                        refresh=cfg.refreshes("suggest"),
+                        splits=splits,
+                        labelled=refs["label"],
+                        review=refs.get("review") if cfg.review.after == "label" else None,
+                    )
     return {k: v for k, v in refs.items() if v is not None}
 
 

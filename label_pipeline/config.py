@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from label_pipeline.devices import DeviceConfig
+from label_pipeline.review import ReviewConfig
 from label_pipeline.runners import RunnerConfig
 from tasks.adapt import AdaptConfig
 from tasks.augment import AugmentConfig
@@ -22,6 +23,7 @@ from tasks.ingest import IngestConfig
 from tasks.label import LabelConfig
 from tasks.report import ReportConfig
 from tasks.split import SplitConfig
+from tasks.suggest import SuggestConfig
 from tasks.train import TrainConfig
 from tasks.zero_shot import ZeroShotConfig
 
@@ -38,6 +40,9 @@ class PipelineConfig(BaseModel):
         device: device, precision and batch sizes for the model stages.
         runner: where tasks run (Prefect's thread pool or a Dask cluster) and how many
             shards the row-wise stages use.
+        review: the review gate: pause after ``zero_shot`` or ``label`` for a person to
+            accept or change the selection rule in the Prefect UI (default: never).
+        suggest: the next pool rows to label (after the label stage).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -57,6 +62,8 @@ class PipelineConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    suggest: SuggestConfig = Field(default_factory=SuggestConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     def refreshes(self, stage: str) -> bool:

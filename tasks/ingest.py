@@ -112,6 +112,13 @@ class IngestConfig(BaseModel):
         encoding_errors: ``replace`` undecodable bytes (logged with their line numbers) or
             ``strict`` (fail naming the first bad line).
         sample_rows: rows in ``sample.json``.
+        extra_labels: labels added after the first run (the labelling loop): a file, or a
+            list of files (one per round), with columns ``id`` (the row ids of this input)
+            and ``labels`` (joined by ``label_separator``; empty = not labelled, skipped),
+            CSV/TSV/JSONL/Parquet, e.g. the suggest stage's ``to_label.csv`` once filled in.
+            An optional ``source`` column names the rows' provenance; without it the rows of
+            the k-th file are ``round-<k>``. Read by the ``extra_labels`` stage (this input's
+            rows stay cached); the split stage moves the rows from the pool into train.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -132,6 +139,7 @@ class IngestConfig(BaseModel):
     encoding: str = "utf-8"
     encoding_errors: Literal["replace", "strict"] = "replace"
     sample_rows: int = Field(15, ge=0, le=100)
+    extra_labels: str | list[str] | None = None
 
     @field_validator("path")
     @classmethod
@@ -142,6 +150,16 @@ class IngestConfig(BaseModel):
 
     def paths(self) -> list[str]:
         return [self.path] if isinstance(self.path, str) else list(self.path)
+
+    def extra_label_paths(self) -> list[str]:
+        if not self.extra_labels:
+            return []
+        extra = self.extra_labels
+        return [extra] if isinstance(extra, str) else list(extra)
+
+    def for_rows(self) -> IngestConfig:
+        """This config without ``extra_labels``: what the ingest stage's rows depend on."""
+        return self.model_copy(update={"extra_labels": None}) if self.extra_labels else self
 
 
 # ---------------------------------------------------------------- locating and reading
@@ -637,7 +655,9 @@ def source_inputs(cfg: IngestConfig) -> dict[str, Any]:
 
 
 def run_ingest(store: StageStore, cfg: IngestConfig, refresh: bool = False) -> StageRef:
-    """Read ``cfg.path`` into canonical rows in the stage store."""
+    """Read ``cfg.path`` into canonical rows in the stage store (``extra_labels`` aside:
+    :func:`run_extra_labels` reads them)."""
+    cfg = cfg.for_rows()
     inputs = source_inputs(cfg)
 
     def builder(ctx: BuildContext) -> dict[str, Any]:
@@ -686,3 +706,165 @@ def run_ingest(store: StageStore, cfg: IngestConfig, refresh: bool = False) -> S
         }
 
     return store.build(STAGE, VERSION, cfg, inputs, builder, refresh)
+
+
+# ---------------------------------------------------------------- extra labels (the labelling loop)
+
+EXTRA_STAGE = "extra_labels"
+EXTRA_VERSION = "1"
+EXTRA_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "labels": datasets.Sequence(datasets.Value("string")),
+        "source": datasets.Value("string"),
+    }
+)
+
+
+def extra_label_inputs(cfg: IngestConfig) -> dict[str, Any]:
+    """Fingerprint inputs of the extra-labels stage: content hashes of the label files."""
+    return {
+        "extra_labels": [
+            file_fingerprint(resolve_path(p, "ingest.extra_labels"))
+            for p in cfg.extra_label_paths()
+        ]
+    }
+
+
+def read_extra_labels(
+    cfg: IngestConfig,
+    ids: list[str],
+    input_labels: list[list[str]],
+    names: list[str],
+    multi_label: bool,
+) -> tuple[dict[str, list], dict[str, Any]]:
+    """Read and check ``cfg.extra_labels`` against the ingested rows.
+
+    Returns (columns ``id``, ``labels``, ``source``; facts). Every id must be a row of the
+    input that carries no label there, at most once over all files; every label one of the
+    input's labels. Rows with an empty label cell are skipped (counted).
+    """
+    row_of = {i: n for n, i in enumerate(ids)}
+    seen: dict[str, str] = {}
+    out: dict[str, list] = {"id": [], "labels": [], "source": []}
+    skipped = 0
+    per_source: Counter = Counter()
+    files = []
+    for k, raw in enumerate(cfg.extra_label_paths(), start=1):
+        path = resolve_path(raw, "ingest.extra_labels")
+        files.append(str(path))
+        fmt = detect_format(path, "auto")
+        if fmt not in {"csv", "tsv", "jsonl", "parquet"}:
+            raise ConfigError(
+                f"ingest.extra_labels: {path} is read as {fmt}; give a CSV, TSV, JSONL or "
+                "Parquet file with columns id and labels"
+            )
+        frame, _, _ = read_frame(path, fmt, cfg, [])
+        for col in ("id", "labels"):
+            if col not in frame.columns:
+                raise InputDataError(
+                    f"ingest.extra_labels: {path} has no column {col!r} (columns: "
+                    f"{', '.join(map(str, frame.columns[:20]))}); an extra-labels file needs "
+                    "columns 'id' (row ids of ingest.path) and 'labels'"
+                )
+        # a human-readable row number: the line in a CSV/TSV (header = line 1), else 1-based
+        first_line = 2 if fmt in {"csv", "tsv"} and cfg.header else 1
+        where = "line" if fmt in {"csv", "tsv", "jsonl"} else "row"
+        sources = frame["source"] if "source" in frame.columns else [None] * len(frame)
+        for n, (rid, cell, src) in enumerate(
+            zip(frame["id"], frame["labels"], sources, strict=True)
+        ):
+            at = f"ingest.extra_labels: {path} {where} {n + first_line}"
+            rid = "" if _is_missing(rid) else _scalar_label(rid)
+            if not rid:
+                raise InputDataError(f"{at}: column 'id' is empty; every row needs the row's id")
+            labels = parse_labels(cell, cfg.label_separator)
+            if cfg.label_map:
+                labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
+            if not labels:
+                skipped += 1
+                continue
+            if rid not in row_of:
+                hint = (
+                    f"ids are the {cfg.id_column!r} column of ingest.path"
+                    if cfg.id_column
+                    else "without ingest.id_column rows are named row-<n> (0-based)"
+                )
+                raise InputDataError(
+                    f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {hint}. "
+                    "Fix the id or remove the line"
+                )
+            if rid in seen:
+                raise InputDataError(
+                    f"{at}: id {rid!r} was already labelled in {seen[rid]}; keep one label "
+                    "row per id over all ingest.extra_labels files"
+                )
+            if input_labels[row_of[rid]]:
+                raise InputDataError(
+                    f"{at}: id {rid!r} already carries labels {input_labels[row_of[rid]]} in "
+                    "ingest.path; extra labels are for unlabeled pool rows: remove the line "
+                    "or correct the label in the input file"
+                )
+            unknown = [lab for lab in labels if lab not in names]
+            if unknown:
+                raise InputDataError(
+                    f"{at}: column 'labels' holds {unknown}, not a label of the input "
+                    f"({', '.join(names)}); fix the spelling (separator "
+                    f"{cfg.label_separator!r}) or add the label through ingest.label_map"
+                )
+            if len(labels) > 1 and not multi_label:
+                raise InputDataError(
+                    f"{at}: id {rid!r} gets {len(labels)} labels {labels} but the data is "
+                    "single-label; keep one label per row"
+                )
+            source = "" if _is_missing(src) else str(src).strip()
+            source = source or f"round-{k}"
+            seen[rid] = f"{path} {where} {n + first_line}"
+            out["id"].append(rid)
+            out["labels"].append(sorted(labels))
+            out["source"].append(source)
+            per_source[source] += 1
+    facts = {
+        "files": files,
+        "rows": len(out["id"]),
+        "skipped_unlabelled": skipped,
+        "per_source": dict(sorted(per_source.items())),
+        "label_counts": dict(sorted(Counter(x for r in out["labels"] for x in r).items())),
+    }
+    return out, facts
+
+
+def run_extra_labels(
+    store: StageStore, cfg: IngestConfig, rows: StageRef, refresh: bool = False
+) -> StageRef:
+    """Check and store ``cfg.extra_labels`` against the ingest stage's rows (``rows``)."""
+    from label_pipeline.data import load_rows, read_label_info
+
+    rows = store.localize(rows)
+    inputs = {"rows": rows, **extra_label_inputs(cfg)}
+
+    def builder(ctx: BuildContext) -> dict[str, Any]:
+        data = load_rows(rows.dir)
+        names, multi_label = read_label_info(rows.dir)
+        columns, facts = read_extra_labels(
+            cfg, [str(i) for i in data["id"]], list(data["labels"]), names, multi_label
+        )
+        save_dataset(
+            datasets.Dataset.from_dict(columns, features=EXTRA_FEATURES), ctx.dir / "extra_labels"
+        )
+        sample = [
+            {"id": i, "labels": lab, "source": s}
+            for i, lab, s in list(zip(*columns.values(), strict=True))[: cfg.sample_rows]
+        ]
+        lines = [
+            f"Extra labels from {', '.join(f'`{f}`' for f in facts['files'])}: **{facts['rows']}** "
+            f"rows (rows with an empty label cell skipped: {facts['skipped_unlabelled']}).\n",
+            "### Rows per source\n",
+            md_table([{"source": k, "rows": v} for k, v in facts["per_source"].items()]),
+            "### Label counts\n",
+            md_table([{"label": k, "rows": v} for k, v in facts["label_counts"].items()]),
+        ]
+        write_summary(ctx.dir, "\n".join(lines), sample)
+        return facts
+
+    return store.build(EXTRA_STAGE, EXTRA_VERSION, cfg, inputs, builder, refresh)

@@ -10,18 +10,24 @@
   slice contains all smaller slices. Sizes not smaller than the train split are skipped
   (noted in the summary). A user slice file (ingest's ``slice_file``) overrides them; its
   rows are put into train.
+- Rows labelled after the first run (the ``extra_labels`` stage, from ``ingest.extra_labels``)
+  leave the unlabeled pool and join train and every training slice, with their provenance
+  in train's ``source`` column (``round-<n>``; rows labelled in the input: ``input``). The
+  valid/test assignment and the slices drawn from the input's own rows stay as they were,
+  so runs before and after a labelling round are scored on the same rows.
 - Everything is deterministic for a ``seed``. Labels too rare to appear in every split are
   named in a warning (log and summary).
 
 Output directory: ``splits/`` (DatasetDict ``train``, ``valid``, ``test``, ``unlabeled``;
 train rows carry ``min_slice``, the size of the smallest slice holding the row, the train
-size for rows only in ``all``), ``slices.json`` (``{"8": [ids], ..., "all": [ids]}``),
+size for rows only in ``all``, and ``source``), ``slices.json`` (``{"8": [ids], ..., "all": [ids]}``),
 ``labels.json``, ``summary.md``, ``sample.json``.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -45,7 +51,8 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "split"
-VERSION = "1"
+VERSION = "2"
+INPUT_SOURCE = "input"
 SPLIT_FRACTION_NAMES = ("train", "valid", "test")
 
 
@@ -227,8 +234,13 @@ def split_rows(
     multi_label: bool,
     cfg: SplitConfig,
     user_slices: dict[str, list[str]] | None = None,
+    extra_ids: set[str] | None = None,
 ) -> tuple[list[str], dict[str, list[str]], list[str], list[str]]:
     """Decide each row's split and the training slices.
+
+    ``extra_ids``: labelled rows added after the first run (their labels already in
+    ``labels``); they go to train and into every slice, outside the draws, so the other
+    rows' splits and slices are those a run without them gets.
 
     Returns (split of each row, slices ``{"8": ids, ..., "all": ids}``, warnings, notes).
     """
@@ -255,6 +267,8 @@ def split_rows(
             split[i] = "unlabeled"
             if g and g != "unlabeled":
                 bad_given.append(ids[i])
+        elif extra_ids and ids[i] in extra_ids:
+            split[i] = "train"
         elif g:
             split[i] = g
     if bad_given:
@@ -285,8 +299,10 @@ def split_rows(
         for p, s in zip(pool, assign, strict=True):
             split[p] = SPLIT_FRACTION_NAMES[s]
 
-    train = np.flatnonzero(np.array([s == "train" for s in split]))
-    train_ids = [ids[i] for i in train]
+    train_all = np.flatnonzero(np.array([s == "train" for s in split]))
+    train_ids = [ids[i] for i in train_all]
+    added = [i for i in train_ids if extra_ids and i in extra_ids]
+    train = np.array([i for i in train_all if not (extra_ids and ids[i] in extra_ids)], dtype=int)
     if not len(train):
         raise InputDataError(
             "split: the train split is empty (every labelled row has a user split other than "
@@ -311,6 +327,13 @@ def split_rows(
             notes.append(
                 f"slice sizes {skipped} skipped: not smaller than the train split ({len(train)} rows)"
             )
+    if added:
+        for k in slices:
+            slices[k] = slices[k] + added
+        notes.append(
+            f"{len(added)} row(s) labelled after the first run (extra labels) joined train and "
+            "every slice"
+        )
     slices["all"] = train_ids
 
     for part in SPLIT_FRACTION_NAMES:
@@ -378,9 +401,14 @@ def _summary(
 
 
 def run_split(
-    store: StageStore, cfg: SplitConfig, rows: StageRef, refresh: bool = False
+    store: StageStore,
+    cfg: SplitConfig,
+    rows: StageRef,
+    refresh: bool = False,
+    extra: StageRef | None = None,
 ) -> StageRef:
-    """Split the clean stage's ``rows/`` (``rows`` is its StageRef) into ``splits/``."""
+    """Split the clean stage's ``rows/`` (``rows`` is its StageRef) into ``splits/``;
+    ``extra`` (the extra_labels stage) moves later-labelled pool rows into train."""
 
     def builder(ctx: BuildContext) -> dict[str, Any]:
         log = stage_logger()
@@ -393,9 +421,14 @@ def run_split(
         user_slices = None
         if (rows.dir / "user_slices.json").is_file():
             user_slices = json.loads((rows.dir / "user_slices.json").read_text())
+        source_of: dict[str, str] = {}
+        extra_warnings: list[str] = []
+        if extra is not None:
+            labels, source_of, extra_warnings = _apply_extra_labels(extra, ids, labels)
         split, slices, warnings, notes = split_rows(
-            ids, labels, given, names, multi_label, cfg, user_slices
+            ids, labels, given, names, multi_label, cfg, user_slices, set(source_of)
         )
+        warnings = extra_warnings + warnings
         for w in warnings:
             log.warning("split: %s", w)
 
@@ -417,6 +450,8 @@ def run_split(
             if part == "train":
                 data["min_slice"] = [min_slice[ids[i]] for i in idx]
                 features["min_slice"] = datasets.Value("int64")
+                data["source"] = [source_of.get(ids[i], INPUT_SOURCE) for i in idx]
+                features["source"] = datasets.Value("string")
             dd[part] = datasets.Dataset.from_dict(data, features=features)
         save_dataset(datasets.DatasetDict(dd), ctx.dir / "splits")
         (ctx.dir / "slices.json").write_text(json.dumps(slices))
@@ -440,7 +475,38 @@ def run_split(
             **{f"{p}_rows": len(dd[p]) for p in SPLITS},
             "slices": {k: len(v) for k, v in slices.items()},
             "method": method,
+            "extra_labelled_rows": dict(sorted(Counter(source_of.values()).items())),
             "warnings": warnings,
         }
 
-    return store.build(STAGE, VERSION, cfg, stage_inputs({"rows": rows}), builder, refresh)
+    inputs = stage_inputs({"rows": rows, "extra": extra})
+    return store.build(STAGE, VERSION, cfg, inputs, builder, refresh)
+
+
+def _apply_extra_labels(
+    extra: StageRef, ids: list[str], labels: list[list[str]]
+) -> tuple[list[list[str]], dict[str, str], list[str]]:
+    """The rows' labels with the extra labels filled in, each added row's source, and
+    warnings for extra-labelled ids the clean stage dropped."""
+    path = extra.dir / "extra_labels"
+    if not path.is_dir():
+        raise InputDataError(f"{extra.dir}: no extra_labels/ dataset; re-run extra_labels")
+    ds = datasets.load_from_disk(str(path))
+    position = {i: n for n, i in enumerate(ids)}
+    labels = list(labels)
+    source_of: dict[str, str] = {}
+    dropped = []
+    for rid, labs, src in zip(ds["id"], ds["labels"], ds["source"], strict=True):
+        n = position.get(str(rid))
+        if n is None:
+            dropped.append(str(rid))
+            continue
+        labels[n] = list(labs)
+        source_of[str(rid)] = str(src)
+    warnings = []
+    if dropped:
+        warnings.append(
+            f"{len(dropped)} extra-labelled id(s) are not among the clean rows (dropped by the "
+            f"clean stage as empty or duplicates; see its dropped/): {dropped[:10]}"
+        )
+    return labels, source_of, warnings

@@ -1,0 +1,362 @@
+"""Query strategies: which unlabeled pool rows to label next.
+
+Every strategy takes the model's probabilities for the pool (rows x labels) and returns
+pool positions in the order they should be labelled, with a score and a reason per row.
+
+- ``random``: a uniform draw (the control every other strategy is measured against).
+- ``least_confidence``, ``margin``, ``entropy`` (single-label): small-text's
+  ``LeastConfidence``, ``BreakingTies`` and ``PredictionEntropy`` query strategies, run on
+  the probabilities the label stage already computed.
+- ``label_uncertainty`` (multi-label; our own, small-text has no per-label margin): each
+  label ranks the rows by how close its probability is to that label's decision threshold;
+  the labels then take turns, so every label gets its most uncertain rows.
+- ``diverse`` (our own): the ``candidate_factor`` × N most uncertain rows (entropy for
+  single-label, label uncertainty for multi-label) are clustered into N groups on their
+  sentence embeddings (k-means), and each group gives its most uncertain row, so a batch
+  is not N near-copies of one confusing text.
+- ``k_center``: small-text's greedy core-set (``greedy_coreset``, Sener & Savarese 2018):
+  each pick is the pool row furthest from every labelled and already picked row
+  (euclidean distance of unit-length embeddings, the same order as cosine distance).
+
+``cover_rare_labels`` (:func:`rare_label_rows`) first gives the labels that are rarest in
+the labelled set the pool rows most likely to carry them, then the strategy fills the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from label_pipeline.errors import ConfigError
+
+Strategy = Literal[
+    "random", "least_confidence", "margin", "entropy", "label_uncertainty", "diverse", "k_center"
+]
+STRATEGIES: tuple[str, ...] = (
+    "random",
+    "least_confidence",
+    "margin",
+    "entropy",
+    "label_uncertainty",
+    "diverse",
+    "k_center",
+)
+SINGLE_LABEL_ONLY = ("least_confidence", "margin", "entropy")
+NEEDS_EMBEDDINGS = ("diverse", "k_center")
+
+
+@dataclass
+class Suggestion:
+    """Chosen pool positions (labelling order), a score and a reason for each."""
+
+    positions: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+    def extend(self, other: Suggestion) -> None:
+        self.positions += other.positions
+        self.scores += other.scores
+        self.reasons += other.reasons
+
+
+class _Precomputed:
+    """A small-text classifier stand-in that answers with probabilities already computed."""
+
+    def __init__(self, probs: np.ndarray) -> None:
+        self.probs = probs
+
+    def predict_proba(self, _dataset: object) -> np.ndarray:
+        return self.probs
+
+
+def check_strategy(strategy: str, multi_label: bool, option: str = "suggest.strategy") -> None:
+    """Fail with the option name when ``strategy`` is unknown or does not fit the task."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"{option}={strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
+    if multi_label and strategy in SINGLE_LABEL_ONLY:
+        raise ConfigError(
+            f"{option}={strategy!r} scores a softmax over one label per row, but the labels are "
+            "multi-label; use 'label_uncertainty', 'diverse', 'k_center' or 'random'"
+        )
+
+
+def label_uncertainty(probs: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
+    """Per-label uncertainty in [0, 1] (rows x labels): 1 at the label's threshold, 0 at a
+    probability of 0 or 1."""
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (p.shape[1],))
+    width = np.where(p >= t, 1.0 - t, t)
+    return 1.0 - np.abs(p - t) / np.maximum(width, 1e-9)
+
+
+def uncertainty(
+    probs: np.ndarray, multi_label: bool, thresholds: np.ndarray | float = 0.5
+) -> np.ndarray:
+    """One uncertainty score per row (higher = less sure): prediction entropy for
+    single-label, the largest per-label uncertainty for multi-label."""
+    p = np.asarray(probs, dtype=np.float64)
+    if multi_label:
+        return label_uncertainty(p, thresholds).max(axis=1) if p.size else np.zeros(len(p))
+    q = np.clip(p, 1e-12, 1.0)
+    return -(p * np.log(q)).sum(axis=1)
+
+
+def _small_text_ranking(strategy: str, probs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions chosen by a small-text confidence strategy (most uncertain first) and the
+    uncertainty of every row (higher = less sure)."""
+    from small_text.query_strategies import BreakingTies, LeastConfidence, PredictionEntropy
+
+    qs = {
+        "least_confidence": LeastConfidence,
+        "margin": BreakingTies,
+        "entropy": PredictionEntropy,
+    }[strategy]()
+    idx = np.arange(len(probs))
+    chosen = np.asarray(
+        qs.query(_Precomputed(probs), None, idx, np.array([], dtype=np.int64), None, n=n)
+    )
+    raw = np.asarray(qs.scores_, dtype=np.float64)  # confidence, margin or entropy
+    unc = raw if strategy == "entropy" else 1.0 - raw
+    order = chosen[np.lexsort((chosen, -unc[chosen]))]
+    return order, unc
+
+
+def _describe(strategy: str, value: float) -> str:
+    return {
+        "least_confidence": f"least confident: top probability {1.0 - value:.3f}",
+        "margin": f"smallest margin: top two probabilities {1.0 - value:.3f} apart",
+        "entropy": f"highest entropy: {value:.3f} nats",
+    }[strategy]
+
+
+def _label_round_robin(
+    probs: np.ndarray, labels: list[str], thresholds: np.ndarray, n: int
+) -> Suggestion:
+    u = label_uncertainty(probs, thresholds)
+    rankings = [np.argsort(-u[:, j], kind="stable") for j in range(u.shape[1])]
+    cursor = [0] * u.shape[1]
+    taken: set[int] = set()
+    out = Suggestion()
+    while len(out.positions) < n:
+        progressed = False
+        for j in range(u.shape[1]):
+            while cursor[j] < len(rankings[j]) and int(rankings[j][cursor[j]]) in taken:
+                cursor[j] += 1
+            if cursor[j] >= len(rankings[j]) or len(out.positions) >= n:
+                continue
+            r = int(rankings[j][cursor[j]])
+            taken.add(r)
+            out.positions.append(r)
+            out.scores.append(float(u[r, j]))
+            out.reasons.append(
+                f"label {labels[j]!r} uncertain: p={probs[r, j]:.3f} near its threshold "
+                f"{thresholds[j]:.2f}"
+            )
+            progressed = True
+        if not progressed:
+            break
+    return out
+
+
+def _diverse(
+    probs: np.ndarray,
+    embeddings: np.ndarray,
+    multi_label: bool,
+    thresholds: np.ndarray,
+    n: int,
+    candidate_factor: int,
+    seed: int,
+) -> Suggestion:
+    from sklearn.cluster import KMeans
+
+    unc = uncertainty(probs, multi_label, thresholds)
+    n_cand = min(len(probs), max(n, candidate_factor * n))
+    cand = np.argsort(-unc, kind="stable")[:n_cand]
+    if n_cand <= n:
+        chosen = cand[:n]
+        return Suggestion(
+            [int(i) for i in chosen],
+            [float(unc[i]) for i in chosen],
+            ["uncertain (the pool has no more rows to spread over)"] * len(chosen),
+        )
+    km = KMeans(n_clusters=n, n_init=3, random_state=seed).fit(embeddings[cand])
+    picks: list[tuple[float, int, int, int]] = []
+    for c in range(n):
+        members = cand[km.labels_ == c]
+        if len(members) == 0:
+            continue
+        best = members[np.argmax(unc[members])]
+        picks.append((float(unc[best]), int(best), c, len(members)))
+    picked = {p[1] for p in picks}
+    for r in cand:  # an empty cluster (rare): the next most uncertain candidate
+        if len(picks) >= n:
+            break
+        if int(r) not in picked:
+            picks.append((float(unc[r]), int(r), -1, 0))
+            picked.add(int(r))
+    picks.sort(key=lambda p: (-p[0], p[1]))
+    what = "label uncertainty" if multi_label else "entropy"
+    return Suggestion(
+        [p[1] for p in picks],
+        [p[0] for p in picks],
+        [
+            f"most uncertain of cluster {c + 1}/{n} ({m} of the {n_cand} most uncertain rows; "
+            f"{what} {u:.3f})"
+            if c >= 0
+            else f"uncertain ({what} {u:.3f}); filled an empty cluster"
+            for u, _, c, m in picks
+        ],
+    )
+
+
+def _k_center(embeddings: np.ndarray, labelled_embeddings: np.ndarray | None, n: int) -> Suggestion:
+    from small_text.query_strategies.coresets import greedy_coreset
+
+    pool = np.asarray(embeddings, dtype=np.float32)
+    lab = (
+        np.zeros((0, pool.shape[1]), dtype=np.float32)
+        if labelled_embeddings is None
+        else np.asarray(labelled_embeddings, dtype=np.float32)
+    )
+    if len(lab) == 0:  # greedy_coreset needs a start: the row nearest the pool's centre
+        centre = pool.mean(axis=0)
+        lab = pool[[int(np.argmax(pool @ centre))]]
+    x = np.concatenate([pool, lab])
+    # positions relative to x: pool rows first, so they are also pool positions
+    chosen = greedy_coreset(
+        x,
+        np.arange(len(pool)),
+        np.arange(len(pool), len(x)),
+        n,
+        distance_metric="euclidean",  # on unit vectors: the cosine order, without arccos NaNs
+        normalized=True,
+    )
+    out = Suggestion()
+    ref = lab
+    for r in (int(i) for i in chosen):
+        sims = np.clip(ref @ pool[r], -1.0, 1.0)
+        dist = float(np.arccos(sims.max()) / np.pi)
+        out.positions.append(r)
+        out.scores.append(dist)
+        out.reasons.append(
+            f"k-center: cosine distance {dist:.3f} to the nearest labelled/chosen row"
+        )
+        ref = np.concatenate([ref, pool[[r]]])
+    return out
+
+
+def rare_label_rows(
+    probs: np.ndarray,
+    labels: list[str],
+    labelled_counts: dict[str, int],
+    n: int,
+    per_label: int | None = None,
+) -> Suggestion:
+    """Pool rows for the labels rarest in the labelled set, rarest label first.
+
+    A label is rare when it has fewer labelled rows than the median label. Each rare label
+    gets ``per_label`` rows (default: an equal share of half of ``n``), the pool rows most
+    likely to carry it; at most ``n`` rows in all.
+    """
+    counts = np.array([labelled_counts.get(name, 0) for name in labels], dtype=float)
+    rare = [j for j in np.argsort(counts, kind="stable") if counts[j] < np.median(counts)]
+    out = Suggestion()
+    if not rare or n <= 0:
+        return out
+    quota = per_label if per_label is not None else max(1, (n // 2) // len(rare))
+    taken: set[int] = set()
+    for j in rare:
+        ranked = [int(r) for r in np.argsort(-probs[:, j], kind="stable") if int(r) not in taken]
+        for r in ranked[:quota]:
+            if len(out.positions) >= n:
+                return out
+            taken.add(r)
+            out.positions.append(r)
+            out.scores.append(float(probs[r, j]))
+            out.reasons.append(
+                f"rare label {labels[j]!r} ({int(counts[j])} labelled rows): "
+                f"p({labels[j]})={probs[r, j]:.3f}"
+            )
+    return out
+
+
+def suggest(
+    strategy: str,
+    probs: np.ndarray,
+    labels: list[str],
+    multi_label: bool,
+    n: int,
+    *,
+    thresholds: np.ndarray | float = 0.5,
+    embeddings: np.ndarray | None = None,
+    labelled_embeddings: np.ndarray | None = None,
+    labelled_counts: dict[str, int] | None = None,
+    cover_rare_labels: bool = False,
+    rare_rows_per_label: int | None = None,
+    candidate_factor: int = 10,
+    seed: int = 0,
+) -> Suggestion:
+    """The next ``n`` pool rows to label (fewer when the pool is smaller), distinct.
+
+    Args:
+        strategy: one of :data:`STRATEGIES`.
+        probs: the model's probabilities for the pool rows (rows x labels).
+        labels: label names, in the column order of ``probs``.
+        multi_label: sigmoid per label (True) or softmax (False) probabilities.
+        thresholds: per-label decision thresholds (multi-label uncertainty is measured
+            against them).
+        embeddings: L2-normalised pool embeddings (``diverse``, ``k_center``).
+        labelled_embeddings: embeddings of the labelled training rows (``k_center``).
+        labelled_counts: labelled rows per label (``cover_rare_labels``).
+        cover_rare_labels: rows for the rarest labels first (:func:`rare_label_rows`).
+        rare_rows_per_label: rows per rare label (default: half of ``n`` shared out).
+        candidate_factor: ``diverse`` clusters the ``candidate_factor`` × n most uncertain rows.
+        seed: random draws and k-means initialisation.
+    """
+    check_strategy(strategy, multi_label)
+    probs = np.asarray(probs, dtype=np.float64)
+    n_pool = len(probs)
+    n = min(int(n), n_pool)
+    thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(labels),)).copy()
+    if strategy in NEEDS_EMBEDDINGS and (embeddings is None or len(embeddings) != n_pool):
+        raise ConfigError(f"suggest.strategy={strategy!r} needs one embedding per pool row")
+    out = Suggestion()
+    if n <= 0:
+        return out
+    if cover_rare_labels and labelled_counts is not None:
+        out = rare_label_rows(probs, labels, labelled_counts, n, rare_rows_per_label)
+    left = np.setdiff1d(np.arange(n_pool), np.asarray(out.positions, dtype=np.int64))
+    k = n - len(out.positions)
+    if k <= 0:
+        return out
+    sub = probs[left]
+    if strategy == "random":
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(left), size=k, replace=False)
+        part = Suggestion([int(i) for i in pick], [0.0] * k, ["random draw (the control)"] * k)
+    elif strategy in SINGLE_LABEL_ONLY:
+        order, unc = _small_text_ranking(strategy, sub, k)
+        part = Suggestion(
+            [int(i) for i in order],
+            [float(unc[i]) for i in order],
+            [_describe(strategy, float(unc[i])) for i in order],
+        )
+    elif strategy == "label_uncertainty":
+        if multi_label:
+            part = _label_round_robin(sub, labels, thr, k)
+        else:  # a single-label task: the margin between the two best labels
+            order, unc = _small_text_ranking("margin", sub, k)
+            part = Suggestion(
+                [int(i) for i in order],
+                [float(unc[i]) for i in order],
+                [_describe("margin", float(unc[i])) for i in order],
+            )
+    elif strategy == "diverse":
+        part = _diverse(sub, embeddings[left], multi_label, thr, k, candidate_factor, seed)
+    else:  # k_center
+        part = _k_center(embeddings[left], labelled_embeddings, k)
+    part.positions = [int(left[i]) for i in part.positions]
+    out.extend(part)
+    return out
