@@ -45,7 +45,7 @@ from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "train"
-VERSION = "2"
+VERSION = "3"
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
 MODIFIERS = {"aug": "augmented rows", "pseudo": "pseudo-labelled rows"}
@@ -85,6 +85,12 @@ class TrainConfig(BaseModel):
             on all of valid. With ``label_shift: pool`` the probabilities are calibrated first
             and the shift is estimated from the calibrated ones.
         calibration_min_rows: fewer valid rows than this: no calibration (identity, reported).
+        label_issues: the training rows the quality stage flags as probably mislabelled:
+            ``keep`` (train on them as given; the quality stage only reports them), ``drop``
+            (leave them and their augmented copies out) or ``relabel`` (train them with the
+            suggested labels, without their augmented copies). Needs the quality stage
+            unless ``keep``; the rows affected are counted in ``fit.json``, ``runs.json`` and
+            the summary.
         seed: random seed handed to every method.
         device: device, precision and batch sizes.
     """
@@ -106,6 +112,7 @@ class TrainConfig(BaseModel):
     label_shift_pool_rows: int = Field(4000, ge=1)
     calibration: Literal["auto", "temperature", "platt", "isotonic", "none"] = "auto"
     calibration_min_rows: int = Field(30, ge=2)
+    label_issues: Literal["keep", "drop", "relabel"] = "keep"
     seed: int = 0
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
@@ -340,6 +347,7 @@ def _builder(
     augmented: StageRef | None,
     pseudo: StageRef | None,
     adapted: StageRef | None,
+    quality: StageRef | None = None,
 ):
     def build(ctx: BuildContext) -> dict[str, Any]:
         from label_pipeline.data import load_slices, load_splits, read_label_info, write_label_info
@@ -355,6 +363,8 @@ def _builder(
                 raise InputDataError(f"{splits_ref.dir / 'splits'} has no {split!r} split")
         tr_texts, tr_y, tr_ids = _texts_and_y(splits["train"], labels)
         row_of = {i: r for r, i in enumerate(tr_ids)}
+        fixes = label_issue_fixes(quality, labels) if quality is not None else {}
+        tr_y = _relabel(tr_y, row_of, fixes, labels) if cfg.label_issues == "relabel" else tr_y
         va_texts, va_y, _ = _texts_and_y(splits["valid"], labels)
         te_texts, _, _ = _texts_and_y(splits["test"], labels)
         valid = LabelledTexts(va_texts, va_y, labels, multi_label)
@@ -392,7 +402,9 @@ def _builder(
                         f"{len(missing_ids)} id(s) not in the train split (first: "
                         f"{missing_ids[0]!r}); re-run the split stage"
                     )
-                rows = [row_of[i] for i in ids]
+                issue_ids = {i for i in ids if i in fixes}
+                left_out = issue_ids if cfg.label_issues == "drop" else set()
+                rows = [row_of[i] for i in ids if i not in left_out]
                 absent = [labels[j] for j in np.flatnonzero(tr_y[rows].sum(axis=0) == 0)]
                 if absent:
                     msg = (
@@ -411,7 +423,7 @@ def _builder(
                         multi_label,
                         aug if (cfg.use_augmented or "aug" in mods) else None,
                         pse if (cfg.use_pseudo or "pseudo" in mods) else None,
-                        set(ids),
+                        set(ids) - issue_ids,
                         cfg.pseudo_weight,
                     )
                     run_dir = ctx.dir / "runs" / spec / slice_name
@@ -482,6 +494,7 @@ def _builder(
                         "augmented_rows": int(train.info_aug),
                         "pseudo_rows": int(train.info_pseudo),
                         "labels_without_examples": absent,
+                        "label_issues": {"policy": cfg.label_issues, "rows": len(issue_ids)},
                         "info": fit_ctx.info,
                         **facts,
                     }
@@ -498,6 +511,7 @@ def _builder(
                             "decision_fallback": decision.note if decision.fallback else "",
                             "fallback": facts.get("fallback", ""),
                             "fit_seconds": facts.get("fit_seconds"),
+                            "label_issue_rows": len(issue_ids),
                             "calibration": _calibration_entry(cal_facts),
                         }
                     )
@@ -507,6 +521,7 @@ def _builder(
         (ctx.dir / "runs.json").write_text(json.dumps(_jsonable(runs), indent=2))
         _write_summary(ctx.dir, cfg, runs, warnings, encoder_note, device.describe(), len(va_y))
         return {
+            "label_issues": {"policy": cfg.label_issues, "flagged_training_rows": len(fixes)},
             "runs": len(runs),
             "methods": cfg.methods,
             "slices": names,
@@ -565,6 +580,33 @@ def _label_shift_pool(
         keep = np.sort(rng.choice(len(texts), cfg.label_shift_pool_rows, replace=False))
         texts = [texts[i] for i in keep]
     return texts
+
+
+def label_issue_fixes(quality: StageRef, labels: list[str]) -> dict[str, list[str]]:
+    """Training row id -> suggested labels, for the rows the quality stage flagged as
+    probably mislabelled (``issues/`` rows with ``flagged`` from the ``train`` split)."""
+    from tasks.quality import load_issues
+
+    out: dict[str, list[str]] = {}
+    for row in load_issues(quality):
+        if row["flagged"] and row["split"] == "train":
+            suggestion = [x for x in row["suggested"] if x in labels]
+            if suggestion:
+                out[str(row["id"])] = suggestion
+    return out
+
+
+def _relabel(
+    y: np.ndarray, row_of: dict[str, int], fixes: dict[str, list[str]], labels: list[str]
+) -> np.ndarray:
+    """``y`` with the rows named in ``fixes`` carrying the suggested labels instead."""
+    from label_pipeline.data import label_matrix
+
+    y = y.copy()
+    for row_id, suggestion in fixes.items():
+        if row_id in row_of:
+            y[row_of[row_id]] = label_matrix([suggestion], labels)[0]
+    return y
 
 
 class _TrainRows(LabelledTexts):
@@ -633,6 +675,16 @@ def _fmt(v: Any) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
+def _label_issues_line(cfg: TrainConfig, runs: list[dict[str, Any]]) -> str:
+    if cfg.label_issues == "keep":
+        return "- label issues: `keep` (training rows used as labelled; see the quality stage)"
+    counts = ", ".join(
+        f"{s} {n}" for s, n in dict.fromkeys((r["slice"], r["label_issue_rows"]) for r in runs)
+    )
+    what = "left out" if cfg.label_issues == "drop" else "relabelled with the suggestion"
+    return f"- label issues: `{cfg.label_issues}`: flagged training rows {what} per slice: {counts}"
+
+
 def _write_summary(
     directory: Path,
     cfg: TrainConfig,
@@ -661,6 +713,7 @@ def _write_summary(
         f"- device: {device}" + (f"; encoder: {encoder_note}" if encoder_note else ""),
         f"- decision rule tuned on {n_valid} valid rows "
         f"({'argmax' if runs and runs[0]['decision'] == 'argmax' else cfg.threshold + ' threshold'})",
+        _label_issues_line(cfg, runs),
         "",
         md_table(table),
     ]
@@ -693,6 +746,7 @@ def run_train(
     augmented: StageRef | None = None,
     pseudo: StageRef | None = None,
     adapted: StageRef | None = None,
+    quality: StageRef | None = None,
     refresh: bool = False,
 ) -> StageRef:
     """Fit every method on every slice of the split stage; see the module docstring."""
@@ -705,15 +759,35 @@ def run_train(
         pseudo = None
     if cfg.encoder != "adapted":
         adapted = None
+    if cfg.label_issues == "keep":
+        quality = None
+    elif quality is None:
+        raise ConfigError(
+            f"train.label_issues={cfg.label_issues!r} acts on the quality stage's flagged rows, "
+            "but the quality stage did not run; enable it (quality.enabled: true) or set "
+            "train.label_issues: keep"
+        )
     splits = store.localize(splits)
     augmented = store.localize(augmented) if augmented is not None else None
     pseudo = store.localize(pseudo) if pseudo is not None else None
     adapted = store.localize(adapted) if adapted is not None else None
+    quality = store.localize(quality) if quality is not None else None
     inputs = stage_inputs(
-        {"splits": splits, "augmented": augmented, "pseudo": pseudo, "adapted": adapted}
+        {
+            "splits": splits,
+            "augmented": augmented,
+            "pseudo": pseudo,
+            "adapted": adapted,
+            "quality": quality,
+        }
     )
     return store.build(
-        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, augmented, pseudo, adapted), refresh
+        STAGE,
+        VERSION,
+        cfg,
+        inputs,
+        _builder(cfg, splits, augmented, pseudo, adapted, quality),
+        refresh,
     )
 
 

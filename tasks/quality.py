@@ -1,0 +1,498 @@
+"""The `quality` stage: which labelled rows are probably mislabelled, before anything trains on them.
+
+Runs after the split stage. The labelled rows of ``splits`` (default: the training split)
+are scored out of fold by a fast method (``label_pipeline.label_quality``: stratified K-fold,
+no row scored by a model that saw it), cleanlab flags the rows whose given labels are
+probably wrong and the out-of-fold model suggests labels for them. With the optional inputs:
+
+- ``clean``: copies of one text (exact or near duplicates) that carry different labels, from
+  the clean stage's ``conflicts.json`` (with ``clean.conflicts: report`` both copies stay);
+- ``zero_shot``: the labelled rows are scored by the zero-shot stage's backend against the
+  label names; a label whose rows do not score higher on it than the other rows (ROC AUC
+  below ``zero_shot_min_auc``) is reported.
+
+The train stage acts on the result with ``train.label_issues`` (``keep``: report only;
+``drop``: leave the flagged rows out; ``relabel``: train them with the suggested labels).
+
+Output directory:
+
+- ``label_issues.csv``: one row per labelled row with an issue, most suspicious first:
+  ``id``, ``text``, ``split``, ``given_labels``, ``suggested_labels`` (joined by
+  ``label_separator``), ``score`` (cleanlab's label quality score in [0, 1]: low = the given
+  labels are probably wrong), ``issue`` (``mislabelled``, ``conflicting_duplicate``, both
+  joined by ``;``), ``detail``, ``zero_shot_top`` (the label whose name the text matches
+  best, when zero_shot ran) and a blank ``labels`` column: write the right labels there
+  (a filled file has the ``id``/``labels`` columns of ``ingest.extra_labels``);
+- ``issues/``: the same rows as an Arrow dataset, with ``given`` and ``suggested`` label
+  lists, the out-of-fold ``prob_<label>`` columns and ``flagged`` (True where cleanlab
+  flagged the row: the rows ``train.label_issues`` acts on);
+- ``label_checks.json``: per label, the zero-shot check (AUC, share of its rows the
+  label's name wins, mean scores), empty without zero_shot;
+- ``quality.json``: rows checked, folds, method, counts per issue kind, cleanlab's estimate;
+- ``labels.json``, ``summary.md``, ``sample.json`` (the most suspicious rows: the
+  ``quality-sample`` table in the Prefect UI).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from label_pipeline.artifacts import md_table
+from label_pipeline.devices import DeviceConfig, choose_device
+from label_pipeline.errors import ConfigError, InputDataError
+from label_pipeline.label_quality import (
+    CONFLICT,
+    MISLABELLED,
+    conflict_issues,
+    find_mislabelled,
+    label_name_check,
+    out_of_fold_probs,
+)
+from label_pipeline.methods.base import FitContext, LabelledTexts, get_method
+from label_pipeline.models import DEFAULT_ENCODER, resolve_model
+from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.progress import Progress, stage_logger
+from label_pipeline.store import BuildContext, StageRef, StageStore
+
+STAGE = "quality"
+VERSION = "1"
+ISSUES_CSV = "label_issues.csv"
+CSV_COLUMNS = [
+    "id",
+    "text",
+    "split",
+    "given_labels",
+    "suggested_labels",
+    "score",
+    "issue",
+    "detail",
+    "zero_shot_top",
+    "labels",
+]
+FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning")
+
+
+class QualityConfig(BaseModel):
+    """The label-quality check of the labelled rows.
+
+    Attributes:
+        enabled: run the stage.
+        method: registered method (``label_pipeline.methods``) fitted on each fold; a fast
+            one: ``embed_lr`` (frozen encoder + logistic regression, the default),
+            ``tfidf_nb``, ``knn``; ``finetune`` or ``setfit`` are stronger and K times slower.
+        method_params: constructor keyword arguments of ``method``.
+        folds: at most this many folds (fewer when a label has fewer rows).
+        splits: labelled splits whose rows are checked, scored together in the folds
+            (``train``, ``valid``, ``test``). The train stage acts on the training rows only.
+        filter_by: cleanlab's rule for flagging a row (``prune_by_noise_rate``: the rows
+            least likely to carry their label, as many as the estimated noise;
+            ``prune_by_class``, ``both``, ``confident_learning``).
+        min_margin: single-label: also require the suggested label's out-of-fold probability
+            to exceed the given label's by this much (0: cleanlab's verdict as is; higher:
+            fewer, surer flags).
+        encoder: encoder of the embedding methods: ``base`` (all-MiniLM-L6-v2) or a model
+            reference.
+        zero_shot_min_auc: a label whose zero-shot score separates its rows from the others
+            with a ROC AUC below this is reported as disagreeing with its name.
+        label_separator: joins several labels in the CSV's label columns.
+        sample_rows: most suspicious rows in ``sample.json``.
+        seed: fold assignment and the method's seed.
+        device: device, precision and batch sizes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    method: str = "embed_lr"
+    method_params: dict[str, Any] = Field(default_factory=dict)
+    folds: int = Field(5, ge=2, le=20)
+    splits: list[Literal["train", "valid", "test"]] = Field(default_factory=lambda: ["train"])
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning"] = (
+        "prune_by_noise_rate"
+    )
+    min_margin: float = Field(0.0, ge=0.0, le=1.0)
+    encoder: str = "base"
+    zero_shot_min_auc: float = Field(0.6, ge=0.0, le=1.0)
+    label_separator: str = ";"
+    sample_rows: int = Field(20, ge=0, le=200)
+    seed: int = 0
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _labelled_rows(
+    splits: Any, names: list[str], labels: list[str], multi_label: bool, path: Path
+) -> tuple[LabelledTexts, list[str]]:
+    """The labelled rows of the named splits (and which split each came from)."""
+    from label_pipeline.data import label_matrix
+
+    texts, ys, ids, origin = [], [], [], []
+    for name in names:
+        if name not in splits:
+            raise ConfigError(
+                f"quality.splits names {name!r}, but {path} has only {list(splits)}; "
+                "remove it from quality.splits"
+            )
+        part = splits[name]
+        keep = [i for i, lab in enumerate(part["labels"]) if len(lab) > 0]
+        sub = part.select(keep)
+        texts += [str(t) for t in sub["text"]]
+        ys.append(label_matrix([list(x) for x in sub["labels"]], labels))
+        ids += [str(i) for i in sub["id"]]
+        origin += [name] * len(sub)
+    y = np.concatenate(ys) if ys else np.zeros((0, len(labels)), np.int64)
+    if not len(texts):
+        raise InputDataError(
+            f"{path}: the split(s) {names} hold no labelled row; nothing to check. Set "
+            "quality.splits to splits with labels or disable the stage (quality.enabled: false)"
+        )
+    return LabelledTexts(texts, y, labels, multi_label, ids=ids), origin
+
+
+def _valid_rows(part: Any, labels: list[str], multi_label: bool) -> LabelledTexts | None:
+    from label_pipeline.data import label_matrix
+
+    keep = [i for i, lab in enumerate(part["labels"]) if len(lab) > 0]
+    if not keep:
+        return None
+    sub = part.select(keep)
+    y = label_matrix([list(x) for x in sub["labels"]], labels)
+    return LabelledTexts([str(t) for t in sub["text"]], y, labels, multi_label)
+
+
+def zero_shot_scores(zero_shot: StageRef, splits_dir: Path, texts: list[str]) -> np.ndarray:
+    """Scores (rows x labels) of ``texts`` from the zero_shot stage's backend, with its
+    configuration (label descriptions, template, temperature) as recorded in its manifest."""
+    from tasks.zero_shot import ZeroShotConfig, label_spec, load_backend
+
+    man = zero_shot.manifest()
+    cfg = ZeroShotConfig.model_validate(man.get("config") or {})
+    backend = man.get("backend") or cfg.backend
+    cfg = cfg.model_copy(update={"backend": backend})
+    encoder_dir = None
+    model = Path(str(man.get("model", "")))
+    if backend == "fill_mask" and model.name == "model" and model.is_dir():
+        encoder_dir = model.parent  # the adapt stage's encoder it scored with
+    spec = label_spec(splits_dir, cfg)
+    scorer, _ = load_backend(cfg, encoder_dir)
+    result = scorer.score(texts, spec.labels, spec.label_texts, spec.multi_label)
+    return np.asarray(result.scores, dtype=np.float64)
+
+
+def _conflicts(clean: StageRef | None) -> list[dict[str, Any]] | None:
+    if clean is None:
+        return None
+    path = clean.dir / "conflicts.json"
+    if not path.is_file():
+        raise InputDataError(f"{path} is missing; re-run the clean stage (refresh clean)")
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _encoder(cfg: QualityConfig) -> str:
+    ref = DEFAULT_ENCODER if cfg.encoder == "base" else cfg.encoder
+    return str(resolve_model(ref, "quality.encoder"))
+
+
+def _join(names: list[str], sep: str) -> str:
+    return sep.join(names)
+
+
+def _builder(
+    cfg: QualityConfig, splits_ref: StageRef, clean: StageRef | None, zero_shot: StageRef | None
+):
+    def build(ctx: BuildContext) -> dict[str, Any]:
+        import datasets
+
+        from label_pipeline.data import (
+            load_splits,
+            read_label_info,
+            save_dataset,
+            write_label_info,
+        )
+
+        log = stage_logger()
+        labels, multi_label = read_label_info(splits_ref.dir)
+        splits = load_splits(splits_ref.dir)
+        rows, origin = _labelled_rows(
+            splits, list(dict.fromkeys(cfg.splits)), labels, multi_label, splits_ref.dir
+        )
+        # the methods may tune or stop early on valid, unless its rows are being checked
+        valid = None
+        if "valid" not in cfg.splits and "valid" in splits:
+            valid = _valid_rows(splits["valid"], labels, multi_label)
+        device = choose_device(cfg.device)
+        encoder = _encoder(cfg)
+        work = tempfile.TemporaryDirectory(prefix="lp-quality-")
+
+        def context() -> FitContext:
+            return FitContext(
+                device=device, seed=cfg.seed, encoder=encoder, work_dir=Path(work.name)
+            )
+
+        with work, Progress(cfg.folds, STAGE, f"out-of-fold {cfg.method}", unit="folds") as prog:
+            oof = out_of_fold_probs(
+                rows,
+                cfg.method,
+                cfg.method_params,
+                cfg.folds,
+                cfg.seed,
+                context,
+                valid,
+                on_fold=lambda: prog.update(1),
+            )
+        n = len(rows)
+        if oof.ok:
+            verdict = find_mislabelled(
+                rows.y, oof.probs, multi_label, cfg.filter_by, cfg.min_margin
+            )
+            flagged, quality, suggested = verdict.flagged, verdict.quality, verdict.suggested
+        else:
+            log.warning("quality: no out-of-fold scores: %s", oof.folds)
+            flagged = np.zeros(n, bool)
+            quality = np.full(n, np.nan)
+            suggested = [[] for _ in range(n)]
+            verdict = None
+
+        conflicts = _conflicts(clean)
+        conflict_of = conflict_issues(conflicts or [], set(rows.ids or []))
+
+        zs_top: list[str] = [""] * n
+        checks: list[dict[str, Any]] = []
+        if zero_shot is not None:
+            scores = zero_shot_scores(zero_shot, splits_ref.dir, rows.texts)
+            zs_top = [labels[j] for j in scores.argmax(axis=1)]
+            checks = label_name_check(rows.y, scores, labels, cfg.zero_shot_min_auc)
+
+        ids = rows.ids or []
+        sep = cfg.label_separator
+        issue_rows: list[dict[str, Any]] = []
+        for i in range(n):
+            kinds, details = [], []
+            if flagged[i]:
+                kinds.append(MISLABELLED)
+                g = [j for j in np.flatnonzero(rows.y[i])]
+                details.append(
+                    "out-of-fold probability of the given label(s) "
+                    + ", ".join(f"{labels[j]} {oof.probs[i, j]:.2f}" for j in g)
+                    + "; suggested "
+                    + ", ".join(f"{labels[j]} {oof.probs[i, j]:.2f}" for j in suggested[i])
+                )
+            if ids[i] in conflict_of:
+                kinds.append(CONFLICT)
+                details.append(conflict_of[ids[i]])
+            if not kinds:
+                continue
+            issue_rows.append(
+                {
+                    "id": ids[i],
+                    "text": rows.texts[i],
+                    "split": origin[i],
+                    "given_labels": _join([labels[j] for j in np.flatnonzero(rows.y[i])], sep),
+                    "suggested_labels": _join([labels[j] for j in suggested[i]], sep),
+                    "score": None if np.isnan(quality[i]) else round(float(quality[i]), 4),
+                    "issue": ";".join(kinds),
+                    "detail": " | ".join(details),
+                    "zero_shot_top": zs_top[i],
+                    "labels": "",
+                    "flagged": bool(flagged[i]),
+                    "_row": i,
+                }
+            )
+        issue_rows.sort(key=lambda r: (r["score"] is None, r["score"] or 0.0, r["id"]))
+        _write_csv(ctx.dir / ISSUES_CSV, issue_rows)
+        probs_cols = {
+            f"prob_{name}": [float(oof.probs[r["_row"], j]) for r in issue_rows]
+            for j, name in enumerate(labels)
+        }
+        feats = {c: datasets.Value("string") for c in CSV_COLUMNS}
+        feats["score"] = datasets.Value("float32")
+        feats["flagged"] = datasets.Value("bool")
+        feats["given"] = datasets.Sequence(datasets.Value("string"))
+        feats["suggested"] = datasets.Sequence(datasets.Value("string"))
+        feats.update({c: datasets.Value("float32") for c in probs_cols})
+        table = {c: [r[c] for r in issue_rows] for c in [*CSV_COLUMNS, "flagged"]}
+        table["given"] = [
+            [labels[j] for j in np.flatnonzero(rows.y[r["_row"]])] for r in issue_rows
+        ]
+        table["suggested"] = [[labels[j] for j in suggested[r["_row"]]] for r in issue_rows]
+        table.update(probs_cols)
+        save_dataset(
+            datasets.Dataset.from_dict(table, features=datasets.Features(feats)),
+            ctx.dir / "issues",
+        )
+        (ctx.dir / "label_checks.json").write_text(json.dumps(checks, indent=1))
+        write_label_info(ctx.dir, labels, multi_label)
+        by_kind = {
+            MISLABELLED: int(flagged.sum()),
+            CONFLICT: sum(1 for r in issue_rows if CONFLICT in r["issue"]),
+        }
+        facts = {
+            "rows_checked": n,
+            "rows_by_split": {s: origin.count(s) for s in dict.fromkeys(origin)},
+            "method": cfg.method,
+            "folds": oof.folds,
+            "fit_seconds": oof.fit_seconds,
+            "issues": len(issue_rows),
+            "issues_by_kind": by_kind,
+            "flagged_by_split": {
+                s: int(sum(flagged[i] for i in range(n) if origin[i] == s))
+                for s in dict.fromkeys(origin)
+            },
+            "cleanlab_estimate": verdict.estimated_issues if verdict else None,
+            "conflicts_read": None if conflicts is None else len(conflicts),
+            "zero_shot": zero_shot is not None,
+            "labels_disagreeing_with_name": [c["label"] for c in checks if c["disagrees"]],
+        }
+        (ctx.dir / "quality.json").write_text(json.dumps(facts, indent=1))
+        for r in issue_rows:
+            r.pop("_row")
+        write_summary(
+            ctx.dir,
+            _summary(cfg, facts, issue_rows, checks, clean is not None, oof.ok),
+            [
+                {
+                    k: r[k]
+                    for k in ("id", "given_labels", "suggested_labels", "score", "issue", "text")
+                }
+                for r in issue_rows[: cfg.sample_rows]
+            ],
+        )
+        if by_kind[MISLABELLED]:
+            log.info(
+                "quality: %d of %d labelled rows are probably mislabelled; see %s",
+                by_kind[MISLABELLED],
+                n,
+                ctx.dir / ISSUES_CSV,
+            )
+        return facts
+
+    return build
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if r[k] is None else r[k] for k in CSV_COLUMNS})
+
+
+def _f(v: Any) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _summary(
+    cfg: QualityConfig,
+    facts: dict[str, Any],
+    issue_rows: list[dict[str, Any]],
+    checks: list[dict[str, Any]],
+    had_clean: bool,
+    scored: bool,
+) -> str:
+    kinds = facts["issues_by_kind"]
+    lines = [
+        f"- labelled rows checked: **{facts['rows_checked']}** "
+        f"({', '.join(f'{k} {v}' for k, v in facts['rows_by_split'].items())})",
+        f"- out-of-fold model: `{cfg.method}`, {facts['folds']}"
+        + (f", {facts['fit_seconds']:.1f} s" if scored else " (no mislabel check)"),
+        f"- probably mislabelled (cleanlab `{cfg.filter_by}`"
+        + (f", margin >= {cfg.min_margin:g}" if cfg.min_margin else "")
+        + f"): **{kinds[MISLABELLED]}**"
+        + (
+            f" (cleanlab's own estimate: {facts['cleanlab_estimate']})"
+            if facts["cleanlab_estimate"] is not None
+            else ""
+        ),
+        f"- conflicting duplicates among them: **{kinds[CONFLICT]}**"
+        + ("" if had_clean else " (the clean stage's conflicts were not passed in)"),
+        f"- every issue, with a blank `labels` column to fill in: `{ISSUES_CSV}`",
+        "",
+    ]
+    if issue_rows:
+        lines += [
+            "### Most suspicious rows",
+            "",
+            md_table(
+                [
+                    {
+                        "id": r["id"],
+                        "given": r["given_labels"],
+                        "suggested": r["suggested_labels"],
+                        "score": r["score"],
+                        "issue": r["issue"],
+                        "text": r["text"][:80],
+                    }
+                    for r in issue_rows[:15]
+                ]
+            ),
+        ]
+    if checks:
+        bad = [c["label"] for c in checks if c["disagrees"]]
+        lines += [
+            "### Labels against their names (zero-shot score of the label's name)",
+            "",
+            md_table(
+                [
+                    {
+                        "label": c["label"],
+                        "rows": c["rows"],
+                        "AUC": _f(c["auc"]),
+                        "name wins": _f(c["top_share"]),
+                        "score own rows": _f(c["mean_score_own"]),
+                        "score other rows": _f(c["mean_score_other"]),
+                        "disagrees": "yes" if c["disagrees"] else "",
+                    }
+                    for c in checks
+                ]
+            ),
+            (
+                f"Label(s) {bad}: their rows do not score higher on the label's name than the "
+                f"other rows (AUC < {cfg.zero_shot_min_auc:g}): the name does not describe "
+                "them (give zero_shot.descriptions) or their rows are labelled inconsistently."
+                if bad
+                else "Every label's rows score higher on its name than the other rows."
+            ),
+            "",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def run_quality(
+    store: StageStore,
+    cfg: QualityConfig,
+    splits: StageRef,
+    clean: StageRef | None = None,
+    zero_shot: StageRef | None = None,
+    refresh: bool = False,
+) -> StageRef:
+    """Check the labelled rows of the split stage; see the module docstring."""
+    get_method(cfg.method)  # fail before any work, listing the available methods
+    splits = store.localize(splits)
+    clean = store.localize(clean) if clean is not None else None
+    zero_shot = store.localize(zero_shot) if zero_shot is not None else None
+    inputs = stage_inputs({"splits": splits, "clean": clean, "zero_shot": zero_shot})
+    return store.build(
+        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, clean, zero_shot), refresh
+    )
+
+
+def load_issues(ref: StageRef) -> Any:
+    """The quality stage's ``issues/`` dataset."""
+    import datasets
+
+    path = ref.dir / "issues"
+    if not path.is_dir():
+        raise InputDataError(f"{path} is missing; re-run the quality stage (refresh quality)")
+    return datasets.load_from_disk(str(path))

@@ -1,0 +1,274 @@
+"""The quality stage and label_pipeline.label_quality on split directories the tests write:
+planted wrong labels are flagged with the right suggestion, conflicting duplicates are listed,
+labels whose rows disagree with their name are reported, and train.label_issues acts on the
+flagged rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import datasets
+import numpy as np
+import pytest
+from train_fixtures import LABELS, make_splits_dir, splits_ref
+
+from label_pipeline.errors import ConfigError
+from label_pipeline.label_quality import (
+    conflict_issues,
+    find_mislabelled,
+    label_name_check,
+    out_of_fold_probs,
+    pool_agreement,
+    stratified_folds,
+)
+from label_pipeline.methods.base import FitContext, LabelledTexts
+from label_pipeline.methods.baselines import NaiveBayes
+from label_pipeline.store import StageRef, StageStore
+from tasks.quality import ISSUES_CSV, QualityConfig, load_issues, run_quality
+from tasks.train import TrainConfig, run_train
+
+FAST = {"method": "naive_bayes"}
+
+
+def _planted_split(tmp_path, multi_label=False, plant=None, n_train=60):
+    """A separable split directory whose training rows ``plant`` ({row id: wrong labels})
+    carry wrong labels; returns (directory, {row id: true labels})."""
+    base = make_splits_dir(tmp_path / "split-base", multi_label=multi_label, n_train=n_train)
+    dd = datasets.load_from_disk(str(base / "splits"))
+    train = dd["train"].to_dict()
+    truth = {}
+    for row_id, wrong in (plant or {}).items():
+        r = train["id"].index(row_id)
+        truth[row_id] = train["labels"][r]
+        assert sorted(wrong) != sorted(train["labels"][r])
+        train["labels"][r] = wrong
+    out = tmp_path / "split"
+    parts = {k: v for k, v in dd.items() if k != "train"}
+    parts["train"] = datasets.Dataset.from_dict(train, features=dd["train"].features)
+    datasets.DatasetDict(parts).save_to_disk(str(out / "splits"))
+    for f in ("slices.json", "labels.json", "manifest.json"):
+        shutil.copyfile(base / f, out / f)
+    return out, truth
+
+
+def _csv_rows(ref):
+    with (ref.dir / ISSUES_CSV).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_planted_mislabelled_row_is_flagged_with_its_true_label(tmp_path):
+    # train-4 is a "feature" row (4 % 3 = 1) labelled "question"
+    split_dir, truth = _planted_split(tmp_path, plant={"train-4": ["question"]})
+    store = StageStore(tmp_path / "store")
+    ref = run_quality(store, QualityConfig(**FAST), splits_ref(split_dir))
+    rows = _csv_rows(ref)
+    flagged = {r["id"]: r for r in rows if "mislabelled" in r["issue"]}
+    assert "train-4" in flagged
+    row = flagged["train-4"]
+    assert row["given_labels"] == "question" and row["suggested_labels"] == "feature"
+    assert row["labels"] == "" and float(row["score"]) < 0.5
+    # the planted row is the most suspicious one, and few clean rows are flagged with it
+    assert rows[0]["id"] == "train-4"
+    assert len(flagged) <= 3
+    assert list(rows[0]) == [
+        "id",
+        "text",
+        "split",
+        "given_labels",
+        "suggested_labels",
+        "score",
+        "issue",
+        "detail",
+        "zero_shot_top",
+        "labels",
+    ]
+    facts = json.loads((ref.dir / "quality.json").read_text())
+    assert facts["rows_checked"] == 60 and facts["folds"] == "5-fold stratified"
+    issues = load_issues(ref)
+    r = issues.filter(lambda x: x["id"] == "train-4")[0]
+    assert r["flagged"] and r["suggested"] == ["feature"] and r["given"] == ["question"]
+    assert r["prob_feature"] > r["prob_question"]
+    summary = (ref.dir / "summary.md").read_text()
+    assert "probably mislabelled" in summary and "train-4" in summary
+    assert json.loads((ref.dir / "sample.json").read_text())[0]["id"] == "train-4"
+
+
+def test_planted_multi_label_error_is_flagged(tmp_path):
+    # train-3 is a "bug" row (single label) labelled "question"
+    split_dir, _ = _planted_split(tmp_path, multi_label=True, plant={"train-3": ["question"]})
+    ref = run_quality(StageStore(tmp_path / "store"), QualityConfig(**FAST), splits_ref(split_dir))
+    flagged = {r["id"]: r for r in _csv_rows(ref) if "mislabelled" in r["issue"]}
+    assert "train-3" in flagged
+    assert "bug" in flagged["train-3"]["suggested_labels"].split(";")
+
+
+def test_out_of_fold_probs_never_come_from_a_model_that_saw_the_row():
+    # every text is unique and labelled by a word only it carries: a model that saw the row
+    # would be sure of it, a model that did not can only guess
+    texts = [f"token{i}" for i in range(30)]
+    y = np.eye(3, dtype=np.int64)[[i % 3 for i in range(30)]]
+    rows = LabelledTexts(texts, y, LABELS, False)
+    oof = out_of_fold_probs(rows, "naive_bayes", {}, 5, 0, lambda: FitContext(seed=0))
+    assert oof.ok and oof.folds == "5-fold stratified"
+    assert oof.probs.shape == (30, 3)
+    np.testing.assert_allclose(oof.probs.sum(axis=1), 1.0)
+    assert oof.probs.max() < 0.5  # held-out texts share no word with the training folds
+    assert len(oof.fold_info) == 5 and sum(f["held_out"] for f in oof.fold_info) == 30
+
+
+def test_folds_shrink_to_the_smallest_label_and_stop_below_two():
+    y = np.eye(3, dtype=np.int64)[[0] * 10 + [1] * 10 + [2] * 3]
+    splits, how = stratified_folds(y, False, 5, 0)
+    assert how == "3-fold stratified" and len(splits) == 3
+    held = np.concatenate([te for _, te in splits])
+    assert sorted(held.tolist()) == list(range(23))
+    none, why = stratified_folds(np.eye(2, dtype=np.int64)[[0, 1]], False, 5, 0)
+    assert none == [] and "cross-validation" in why
+    ml, how_ml = stratified_folds(np.ones((6, 2), np.int64), True, 5, 0)
+    assert ml == [] and "too few" in how_ml
+
+
+def test_find_mislabelled_margin_and_suggestion():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.1, 0.9], [0.55, 0.45]] * 4)
+    y = np.eye(2, dtype=np.int64)[[0, 0, 1, 1, 1] * 4]  # every 5th row: given 1, model 0
+    verdict = find_mislabelled(y, probs, False)
+    wrong = np.arange(4, 20, 5)
+    assert set(np.flatnonzero(verdict.flagged)) <= set(wrong)
+    assert all(verdict.suggested[i] == [0] for i in wrong)
+    assert verdict.quality[wrong].max() < verdict.quality[np.arange(0, 20, 5)].min()
+    strict = find_mislabelled(y, probs, False, min_margin=0.2)
+    assert not strict.flagged.any()  # 0.55 - 0.45 < 0.2
+
+
+def test_conflict_issues_name_the_other_copy_and_its_labels():
+    conflicts = [
+        {"kind": "near", "ids": ["a", "b"], "labels": [["bug"], ["question"]], "similarity": 0.9},
+        {"kind": "exact", "ids": ["c", "gone"], "labels": [["bug"], ["feature"]]},
+    ]
+    out = conflict_issues(conflicts, {"a", "b", "c"})
+    assert out["a"] == "near duplicate (similarity 0.90) of b [question]"
+    assert out["b"] == "near duplicate (similarity 0.90) of a [bug]"
+    assert out["c"] == "same text of gone [feature]" and "gone" not in out
+
+
+def test_conflicting_near_duplicates_from_the_clean_stage_are_listed(tmp_path):
+    split_dir, _ = _planted_split(tmp_path)
+    clean_dir = tmp_path / "clean"
+    clean_dir.mkdir()
+    (clean_dir / "conflicts.json").write_text(
+        json.dumps(
+            [
+                {
+                    "kind": "near",
+                    "ids": ["train-0", "train-1"],
+                    "labels": [["bug"], ["feature"]],
+                    "texts": ["x", "y"],
+                    "similarity": 0.88,
+                    "action": "kept one copy per label set",
+                }
+            ]
+        )
+    )
+    clean = StageRef(stage="clean", fingerprint="c", path=str(clean_dir))
+    ref = run_quality(
+        StageStore(tmp_path / "store"), QualityConfig(**FAST), splits_ref(split_dir), clean=clean
+    )
+    rows = {r["id"]: r for r in _csv_rows(ref)}
+    assert "conflicting_duplicate" in rows["train-0"]["issue"]
+    assert "train-1 [feature]" in rows["train-0"]["detail"]
+    assert (
+        json.loads((ref.dir / "quality.json").read_text())["issues_by_kind"][
+            "conflicting_duplicate"
+        ]
+        == 2
+    )
+
+
+def test_label_name_check_flags_a_label_its_rows_do_not_match():
+    rng = np.random.default_rng(0)
+    y = np.eye(3, dtype=np.int64)[rng.integers(0, 3, 90)]
+    scores = rng.random((90, 3)) * 0.2
+    scores[:, 0] += 0.8 * y[:, 0]  # label 0's rows score high on its name
+    scores[:, 1] += 0.8 * y[:, 1]
+    scores[:, 2] += 0.8 * y[:, 0]  # label 2's name matches label 0's rows instead
+    checks = {c["label"]: c for c in label_name_check(y, scores, LABELS)}
+    assert checks["bug"]["auc"] > 0.95 and not checks["bug"]["disagrees"]
+    assert checks["question"]["auc"] < 0.6 and checks["question"]["disagrees"]
+    assert checks["question"]["top_share"] < 0.5 and checks["feature"]["top_share"] > 0.9
+
+
+def test_zero_shot_stage_backend_scores_the_labelled_rows(tmp_path, tiny_mlm_dir):
+    split_dir, _ = _planted_split(tmp_path)
+    zs_dir = tmp_path / "zs"
+    zs_dir.mkdir()
+    cfg = {"backend": "embedding", "embedding_model": str(tiny_mlm_dir), "temperature": 0.05}
+    (zs_dir / "manifest.json").write_text(
+        json.dumps({"config": cfg, "backend": "embedding", "model": str(tiny_mlm_dir)})
+    )
+    zs = StageRef(stage="zero_shot", fingerprint="z", path=str(zs_dir))
+    ref = run_quality(
+        StageStore(tmp_path / "store"), QualityConfig(**FAST), splits_ref(split_dir), zero_shot=zs
+    )
+    checks = json.loads((ref.dir / "label_checks.json").read_text())
+    assert [c["label"] for c in checks] == LABELS
+    assert all(0.0 <= c["auc"] <= 1.0 and c["rows"] == 20 for c in checks)
+    assert "Labels against their names" in (ref.dir / "summary.md").read_text()
+
+
+def test_pool_agreement_counts_rows_with_a_pseudo_label():
+    pseudo = [["bug"], ["feature"], [], ["question"], ["bug"]]
+    predicted = [["bug"], ["question"], ["bug"], ["question"], ["bug"]]
+    out = pool_agreement(pseudo, predicted, LABELS)
+    assert out["rows"] == 4 and out["pool_rows"] == 5
+    assert out["exact_agreement"] == pytest.approx(0.75)
+    per = {p["label"]: p for p in out["per_label"]}
+    assert per["bug"] == {"label": "bug", "pseudo": 2, "predicted": 2, "both": 2, "agreement": 1.0}
+    assert per["feature"]["agreement"] == 0.0 and out["cohen_kappa"] is not None
+    with pytest.raises(ValueError, match="pseudo-label rows"):
+        pool_agreement(pseudo, predicted[:2], LABELS)
+
+
+def test_quality_stage_errors_name_the_setting(tmp_path):
+    split_dir, _ = _planted_split(tmp_path)
+    store = StageStore(tmp_path / "store")
+    with pytest.raises(ConfigError, match="unknown method"):
+        run_quality(store, QualityConfig(method="nope"), splits_ref(split_dir))
+    with pytest.raises(ConfigError, match="quality stage did not run"):
+        run_train(
+            store, TrainConfig(methods=["naive_bayes"], label_issues="drop"), splits_ref(split_dir)
+        )
+
+
+@pytest.mark.parametrize("policy", ["drop", "relabel"])
+def test_train_drops_or_relabels_the_flagged_rows(tmp_path, policy):
+    split_dir, _ = _planted_split(tmp_path, plant={"train-4": ["question"]})
+    store = StageStore(tmp_path / "store")
+    split = splits_ref(split_dir)
+    quality = run_quality(store, QualityConfig(**FAST), split)
+    flagged = sum(load_issues(quality)["flagged"])
+    assert flagged >= 1
+    kept = run_train(store, TrainConfig(methods=["naive_bayes"]), split, quality=quality)
+    acted = run_train(
+        store, TrainConfig(methods=["naive_bayes"], label_issues=policy), split, quality=quality
+    )
+    # keep leaves the quality stage out of the fingerprint; drop/relabel depend on it
+    assert "quality" not in kept.manifest()["inputs"] and "quality" in acted.manifest()["inputs"]
+    kept_run = json.loads((kept.dir / "runs.json").read_text())[0]
+    run = json.loads((acted.dir / "runs.json").read_text())[0]
+    fit = json.loads((acted.dir / "runs/naive_bayes/all/fit.json").read_text())
+    assert fit["label_issues"] == {"policy": policy, "rows": flagged}
+    assert run["label_issue_rows"] == flagged
+    expected_rows = kept_run["train_rows"] - (flagged if policy == "drop" else 0)
+    assert run["train_rows"] == expected_rows
+    assert f"label issues: `{policy}`" in (acted.dir / "summary.md").read_text()
+    # the rows the model learnt from: one "question" fewer; relabel: one "feature" more
+    counts = {}
+    for ref in (kept, acted):
+        model = NaiveBayes.load(ref.dir / "runs/naive_bayes/all/model")
+        counts[ref.fingerprint] = dict(zip(LABELS, model.clf_.single_.class_count_, strict=True))
+    before, after = counts[kept.fingerprint], counts[acted.fingerprint]
+    if flagged == 1:
+        assert after["question"] == before["question"] - 1
+        assert after["feature"] == before["feature"] + (1 if policy == "relabel" else 0)
