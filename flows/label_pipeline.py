@@ -22,7 +22,19 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.runners import run_with_runner
 from label_pipeline.shards import map_zero_shot_shards
 from label_pipeline.store import StageRef
-from tasks import adapt, augment, clean, evaluate, ingest, label, split, suggest, train, zero_shot
+from tasks import (
+    adapt,
+    augment,
+    clean,
+    evaluate,
+    ingest,
+    label,
+    quality,
+    split,
+    suggest,
+    train,
+    zero_shot,
+)
 from tasks import report as report_stage
 
 ingest_task = stage_task(ingest.run_ingest, ingest.STAGE, ingest.VERSION, ingest.source_inputs)
@@ -34,6 +46,7 @@ split_task = stage_task(split.run_split, split.STAGE, split.VERSION)
 augment_task = stage_task(augment.run_augment, augment.STAGE, augment.VERSION)
 zero_shot_task = stage_task(zero_shot.run_zero_shot, zero_shot.STAGE, zero_shot.VERSION)
 adapt_task = stage_task(adapt.run_adapt, adapt.STAGE, adapt.VERSION)
+quality_task = stage_task(quality.run_quality, quality.STAGE, quality.VERSION)
 train_task = stage_task(train.run_train, train.STAGE, train.VERSION)
 evaluate_task = stage_task(evaluate.run_evaluate, evaluate.STAGE, evaluate.VERSION)
 label_task = stage_task(label.run_label, label.STAGE, label.VERSION)
@@ -102,6 +115,15 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
             refs["review"] = review_task(
                 store, decision, refresh=cfg.refreshes("review"), source=refs["zero_shot"]
             )
+    if cfg.quality.enabled:  # the labelled rows checked before anything trains on them
+        refs["quality"] = quality_task(
+            store,
+            with_device(cfg.quality, cfg.device),
+            refresh=cfg.refreshes("quality"),
+            splits=splits,
+            clean=refs["clean"],
+            zero_shot=refs.get("zero_shot"),
+        )
     if train_cfg.enabled:
         refs["train"] = train_task(
             store,
@@ -111,6 +133,7 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
             augmented=refs.get("augment"),
             pseudo=refs.get("review") or refs.get("zero_shot"),
             adapted=refs.get("adapt"),
+            quality=refs.get("quality"),
         )
         if cfg.evaluate.enabled:
             refs["evaluate"] = evaluate_task(

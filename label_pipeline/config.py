@@ -21,6 +21,7 @@ from tasks.clean import CleanConfig
 from tasks.evaluate import EvaluateConfig
 from tasks.ingest import IngestConfig
 from tasks.label import LabelConfig
+from tasks.quality import QualityConfig
 from tasks.report import ReportConfig
 from tasks.split import SplitConfig
 from tasks.suggest import SuggestConfig
@@ -59,6 +60,7 @@ class PipelineConfig(BaseModel):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     zero_shot: ZeroShotConfig = Field(default_factory=ZeroShotConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
