@@ -36,6 +36,7 @@ STAGE_ORDER = (
     "augment",
     "zero_shot",
     "adapt",
+    "quality",
     "train",
     "evaluate",
     "label",
@@ -195,6 +196,108 @@ def calibration_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[str,
     return lines, out
 
 
+def _pool_agreement(refs: dict[str, StageRef]) -> dict[str, Any] | None:
+    """Zero-shot pseudo-labels (zero_shot ``unlabeled/``) against the final model's labels
+    (label ``labelled/``) on the pool rows both wrote, matched by id."""
+    import datasets
+
+    from label_pipeline.data import read_label_info
+    from label_pipeline.label_quality import pool_agreement
+
+    zs, lab = refs.get("zero_shot"), refs.get("label")
+    if zs is None or lab is None:
+        return None
+    if not (zs.dir / "unlabeled").is_dir() or not (lab.dir / "labelled").is_dir():
+        return None
+    pseudo_ds = datasets.load_from_disk(str(zs.dir / "unlabeled")).select_columns(["id", "labels"])
+    pred_ds = datasets.load_from_disk(str(lab.dir / "labelled"))
+    predicted = dict(
+        zip(
+            pred_ds["id"],
+            pred_ds.select_columns(["predicted_labels"])["predicted_labels"],
+            strict=True,
+        )
+    )
+    pairs = [
+        (list(p), list(predicted[i]))
+        for i, p in zip(pseudo_ds["id"], pseudo_ds["labels"], strict=True)
+        if i in predicted
+    ]
+    labels, _ = read_label_info(lab.dir)
+    return pool_agreement([a for a, _ in pairs], [b for _, b in pairs], labels)
+
+
+def label_quality_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[str, Any]]:
+    """Report lines on the labelled rows (the quality stage: probably mislabelled rows,
+    conflicting duplicates, labels against their names, what train did with them) and on
+    the agreement of the zero-shot pseudo-labels with the final model on the pool; and the
+    same as plain values for ``metrics.json``. Also publishes the most suspicious rows as
+    the ``report-label-issues`` table."""
+    lines: list[str] = []
+    out: dict[str, Any] = {}
+    quality = refs.get("quality")
+    if quality is not None:
+        facts = _read_json(quality.dir / "quality.json") or {}
+        checks = _read_json(quality.dir / "label_checks.json") or []
+        sample = _read_json(quality.dir / "sample.json") or []
+        out["quality"] = facts
+        kinds = facts.get("issues_by_kind", {})
+        trained = refs.get("train")
+        policy = "keep"
+        if trained is not None:
+            policy = (_manifest(trained).get("config") or {}).get("label_issues", "keep")
+        acted = {
+            "keep": "trained on as labelled",
+            "drop": "left out of training",
+            "relabel": "trained with the suggested labels",
+        }.get(policy, policy)
+        lines += [
+            "",
+            "## Label quality",
+            "",
+            f"{facts.get('rows_checked', 0)} labelled rows checked by out-of-fold "
+            f"`{facts.get('method')}` ({facts.get('folds')}): "
+            f"**{kinds.get('mislabelled', 0)}** probably mislabelled "
+            f"(train.label_issues `{policy}`: {acted}), "
+            f"{kinds.get('conflicting_duplicate', 0)} in conflicting duplicates. Fix them in "
+            f"`{quality.dir / 'label_issues.csv'}` (the `labels` column).",
+            "",
+        ]
+        if sample:
+            lines.append(md_table(sample[:10]))
+            publish_table(
+                STAGE, "label-issues", sample, description="labelled rows that are probably wrong"
+            )
+        bad = [c for c in checks if c.get("disagrees")]
+        if bad:
+            lines += [
+                "Labels whose rows do not score higher on the label's name (zero-shot) than "
+                "the other rows: "
+                + ", ".join(f"{c['label']} (AUC {_f(c['auc'])})" for c in bad)
+                + ".",
+                "",
+            ]
+    agreement = _pool_agreement(refs)
+    if agreement is not None:
+        out["pool_agreement"] = agreement
+        if agreement["rows"]:
+            kappa = agreement["cohen_kappa"]
+            lines += [
+                "",
+                "### Zero-shot pseudo-labels against the final model on the pool",
+                "",
+                f"On the {agreement['rows']} of {agreement['pool_rows']} pool rows with a "
+                f"zero-shot pseudo-label, the final model gives the same labels on "
+                f"{100 * agreement['exact_agreement']:.1f} % (mean overlap "
+                f"{_f(agreement['overlap'])}"
+                + (f", Cohen's kappa {_f(kappa)}" if kappa is not None else "")
+                + ").",
+                "",
+                md_table([{**p, "agreement": _f(p["agreement"])} for p in agreement["per_label"]]),
+            ]
+    return lines, out
+
+
 def build_report(
     cfg: PipelineConfig, refs: dict[str, StageRef], out_dir: Path, name: str | None = None
 ) -> dict[str, Any]:
@@ -255,6 +358,8 @@ def build_report(
         lines.append(md_table(results))
     cal_lines, metrics["calibration"] = calibration_section(refs)
     lines += cal_lines
+    quality_lines, metrics["label_quality"] = label_quality_section(refs)
+    lines += quality_lines
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}](figures/{f})" for f in figures]
     markdown = "\n".join(lines) + "\n"

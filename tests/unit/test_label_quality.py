@@ -272,3 +272,33 @@ def test_train_drops_or_relabels_the_flagged_rows(tmp_path, policy):
     if flagged == 1:
         assert after["question"] == before["question"] - 1
         assert after["feature"] == before["feature"] + (1 if policy == "relabel" else 0)
+
+
+def test_report_section_lists_the_issues_and_the_pool_agreement(tmp_path):
+    from tasks.report import label_quality_section
+
+    split_dir, _ = _planted_split(tmp_path, plant={"train-4": ["question"]})
+    quality = run_quality(
+        StageStore(tmp_path / "store"), QualityConfig(**FAST), splits_ref(split_dir)
+    )
+    ids = ["u-0", "u-1", "u-2", "u-3"]
+    zs_dir, label_dir = tmp_path / "zs", tmp_path / "label"
+    datasets.Dataset.from_dict(
+        {"id": ids, "labels": [["bug"], ["feature"], [], ["question"]]}
+    ).save_to_disk(str(zs_dir / "unlabeled"))
+    datasets.Dataset.from_dict(
+        {"id": ids[::-1], "predicted_labels": [["question"], ["bug"], ["bug"], ["bug"]]}
+    ).save_to_disk(str(label_dir / "labelled"))
+    (label_dir / "labels.json").write_text(json.dumps({"labels": LABELS, "multi_label": False}))
+    refs = {
+        "quality": quality,
+        "zero_shot": StageRef(stage="zero_shot", fingerprint="z", path=str(zs_dir)),
+        "label": StageRef(stage="label", fingerprint="l", path=str(label_dir)),
+    }
+    lines, out = label_quality_section(refs)
+    md = "\n".join(lines)
+    assert "## Label quality" in md and "train-4" in md and "label_issues.csv" in md
+    # u-0 bug/bug, u-1 feature/bug, u-3 question/question (matched by id); u-2 has no pseudo-label
+    assert out["pool_agreement"]["rows"] == 3
+    assert out["pool_agreement"]["exact_agreement"] == pytest.approx(2 / 3)
+    assert "66.7 %" in md
