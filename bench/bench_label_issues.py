@@ -1,0 +1,278 @@
+"""Label-quality benchmark: does the quality stage find wrong labels, and does dropping them help?
+
+On ../shared/datasets/emotion (single-label, 6 labels), with each seed: N labelled rows per
+label sampled from train.csv (as ``bench_finetune.py emotion``), a validation set of N rows
+per label from dev.csv, and ``--flip`` of the training labels (10 % by default) replaced by a
+uniformly drawn other label. The quality check (``label_pipeline.label_quality``, the
+functions the quality stage runs: stratified K-fold out-of-fold probabilities from
+``--quality-method``, cleanlab's ``find_label_issues``) flags rows; their precision and recall
+against the flipped rows are reported, with the share of flipped rows whose suggested label
+is the true one. Then ``--final-method`` is fitted on the clean labels, on the noisy labels
+(``train.label_issues: keep``), on the noisy labels without the flagged rows (``drop``) and
+with the flagged rows relabelled (``relabel``), and scored on the full test.csv (accuracy,
+macro-F1). ``recovered`` = (drop - noisy) / (clean - noisy) of the accuracy.
+
+    .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2
+    .venv/bin/python bench/bench_label_issues.py --seeds 0 --quality-method setfit
+
+Prints one line per seed, the precision/recall of other cleanlab rules and margins on the
+same out-of-fold probabilities, the means, and writes
+``bench/results/bench_label_issues[<tag>].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _paths import DATASETS  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EMOTION = DATASETS / "emotion"
+LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+RULES = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning")
+MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4)
+
+
+def flip_labels(
+    y: np.ndarray, share: float, n_labels: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy label indices, indices of the flipped rows): ``round(share * rows)`` rows drawn
+    with ``seed`` get a uniformly drawn label other than their own."""
+    rng = np.random.default_rng(seed)
+    flipped = np.sort(rng.choice(len(y), int(round(share * len(y))), replace=False))
+    noisy = y.copy()
+    for i in flipped:
+        noisy[i] = rng.choice([c for c in range(n_labels) if c != y[i]])
+    return noisy, flipped
+
+
+def detection(flagged: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
+    hit = len(set(np.flatnonzero(flagged)) & set(flipped.tolist()))
+    n_flag = int(flagged.sum())
+    return {
+        "flagged": n_flag,
+        "true_flags": hit,
+        "precision": round(hit / n_flag, 3) if n_flag else 0.0,
+        "recall": round(hit / len(flipped), 3) if len(flipped) else 0.0,
+    }
+
+
+def _scores(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    pred = p.argmax(axis=1)
+    return {
+        "accuracy": round(100 * accuracy_score(y, pred), 2),
+        "macro_f1": round(100 * f1_score(y, pred, average="macro", zero_division=0), 2),
+    }
+
+
+def run_seed(args, seed: int, frames) -> dict:
+    from bench_finetune import _sample_per_class
+
+    from label_pipeline.label_quality import find_mislabelled, out_of_fold_probs
+    from label_pipeline.methods import FitContext, LabelledTexts, get_method
+
+    train_all, dev, test_df = frames
+    eye = np.eye(len(LABELS), dtype=np.int64)
+    tr = _sample_per_class(train_all, args.n, seed)
+    va = _sample_per_class(dev, args.n, seed)
+    texts = list(tr["text"])
+    truth = tr["labels"].to_numpy()
+    noisy, flipped = flip_labels(truth, args.flip, len(LABELS), seed)
+
+    def rows(t, yi) -> LabelledTexts:
+        return LabelledTexts(list(t), eye[yi], LABELS, False)
+
+    valid = rows(va["text"], va["labels"].to_numpy())
+    params = json.loads(args.quality_params)
+    t0 = time.time()
+    oof = out_of_fold_probs(
+        rows(texts, noisy),
+        args.quality_method,
+        params,
+        args.folds,
+        seed,
+        lambda: FitContext(seed=seed),
+        valid,
+    )
+    oof_s = round(time.time() - t0, 1)
+    verdict = find_mislabelled(eye[noisy], oof.probs, False, args.filter_by, args.min_margin)
+    flagged = verdict.flagged
+    found = detection(flagged, flipped)
+    hits = [i for i in flipped if flagged[i]]
+    found["suggestion_right"] = (
+        round(float(np.mean([verdict.suggested[i][0] == truth[i] for i in hits])), 3)
+        if hits
+        else None
+    )
+    sweep = {}
+    for rule in RULES:
+        for margin in MARGINS:
+            v = find_mislabelled(eye[noisy], oof.probs, False, rule, margin)
+            sweep[f"{rule}@{margin:g}"] = detection(v.flagged, flipped)
+
+    relabelled = noisy.copy()
+    for i in np.flatnonzero(flagged):
+        relabelled[i] = verdict.suggested[i][0]
+    keep_rows = np.flatnonzero(~flagged)
+    variants = {
+        "clean": (texts, truth),
+        "noisy": (texts, noisy),
+        "drop": ([texts[i] for i in keep_rows], noisy[keep_rows]),
+        "relabel": (texts, relabelled),
+    }
+    test_texts, test_y = list(frames[2]["text"]), frames[2]["labels"].to_numpy()
+    final_params = json.loads(args.final_params)
+    accuracy = {}
+    for name, (t, yi) in variants.items():
+        t0 = time.time()
+        model = get_method(args.final_method)(**final_params).fit(
+            rows(t, yi), valid, FitContext(seed=seed)
+        )
+        accuracy[name] = {
+            **_scores(model.predict_proba(test_texts), test_y),
+            "train_rows": len(t),
+            "fit_s": round(time.time() - t0, 1),
+        }
+    by_margin = {}
+    for margin in MARGINS:  # the drop variant at other margins (same out-of-fold probabilities)
+        v = find_mislabelled(eye[noisy], oof.probs, False, args.filter_by, margin)
+        kept = np.flatnonzero(~v.flagged)
+        model = get_method(args.final_method)(**final_params).fit(
+            rows([texts[i] for i in kept], noisy[kept]), valid, FitContext(seed=seed)
+        )
+        by_margin[f"{margin:g}"] = {
+            **detection(v.flagged, flipped),
+            **_scores(model.predict_proba(test_texts), test_y),
+        }
+    clean, noisy_acc, drop = (accuracy[k]["accuracy"] for k in ("clean", "noisy", "drop"))
+    cost = clean - noisy_acc
+    result = {
+        "seed": seed,
+        "n_per_class": args.n,
+        "train_rows": len(texts),
+        "flipped": len(flipped),
+        "quality_method": args.quality_method,
+        "quality_params": params,
+        "folds": oof.folds,
+        "oof_s": oof_s,
+        "oof_accuracy_vs_true": round(100 * float(np.mean(oof.probs.argmax(1) == truth)), 2),
+        "filter_by": args.filter_by,
+        "min_margin": args.min_margin,
+        "cleanlab_estimate": verdict.estimated_issues,
+        **found,
+        "final_method": args.final_method,
+        "test": accuracy,
+        "noise_cost": round(cost, 2),
+        "recovered_drop": round((drop - noisy_acc) / cost, 3) if cost > 0 else None,
+        "recovered_relabel": round((accuracy["relabel"]["accuracy"] - noisy_acc) / cost, 3)
+        if cost > 0
+        else None,
+        "sweep": sweep,
+        "drop_by_margin": by_margin,
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=64, help="labelled rows per label")
+    parser.add_argument("--flip", type=float, default=0.1, help="share of training labels flipped")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--quality-method", default="embed_lr")
+    parser.add_argument("--quality-params", default="{}", help="JSON constructor arguments")
+    parser.add_argument("--filter-by", default="prune_by_noise_rate", choices=RULES)
+    parser.add_argument("--min-margin", type=float, default=0.0)
+    parser.add_argument("--final-method", default="embed_lr")
+    parser.add_argument("--final-params", default="{}", help="JSON constructor arguments")
+    parser.add_argument("--test-rows", type=int, default=0, help="0 = the full test set")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
+    args = parser.parse_args(argv)
+    if not (EMOTION / "train.csv").is_file():
+        print(f"skipped: {EMOTION} not found (set LABEL_PIPELINE_DATASETS)")
+        return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import pandas as pd
+
+    test_df = pd.read_csv(EMOTION / "test.csv")
+    if args.test_rows:
+        test_df = test_df.sample(n=args.test_rows, random_state=0)
+    frames = (pd.read_csv(EMOTION / "train.csv"), pd.read_csv(EMOTION / "dev.csv"), test_df)
+    results = []
+    for seed in args.seeds:
+        r = run_seed(args, seed, frames)
+        results.append(r)
+        acc = " ".join(f"{k}={v['accuracy']}" for k, v in r["test"].items())
+        print(
+            f"seed={seed} {r['quality_method']} {r['folds']} oof_s={r['oof_s']} "
+            f"oof_acc={r['oof_accuracy_vs_true']} | flipped={r['flipped']} flagged={r['flagged']} "
+            f"precision={r['precision']} recall={r['recall']} "
+            f"suggestion_right={r['suggestion_right']} | {r['final_method']} test accuracy: "
+            f"{acc} | recovered drop={r['recovered_drop']} relabel={r['recovered_relabel']}",
+            flush=True,
+        )
+    print("\nprecision / recall of other rules and margins (mean over seeds):")
+    for key in results[0]["sweep"]:
+        p = np.mean([r["sweep"][key]["precision"] for r in results])
+        rc = np.mean([r["sweep"][key]["recall"] for r in results])
+        fl = np.mean([r["sweep"][key]["flagged"] for r in results])
+        print(f"  {key:28s} flagged={fl:6.1f} precision={p:.3f} recall={rc:.3f}")
+    print(
+        f"\ndrop at other margins ({args.filter_by}; mean over seeds; noisy accuracy "
+        f"{np.mean([r['test']['noisy']['accuracy'] for r in results]):.2f}):"
+    )
+    for key in results[0]["drop_by_margin"]:
+        cells = {
+            k: np.mean([r["drop_by_margin"][key][k] for r in results])
+            for k in ("flagged", "precision", "recall", "accuracy")
+        }
+        print(
+            f"  margin {key:4s} flagged={cells['flagged']:6.1f} precision={cells['precision']:.3f}"
+            f" recall={cells['recall']:.3f} drop accuracy={cells['accuracy']:.2f}"
+        )
+    mean = {
+        k: round(float(np.mean([r[k] for r in results])), 3)
+        for k in ("precision", "recall", "flagged", "oof_s", "oof_accuracy_vs_true")
+    }
+    for v in ("clean", "noisy", "drop", "relabel"):
+        mean[f"{v}_accuracy"] = round(
+            float(np.mean([r["test"][v]["accuracy"] for r in results])), 2
+        )
+    cost = mean["clean_accuracy"] - mean["noisy_accuracy"]
+    for v in ("drop", "relabel"):
+        mean[f"recovered_{v}"] = (
+            round((mean[f"{v}_accuracy"] - mean["noisy_accuracy"]) / cost, 3) if cost > 0 else None
+        )
+    goal = {
+        "found_half_at_precision_0.6": mean["recall"] >= 0.5 and mean["precision"] >= 0.6,
+        "drop_recovers_half": mean["recovered_drop"] is not None and mean["recovered_drop"] >= 0.5,
+    }
+    print(f"\nmean over {len(results)} seed(s): {json.dumps(mean)}")
+    print(f"goal: {json.dumps(goal)}")
+    out = ROOT / "bench" / "results" / f"bench_label_issues{args.tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = {"args": vars(args), "mean": mean, "goal": goal, "runs": results}
+    out.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
