@@ -26,6 +26,7 @@ import ast
 import gzip
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +45,7 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore, file_fingerprint
 
 STAGE = "ingest"
-VERSION = "1"
+VERSION = "2"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = "data/goemotions-ekman-sample.csv"
@@ -108,6 +109,15 @@ class IngestConfig(BaseModel):
             CSV with columns ``id,slice``; slices are made nested (each holds every smaller
             one) and override the split stage's own.
         include_pull_requests: keep pull requests of a GitHub dump (default: issues only).
+        text_columns: build the text from several columns instead of ``text_column`` (e.g.
+            ``[title, body]``): the first is the title, written on the first line (its line
+            breaks become spaces), the others follow, each after a blank line. For GitHub
+            dumps the columns ``title`` and ``body`` (the default there).
+        field_columns: columns written as ``name: value`` header lines, one per field, after
+            the title (with a single text column: before the text), so that every method
+            sees them (e.g. ``[repo]``). Empty values are left out. GitHub dumps also offer
+            ``repo`` (``owner/name`` from ``repository_url``) and ``sections`` (the names of
+            the body's ``#``-headings, the issue template's sections, joined by ``, ``).
         encoding: text encoding of CSV/TSV/JSONL files.
         encoding_errors: ``replace`` undecodable bytes (logged with their line numbers) or
             ``strict`` (fail naming the first bad line).
@@ -136,6 +146,8 @@ class IngestConfig(BaseModel):
     multi_label: bool | None = None
     slice_file: str | None = None
     include_pull_requests: bool = False
+    text_columns: list[str] | None = None
+    field_columns: list[str] = Field(default_factory=list)
     encoding: str = "utf-8"
     encoding_errors: Literal["replace", "strict"] = "replace"
     sample_rows: int = Field(15, ge=0, le=100)
@@ -286,15 +298,73 @@ def _github_frame(path: Path, records: list[Any], cfg: IngestConfig) -> tuple[pd
     """GitHub issues to a frame with ``text`` and ``labels``; returns (frame, PRs excluded)."""
     _check_objects(path, records)
     keep = [r for r in records if cfg.include_pull_requests or not r.get("pull_request")]
-    texts = [f"{r.get('title') or ''}\n\n{r.get('body') or ''}".strip() for r in keep]
     labels = [
         [x.get("name") if isinstance(x, dict) else x for x in (r.get("labels") or [])] for r in keep
     ]
-    frame = pd.DataFrame({"text": texts, "labels": labels})
-    for col in (cfg.id_column, cfg.split_column):
+    frame = pd.DataFrame(
+        {
+            "title": [str(r.get("title") or "") for r in keep],
+            "body": [str(r.get("body") or "") for r in keep],
+            "labels": labels,
+            "repo": [_github_repo(r) for r in keep],
+            "sections": [", ".join(section_names(str(r.get("body") or ""))) for r in keep],
+        }
+    )
+    for col in (cfg.id_column, cfg.split_column, *cfg.field_columns, *(cfg.text_columns or [])):
         if col and col not in frame:
-            frame[col] = [r.get(col) for r in keep]
+            frame[col] = [r.get(col) if col in r else None for r in keep]
     return frame, len(records) - len(keep)
+
+
+_SECTION = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+_FENCE = re.compile(r"^\s*(```|~~~).*?^\s*\1", re.M | re.S)
+
+
+def section_names(body: str) -> list[str]:
+    """The markdown ``#``-headings of an issue body (outside code fences), in order, once
+    each: the sections of the issue template it was written from."""
+    names = _SECTION.findall(_FENCE.sub("", body))
+    return list(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+
+def _github_repo(record: dict) -> str:
+    """``owner/name`` of an issue's repository (``repository_url`` or ``repository``)."""
+    repo = record.get("repository")
+    if isinstance(repo, dict) and repo.get("full_name"):
+        return str(repo["full_name"])
+    url = str(record.get("repository_url") or "")
+    return "/".join(url.rstrip("/").split("/")[-2:]) if "/repos/" in url else ""
+
+
+def _cell(value: Any) -> str:
+    return "" if _is_missing(value) else str(value).strip()
+
+
+def render_texts(
+    frame: pd.DataFrame, text_columns: list[str], field_columns: list[str], path: str
+) -> list[str]:
+    """The canonical text of each row: the first text column on the first line (the
+    title), ``name: value`` lines of the fields, then the other text columns, each after a
+    blank line. With one text column the field lines come first. Deterministic."""
+    for option, cols in (("text_columns", text_columns), ("field_columns", field_columns)):
+        for col in cols:
+            _column(frame, col, option, path)
+    texts = []
+    for row in zip(*(frame[c] for c in (*text_columns, *field_columns)), strict=True):
+        parts = [_cell(v) for v in row[: len(text_columns)]]
+        fields = [
+            f"{name}: {' '.join(_cell(v).split())}"
+            for name, v in zip(field_columns, row[len(text_columns) :], strict=True)
+            if _cell(v)
+        ]
+        if len(text_columns) == 1:
+            head, rest = fields, parts
+        else:
+            head = [" ".join(parts[0].split())] if parts[0] else []
+            head, rest = head + fields, parts[1:]
+        blocks = ["\n".join(head)] + rest
+        texts.append("\n\n".join(b for b in blocks if b))
+    return texts
 
 
 def _hf_frame(path: Path) -> pd.DataFrame:
@@ -512,10 +582,19 @@ def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
         formats.append(fmt)
         excluded += n_pr
         if fmt == "github":
-            text_col, label_col = frame["text"], frame["labels"]
+            text_cols = cfg.text_columns or ["title", "body"]
+            label_col = frame["labels"]
         else:
-            text_col = _column(frame, cfg.text_column, "text_column", str(path))
+            text_cols = cfg.text_columns or [cfg.text_column]
+            option = "text_columns" if cfg.text_columns else "text_column"
+            _column(frame, text_cols[0], option, str(path))
             label_col = _column(frame, cfg.label_column, "label_column", str(path))
+        if len(text_cols) > 1 or cfg.field_columns:
+            text_col = render_texts(frame, text_cols, cfg.field_columns, str(path))
+        elif fmt == "github":
+            text_col = [_cell(t) for t in frame[text_cols[0]]]
+        else:
+            text_col = frame[text_cols[0]]
         start = len(ids)
         if cfg.id_column:
             ids += [
@@ -595,7 +674,8 @@ def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
     empty_text = [n for n, t in enumerate(texts) if not t.strip()]
     if len(empty_text) == len(texts):
         raise InputDataError(
-            f"{source}: every text in column {cfg.text_column!r} is empty; set ingest.text_column"
+            f"{source}: every text in column {cfg.text_columns or cfg.text_column!r} is empty; "
+            "set ingest.text_column (or ingest.text_columns)"
         )
     if empty_text:
         warnings.append(

@@ -295,3 +295,64 @@ def test_fingerprint_follows_file_content_and_config(tmp_path):
     assert source_inputs(cfg) != before
     changed = run_ingest(store, cfg)
     assert not changed.cached and changed.fingerprint != first.fingerprint
+
+
+def test_csv_title_body_and_repo_fields_render_into_the_text(tmp_path):
+    # the NLBSE'24 layout: repo, created_at, label, title, body
+    frame = pd.DataFrame(
+        {
+            "repo": ["facebook/react", "microsoft/vscode", "opencv/opencv"],
+            "created_at": ["2023-08-26 06:33:37"] * 3,
+            "label": ["bug", "feature", "question"],
+            "title": ["[DevTools Bug] Cannot add node\nagain", "Add a minimap", "How to build?"],
+            "body": ["### Repro steps\r\n\r\n1. Run it\r\n", "Please add it.", ""],
+        }
+    )
+    frame.to_csv(tmp_path / "issues.csv", index=False)
+    cfg = IngestConfig(
+        path=str(tmp_path / "issues.csv"),
+        label_column="label",
+        text_columns=["title", "body"],
+        field_columns=["repo"],
+    )
+    cols, facts = _ingest(cfg)
+    assert facts["labels"] == ["bug", "feature", "question"] and not facts["multi_label"]
+    assert cols["text"] == [
+        "[DevTools Bug] Cannot add node again\nrepo: facebook/react\n\n### Repro steps\r\n\r\n1. Run it",
+        "Add a minimap\nrepo: microsoft/vscode\n\nPlease add it.",
+        "How to build?\nrepo: opencv/opencv",
+    ]
+    assert _ingest(cfg)[0]["text"] == cols["text"]  # deterministic
+    # one text column: the field lines come first; no fields: the column as it is
+    one, _ = _ingest(cfg.model_copy(update={"text_columns": ["body"]}))
+    assert one["text"][1] == "repo: microsoft/vscode\n\nPlease add it."
+    plain, _ = _ingest(
+        cfg.model_copy(update={"text_columns": None, "text_column": "title", "field_columns": []})
+    )
+    assert plain["text"][0] == "[DevTools Bug] Cannot add node\nagain"
+    with pytest.raises(InputDataError, match=r"no column 'summary'.*ingest\.text_columns"):
+        _ingest(cfg.model_copy(update={"text_columns": ["title", "summary"]}))
+    with pytest.raises(InputDataError, match=r"no column 'repository'.*ingest\.field_columns"):
+        _ingest(cfg.model_copy(update={"field_columns": ["repository"]}))
+
+
+def test_github_dump_fields_repo_and_template_sections(tmp_path):
+    body = (
+        "### Describe the bug\n\nIt crashes.\n\n```\n# not a heading\n```\n\n"
+        "### Steps to reproduce\n\n1. open\n\n### Describe the bug\n"
+    )
+    issues = [_issue(1, "Crash", body, ["bug"]), _issue(2, "Add X", "", ["feature"])]
+    issues[0]["repository_url"] = "https://api.github.com/repos/octo/app"
+    issues[1]["repository"] = {"full_name": "octo/lib"}
+    issues[1]["state"] = "open"
+    p = tmp_path / "issues.jsonl"
+    p.write_text("\n".join(json.dumps(i) for i in issues))
+    cols, facts = _ingest(IngestConfig(path=str(p), field_columns=["repo", "sections", "state"]))
+    assert facts["format"] == "github"
+    assert cols["text"][0] == (
+        "Crash\nrepo: octo/app\nsections: Describe the bug, Steps to reproduce\n\n" + body.strip()
+    )
+    assert cols["text"][1] == "Add X\nrepo: octo/lib\nstate: open"
+    # the default for a dump: title, blank line, body
+    default, _ = _ingest(IngestConfig(path=str(p)))
+    assert default["text"] == ["Crash\n\n" + body.strip(), "Add X"]
