@@ -2,14 +2,25 @@
 
 Rules, in order (each switchable in :class:`CleanConfig`):
 
-1. fenced code blocks (```` ``` ```` / ``~~~``) kept, shortened to their first lines or
-   dropped; the other rules never touch code;
+1. fenced code blocks (```` ``` ```` / ``~~~``) kept, shortened to their first lines,
+   replaced by a marker or dropped; the other rules never touch code. A fenced block whose
+   lines are a stack trace or a log is handled by the ``stack_traces`` / ``logs`` rule;
 2. HTML comments (issue-template hints ``<!-- ... -->``), markdown images and ``<img>`` tags
    removed;
-3. issue-template boilerplate lines removed (markdown headings such as ``### Describe the
-   bug``, checkbox lines ``- [ ] ...``, bold template prompts; ``boilerplate_patterns``);
-4. URLs removed (a markdown link keeps its text), ``@mentions`` removed;
-5. HTML entities unescaped, Unicode normalised (NFKC), whitespace collapsed.
+3. technical blocks outside fences, each ``keep`` / ``shorten`` (first lines, then
+   ``...``) / ``marker`` (one token on its own line): stack traces (Python ``Traceback``
+   with its ``File ...`` lines and the exception line; runs of Java/JavaScript ``at ...``
+   frames with ``Caused by:`` / ``... N more``), logs (runs of ``log_min_lines`` or more
+   lines opening with a timestamp or a log level) and indented code (lines indented by 4+
+   spaces or a tab after a blank line);
+4. issue-template boilerplate lines removed (markdown headings such as ``### Describe the
+   bug`` unless ``headings="keep"``, which keeps the heading's words; checkbox lines
+   ``- [ ] ...``, bold template prompts, ``_No response_``; ``boilerplate_patterns``);
+5. URLs dropped, shortened to their host or replaced by a marker (a markdown link keeps its
+   text), ``@mentions`` removed;
+6. HTML entities unescaped, Unicode normalised (NFKC), whitespace collapsed.
+
+Markers: ``[code]``, ``[stack trace]``, ``[log]``, ``[url]`` (``MARKERS``).
 
 Then rows are dropped, each with its reason in ``dropped/``:
 
@@ -60,7 +71,7 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "clean"
-VERSION = "1"
+VERSION = "2"
 
 DROPPED_FEATURES = datasets.Features(
     {
@@ -78,7 +89,26 @@ DEFAULT_BOILERPLATE = [
     r"^\s{0,3}#{1,6}\s.*$",
     r"^\s*[-*+]\s+\[[ xX]?\]\s.*$",
     r"^\s*\*\*[^*\n]{1,60}\*\*:?\s*$",
+    r"^\s*_No response_\s*$",
 ]
+#: what ``marker`` puts in place of each kind of block
+MARKERS = {"code": "[code]", "stack_trace": "[stack trace]", "log": "[log]", "url": "[url]"}
+BlockRule = Literal["keep", "shorten", "marker"]
+
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$")
+_PY_TRACE = re.compile(r"^\s*Traceback \(most recent call last\):?\s*$")
+_PY_FRAME = re.compile(r'^\s*File "[^"]*", line \d+')
+_AT_FRAME = re.compile(
+    r"^\s*(?:at\s+(?:async\s+|new\s+)?[\w$.<>\[\]/:@~-]+(?:\s*\(.*\))?|Caused by:?\s.*|"
+    r"\.\.\.\s*\d+\s+(?:more|common frames omitted))\s*$"
+)
+_LOG_LINE = re.compile(
+    r"^\s*[\[(]?(?:\d{4}[-/.]\d{2}[-/.]\d{2}[T ]?\d{0,2}:?\d{0,2}|\d{2}:\d{2}:\d{2}|"
+    r"[IWEF]\d{4}\s+\d{2}:\d{2}:\d{2}|"
+    r"(?:TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|CRITICAL|FATAL)\b[\]:)\s])",
+)
+_INDENTED = re.compile(r"^(?: {4,}|\t)\S")
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s")
 
 _CODE = re.compile(r"(^|\n)[ \t]*(```|~~~)[^\n]*\n.*?(\n[ \t]*\2[ \t]*(?=\n|$)|$)", re.S)
 _HTML_COMMENT = re.compile(r"<!--.*?(-->|$)", re.S)
@@ -100,15 +130,34 @@ class CleanConfig(BaseModel):
         unescape_html: turn ``&amp;``, ``&gt;``, ``&#39;`` ... into characters.
         remove_html_comments: drop ``<!-- ... -->`` (issue-template hints).
         remove_markdown_images: drop ``![alt](url)`` and ``<img>`` tags.
-        remove_urls: drop URLs; a markdown link ``[text](url)`` keeps its text.
+        remove_urls: ``False`` keeps URLs whatever ``urls`` says (kept for older configs).
+        urls: URLs are dropped (``drop``), kept, shortened to their host (``shorten``:
+            ``github.com``) or replaced by ``[url]`` (``marker``); a markdown link
+            ``[text](url)`` keeps its text either way.
         remove_mentions: drop ``@user`` mentions (e-mail addresses are kept).
         remove_boilerplate: drop lines matching ``boilerplate_patterns`` from texts of
             several lines (a text of one line is never taken for a template).
         boilerplate_patterns: regular expressions, each matched against a whole line
-            (default: markdown headings, checkbox lines ``- [ ]``, bold prompts ``**Bug**``).
+            (default: markdown headings, checkbox lines ``- [ ]``, bold prompts ``**Bug**``,
+            ``_No response_``).
+        headings: markdown headings (``### Steps to reproduce``, the sections of an issue
+            template) are dropped with the boilerplate (``drop``) or kept as plain words
+            (``keep``: ``Steps to reproduce``).
         code_blocks: fenced code blocks are kept (``keep``), cut to ``code_max_lines``
-            lines (``shorten``) or removed (``drop``).
+            lines (``shorten``), replaced by ``[code]`` (``marker``) or removed (``drop``).
         code_max_lines: lines kept of each code block with ``code_blocks="shorten"``.
+        indented_code: runs of lines indented by 4+ spaces (or a tab) after a blank line,
+            outside lists: ``keep``, ``shorten`` (``code_max_lines``) or ``marker``.
+        stack_traces: Python tracebacks and runs of Java/JavaScript ``at ...`` frames, in
+            the text or in a fenced block: ``keep``, ``shorten`` (the first
+            ``trace_max_lines`` lines, plus a Python traceback's exception line) or
+            ``marker`` (``[stack trace]``).
+        trace_max_lines: lines kept of each stack trace with ``stack_traces="shorten"``.
+        logs: runs of ``log_min_lines`` or more lines that open with a timestamp or a log
+            level (``INFO``, ``ERROR`` ...), in the text or a fenced block: ``keep``,
+            ``shorten`` (``log_max_lines``) or ``marker`` (``[log]``).
+        log_min_lines: fewest consecutive log lines that make a log.
+        log_max_lines: lines kept of each log with ``logs="shorten"``.
         min_chars: rows whose cleaned text is shorter are dropped (``too_short``).
         dedup_exact: drop rows whose text equals a kept row's (case and spacing ignored).
         near_duplicates: drop rows nearly equal to a kept row (MinHash/LSH).
@@ -128,11 +177,19 @@ class CleanConfig(BaseModel):
     remove_html_comments: bool = True
     remove_markdown_images: bool = True
     remove_urls: bool = True
+    urls: Literal["drop", "keep", "shorten", "marker"] = "drop"
     remove_mentions: bool = True
     remove_boilerplate: bool = True
     boilerplate_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_BOILERPLATE))
-    code_blocks: Literal["keep", "shorten", "drop"] = "shorten"
+    headings: Literal["drop", "keep"] = "drop"
+    code_blocks: Literal["keep", "shorten", "marker", "drop"] = "shorten"
     code_max_lines: int = Field(10, ge=1)
+    indented_code: BlockRule = "keep"
+    stack_traces: BlockRule = "shorten"
+    trace_max_lines: int = Field(3, ge=1)
+    logs: BlockRule = "shorten"
+    log_min_lines: int = Field(3, ge=2)
+    log_max_lines: int = Field(3, ge=1)
     min_chars: int = Field(3, ge=1)
     dedup_exact: bool = True
     near_duplicates: bool = True
@@ -176,17 +233,22 @@ class TextCleaner:
             self.changed[rule] += 1
         return out
 
-    def _prose(self, text: str) -> str:
+    def _prose(self, text: str, several_lines: bool) -> str:
         cfg = self.cfg
         if cfg.remove_html_comments and "<!--" in text:
             text = self._sub("html_comments", _HTML_COMMENT, "", text)
         if cfg.remove_markdown_images:
             text = self._sub("markdown_images", _MD_IMAGE, "", text)
+        text = self._technical(text)
         # templates span several lines; a one-line heading or bold text is the content itself
-        if self._boilerplate is not None and "\n" in text.strip():
-            text = self._sub("boilerplate", self._boilerplate, "", text)
-        if cfg.remove_urls:
-            text = self._sub("urls", _URL, "", self._sub("urls", _MD_LINK, r"\1", text))
+        if several_lines:
+            if cfg.headings == "keep":
+                text = "\n".join(_HEADING.sub(r"\1", line) for line in text.split("\n"))
+            if self._boilerplate is not None:
+                text = self._sub("boilerplate", self._boilerplate, "", text)
+        if cfg.remove_urls and cfg.urls != "keep":
+            text = self._sub("urls", _MD_LINK, r"\1", text)
+            text = self._sub("urls", _URL, self._url, text)
         if cfg.remove_mentions and "@" in text:
             text = self._sub("mentions", _MENTION, "", text)
         if cfg.unescape_html and "&" in text:
@@ -204,29 +266,140 @@ class TextCleaner:
             self.changed[rule] += 1
         return out
 
+    def _url(self, m: re.Match) -> str:
+        if self.cfg.urls == "marker":
+            return MARKERS["url"]
+        if self.cfg.urls == "shorten":
+            host = re.sub(r"^(?:https?://)?(?:www\.)?", "", m.group(0), flags=re.I)
+            return host.split("/")[0].split("?")[0]
+        return ""
+
+    def _block(self, kind: str, lines: list[str]) -> list[str]:
+        """A stack trace or log (``kind``) as its rule says; counted when changed."""
+        cfg = self.cfg
+        rule, most, counter = {
+            "stack_trace": (cfg.stack_traces, cfg.trace_max_lines, "stack_traces"),
+            "log": (cfg.logs, cfg.log_max_lines, "logs"),
+            "code": (cfg.indented_code, cfg.code_max_lines, "indented_code"),
+        }[kind]
+        if rule == "keep" or (rule == "shorten" and len(lines) <= most):
+            return lines
+        self._blocks_hit.add(counter)
+        if rule == "marker":
+            return [MARKERS[kind]]
+        out = [*lines[:most], "..."]
+        if kind == "stack_trace" and _PY_TRACE.match(lines[0]):
+            out.append(lines[-1])  # the exception and its message
+        return out
+
+    def _technical(self, text: str) -> str:
+        """Stack traces, logs and indented code outside fences, as their rules say."""
+        cfg = self.cfg
+        if cfg.stack_traces == cfg.logs == cfg.indented_code == "keep":
+            return text
+        lines = text.split("\n")
+        out: list[str] = []
+        i, n = 0, len(lines)
+        while i < n:
+            line = lines[i]
+            if _PY_TRACE.match(line):
+                j = i + 1
+                while (
+                    j < n
+                    and lines[j].strip()
+                    and (lines[j][:1] in {" ", "\t"} or _PY_FRAME.match(lines[j]))
+                ):
+                    j += 1
+                j += 1 if j < n and lines[j].strip() else 0  # the exception line
+                out += self._block("stack_trace", lines[i:j])
+                i = j
+                continue
+            j = i
+            while j < n and _AT_FRAME.match(lines[j]):
+                j += 1
+            if j - i >= 2:
+                out += self._block("stack_trace", lines[i:j])
+                i = j
+                continue
+            while j < n and _LOG_LINE.match(lines[j]):
+                j += 1
+            if j - i >= cfg.log_min_lines:
+                out += self._block("log", lines[i:j])
+                i = j
+                continue
+            if (
+                cfg.indented_code != "keep"
+                and _INDENTED.match(line)
+                and (i == 0 or not lines[i - 1].strip())
+                and not _LIST_ITEM.match(line)
+            ):
+                j = i
+                while j < n and (_INDENTED.match(lines[j]) or not lines[j].strip()):
+                    j += 1
+                while j > i and not lines[j - 1].strip():
+                    j -= 1
+                if j - i >= 2:
+                    out += self._block("code", lines[i:j])
+                    i = j
+                    continue
+            out.append(line)
+            i += 1
+        return "\n".join(out)
+
+    def _kind(self, body: list[str]) -> str:
+        """``stack_trace``, ``log`` or ``code``: what a fenced block's lines are."""
+        lines = [x for x in body if x.strip()]
+        if not lines:
+            return "code"
+        if any(_PY_TRACE.match(x) for x in lines) or (
+            sum(bool(_AT_FRAME.match(x)) for x in lines) >= max(2, len(lines) / 2)
+        ):
+            return "stack_trace"
+        logs = sum(bool(_LOG_LINE.match(x)) for x in lines)
+        if logs >= max(self.cfg.log_min_lines, len(lines) / 2):
+            return "log"
+        return "code"
+
     def _code(self, block: str) -> str:
-        if self.cfg.code_blocks == "keep":
-            return block.strip("\n")
         lines = block.strip("\n").split("\n")
         fence = lines[0].strip()[:3]
         body = lines[1:-1] if len(lines) > 1 and lines[-1].strip().startswith(fence) else lines[1:]
+        kind = self._kind(body)
+        if kind != "code":
+            rule = self.cfg.stack_traces if kind == "stack_trace" else self.cfg.logs
+            if rule != "keep":
+                return "\n".join(self._block(kind, [x.strip() for x in body if x.strip()]))
+        if self.cfg.code_blocks == "keep":
+            return block.strip("\n")
         if self.cfg.code_blocks == "drop":
-            self.changed["code_blocks"] += 1
+            self._blocks_hit.add("code_blocks")
             return ""
+        if self.cfg.code_blocks == "marker":
+            self._blocks_hit.add("code_blocks")
+            return MARKERS["code"]
         if len(body) <= self.cfg.code_max_lines:
             return block.strip("\n")
-        self.changed["code_blocks"] += 1
+        self._blocks_hit.add("code_blocks")
         return "\n".join([lines[0], *body[: self.cfg.code_max_lines], "...", fence])
 
     def __call__(self, text: str) -> str:
+        self._blocks_hit: set[str] = set()  # block rules that changed this text
+        try:
+            return self._clean(text)
+        finally:
+            self.changed.update(self._blocks_hit)
+
+    def _clean(self, text: str) -> str:
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
         if "```" not in text and "~~~" not in text:
-            return self._prose(text).strip()
+            return self._prose(text, "\n" in text.strip()).strip()
         parts, last = [], 0
         for m in _CODE.finditer(text):
-            parts.append(self._prose(text[last : m.start()]).strip())
+            parts.append(self._prose(text[last : m.start()], True).strip())
             parts.append(self._code(m.group(0)))
             last = m.end()
-        parts.append(self._prose(text[last:]).strip())
+        parts.append(self._prose(text[last:], True).strip())
         return _BLANK_LINES.sub("\n\n", "\n".join(p for p in parts if p.strip())).strip()
 
 
