@@ -2,8 +2,11 @@
 
 Single-label tasks take the most probable label (argmax). Multi-label tasks predict every
 label whose probability reaches a threshold: one global threshold, or one per label, chosen
-on the validation split to maximise micro-F1. When the validation split is too small to
-tune anything (too few rows, or no positive labels), the rule falls back to 0.5 and says so.
+on the validation split to maximise micro-F1. A per-label threshold tuned on two or three
+validation positives fits those rows, not the label: the ``auto`` mode tunes its own
+threshold only for labels with at least ``min_label_positives`` validation positives and
+gives the others the global one. When the validation split is too small to tune anything
+(too few rows, or no positive labels), the rule falls back to 0.5 and says so.
 A single-label rule may carry a label-shift correction (:mod:`label_pipeline.label_shift`):
 the model's probabilities are reweighted to the pool's estimated label frequencies before the
 argmax, and the reweighted probabilities are the ones exported.
@@ -21,8 +24,10 @@ THRESHOLD_GRID: np.ndarray = np.round(np.arange(1, 100) / 100.0, 2)
 FALLBACK_THRESHOLD = 0.5
 #: fewer validation rows than this: no tuning, the 0.5 fallback
 MIN_VALID_ROWS = 10
+#: ``auto`` mode: fewer validation positives than this and a label keeps the global threshold
+MIN_LABEL_POSITIVES = 5
 
-ThresholdMode = Literal["global", "per_label"]
+ThresholdMode = Literal["global", "per_label", "auto"]
 
 
 @dataclass
@@ -129,6 +134,7 @@ def tune_decision(
     mode: ThresholdMode = "global",
     min_valid_rows: int = MIN_VALID_ROWS,
     grid: np.ndarray = THRESHOLD_GRID,
+    min_label_positives: int = MIN_LABEL_POSITIVES,
 ) -> Decision:
     """Choose the decision rule on validation probabilities and gold labels.
 
@@ -136,10 +142,13 @@ def tune_decision(
         probs: (rows x labels) probabilities on the validation split.
         y_true: (rows x labels) 0/1 gold labels of the same rows.
         multi_label: False: argmax, nothing to tune.
-        mode: ``global`` (one threshold) or ``per_label`` (coordinate ascent on micro-F1,
+        mode: ``global`` (one threshold), ``per_label`` (coordinate ascent on micro-F1,
             starting from the best global threshold; a label with no validation positives
-            keeps the global threshold).
+            keeps the global threshold) or ``auto`` (the same, but only labels with at least
+            ``min_label_positives`` validation positives get their own threshold; the rule is
+            ``global`` when no label has that many).
         min_valid_rows: fewer rows than this (or no positive label at all) -> 0.5 fallback.
+        min_label_positives: see ``auto``.
     """
     probs = np.asarray(probs, dtype=np.float64)
     y = np.asarray(y_true, dtype=np.int64)
@@ -179,7 +188,15 @@ def tune_decision(
 
     g = int(np.flatnonzero(np.isclose(grid, thr))[0])
     chosen = np.full(n_labels, g)
-    no_pos = [j for j in range(n_labels) if not y[:, j].any()]
+    floor = max(1, int(min_label_positives)) if mode == "auto" else 1
+    no_pos = [j for j in range(n_labels) if y[:, j].sum() < floor]
+    if mode == "auto" and len(no_pos) == n_labels:
+        return Decision(
+            rule="global",
+            thresholds=[thr] * n_labels,
+            valid_micro_f1=best,
+            note=f"no label has {floor} validation positives: one global threshold",
+        )
     for _ in range(3):  # coordinate ascent converges in one or two passes
         changed = False
         for j in range(n_labels):
@@ -203,7 +220,8 @@ def tune_decision(
     final = _micro(*(float(m[chosen, np.arange(n_labels)].sum()) for m in (tp, fp, fn)))
     note = ""
     if no_pos:
-        note = f"{len(no_pos)} label(s) without validation positives keep the global threshold"
+        what = "without validation positives" if floor == 1 else f"with < {floor} valid positives"
+        note = f"{len(no_pos)} label(s) {what} keep the global threshold {thr:.2f}"
     return Decision(
         rule="per_label",
         thresholds=[float(grid[c]) for c in chosen],

@@ -10,8 +10,12 @@ Output directory:
   ROC-AUC and curve for two-label single-label tasks);
 - ``learning_curves.json``: per method, slice sizes and test micro/macro-F1 (+ the zero-shot
   line); ``figures/learning_curve_micro.png``, ``figures/learning_curve_macro.png``;
-- ``best.json``: ``{"method", "slice", "run_dir", "metric", "valid", "test"}``, the best
-  method on valid at the largest slice (the label stage uses it);
+- ``best.json``: ``{"method", "slice", "run_dir", "metric", "valid", "test", "reason",
+  "candidates", "best_baseline"}``, the final model chosen on valid at the largest slice
+  (see :func:`choose_final`; the label stage uses it); ``chosen_per_slice`` in
+  ``metrics.json`` and ``learning_curves.json``: the same choice made at every slice (the
+  ``chosen`` curve of the figures);
+- ``unlearnable`` in ``metrics.json``: per slice, the labels without a training example;
 - calibration: each run's ``calibration`` entry in ``metrics.json`` (the calibrator the train
   stage chose, and ``label_pipeline.calibration.calibration_scores`` — ECE with 15 equal-width
   bins, adaptive ECE, Brier, log loss — on valid (cross-fitted) and test, ``before`` and
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from label_pipeline.artifacts import md_table
 from label_pipeline.decision import Decision, apply_decision
@@ -38,7 +42,13 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "evaluate"
-VERSION = "2"
+VERSION = "3"
+
+#: the baselines the final model must not be worse than on valid
+BASELINES = ("naive_bayes", "tfidf_nb", "embed_lr", "knn")
+#: preference among models whose valid scores are within the tolerance: simplest first
+#: (methods not listed rank after these, in the order they were trained)
+SIMPLICITY = ("naive_bayes", "tfidf_nb", "knn", "embed_lr", "hybrid")
 
 
 class EvaluateConfig(BaseModel):
@@ -47,12 +57,17 @@ class EvaluateConfig(BaseModel):
     Attributes:
         enabled: run the stage.
         select_by: validation metric that names the final model (``best.json``).
+        select_tolerance: models whose valid score is within this of the best are treated as
+            tied and the simplest of them is chosen (baselines, then ``hybrid``, then the
+            others); on a small valid split the tolerance is at least one valid row's worth
+            (``1 / valid rows``). Never below the best baseline's valid score.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     select_by: Literal["micro_f1", "macro_f1"] = "micro_f1"
+    select_tolerance: float = Field(0.005, ge=0.0, le=0.2)
 
 
 def zero_shot_line(zero_shot_dir: Path | None) -> dict[str, Any] | None:
@@ -173,7 +188,8 @@ def plot_learning_curve(
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sizes: set[int] = set()
     for method, c in curves.items():
-        ax.plot(c["size"], c[metric], marker="o", label=method)
+        style = {"color": "black", "linewidth": 2.5} if method == "chosen" else {}
+        ax.plot(c["size"], c[metric], marker="o", label=method, **style)
         sizes.update(c["size"])
     if zero_shot and metric in zero_shot.get("test", {}):
         ax.axhline(zero_shot["test"][metric], color="black", linestyle="--", label="zero-shot")
@@ -195,20 +211,121 @@ def plot_learning_curve(
     plt.close(fig)
 
 
-def choose_best(runs: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
-    """The run with the best valid ``metric`` at the largest slice; fallback runs only when
-    nothing else exists."""
+def _base_name(method: str) -> str:
+    return method.split("+")[0]
+
+
+def _simplicity(r: dict[str, Any]) -> tuple[int, int]:
+    base = _base_name(r["method"])
+    modified = int("+" in r["method"])
+    rank = SIMPLICITY.index(base) if base in SIMPLICITY else len(SIMPLICITY)
+    return (rank, modified)
+
+
+def choose_final(
+    runs: list[dict[str, Any]],
+    metric: str,
+    tolerance: float = 0.005,
+    n_valid: int | None = None,
+    slice_name: str | None = None,
+) -> dict[str, Any] | None:
+    """The final model among ``runs`` (at ``slice_name``, default the largest slice) and why.
+
+    Every healthy run (no fallback; fallback runs only when nothing else exists) is scored
+    by its valid ``metric``. Runs below the best baseline's score (``BASELINES``) are out:
+    the final model is never worse on valid than the best baseline trained beside it. Of
+    the rest, those within ``tolerance`` of the best score (at least ``1 / n_valid`` on a
+    small valid split) are tied, and the simplest wins (``SIMPLICITY``), then the higher
+    score, then the earlier run.
+
+    Returns ``{"run", "reason", "candidates", "best_baseline", "tolerance"}`` or None when
+    there are no runs.
+    """
     if not runs:
         return None
-    largest = max(r["slice_size"] for r in runs)
-    pool = [r for r in runs if r["slice_size"] == largest]
+    if slice_name is None:
+        largest = max(r["slice_size"] for r in runs)
+        pool = [r for r in runs if r["slice_size"] == largest]
+    else:
+        pool = [r for r in runs if r["slice"] == slice_name]
+        if not pool:
+            return None
     healthy = [r for r in pool if not r["fallback"]] or pool
 
-    def key(r: dict[str, Any]) -> tuple[float, float]:
+    def score(r: dict[str, Any]) -> float:
         v = r["valid"].get(metric)
-        return (-1.0 if v is None or v != v else v, -r["order"])
+        return -1.0 if v is None or v != v else float(v)
 
-    return max(healthy, key=key)
+    tol = max(float(tolerance), 1.0 / n_valid if n_valid else 0.0)
+    best_score = max(score(r) for r in healthy)
+    baselines = [r for r in healthy if _base_name(r["method"]) in BASELINES]
+    floor = max((score(r) for r in baselines), default=-1.0)
+    top_baseline = max(baselines, key=lambda r: (score(r), -r["order"])) if baselines else None
+    eligible = [r for r in healthy if score(r) >= floor - 1e-12 and score(r) >= best_score - tol]
+    chosen = min(eligible, key=lambda r: (_simplicity(r), -score(r), r["order"]))
+    name = metric.replace("_f1", "-F1")
+    ranked = sorted(healthy, key=lambda r: (-score(r), r["order"]))
+    candidates = [{"method": r["method"], "valid": score(r)} for r in ranked]
+    reason = f"chose {chosen['method']}: valid {name} {_f(score(chosen))}"
+    if top_baseline is None:
+        reason += " (no baseline was trained to compare with)"
+    elif top_baseline is chosen:
+        reason += " — it is the best baseline"
+    else:
+        gap = score(chosen) - score(top_baseline)
+        reason += (
+            f" vs best baseline {top_baseline['method']} {_f(score(top_baseline))} ({gap:+.3f})"
+        )
+    best_run = ranked[0]
+    if best_run is not chosen:
+        reason += (
+            f"; within {tol:.3f} of the best ({best_run['method']} {_f(best_score)}), "
+            "so the simpler model"
+        )
+    reason += "; candidates: " + ", ".join(f"{c['method']} {_f(c['valid'])}" for c in candidates)
+    if len(healthy) < len(pool):
+        reason += f"; {len(pool) - len(healthy)} fallback run(s) left out"
+    return {
+        "run": chosen,
+        "reason": reason,
+        "candidates": candidates,
+        "best_baseline": top_baseline
+        and {"method": top_baseline["method"], "valid": score(top_baseline)},
+        "tolerance": tol,
+    }
+
+
+def choose_best(runs: list[dict[str, Any]], metric: str, **kwargs: Any) -> dict[str, Any] | None:
+    """The run :func:`choose_final` picks at the largest slice (None when there are none)."""
+    choice = choose_final(runs, metric, **kwargs)
+    return choice and choice["run"]
+
+
+def chosen_per_slice(
+    runs: list[dict[str, Any]], metric: str, tolerance: float, n_valid: int | None
+) -> list[dict[str, Any]]:
+    """:func:`choose_final` at every slice, smallest first: ``slice``, ``size``, ``method``,
+    test micro/macro-F1 (and accuracy), ``reason``."""
+    out = []
+    for name in sorted({r["slice"] for r in runs}, key=lambda s: _slice_size(runs, s)):
+        c = choose_final(runs, metric, tolerance, n_valid, slice_name=name)
+        if c is None:
+            continue
+        r = c["run"]
+        out.append(
+            {
+                "slice": name,
+                "size": r["slice_size"],
+                "method": r["method"],
+                **{k: r["test"].get(k) for k in ("micro_f1", "macro_f1", "accuracy")},
+                "reason": c["reason"],
+            }
+        )
+    return out
+
+
+def _slice_size(runs: list[dict[str, Any]], name: str) -> int:
+    return next(r["slice_size"] for r in runs if r["slice"] == name)
 
 
 def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: StageRef | None):
@@ -246,12 +363,19 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
         if zs is not None and zero is None:
             log.warning("evaluate: %s has no usable test metrics; no zero-shot line", zs.dir)
         curves = learning_curves(runs)
+        n_valid = len(ys["valid"])
+        choice = choose_final(runs, cfg.select_by, cfg.select_tolerance, n_valid)
+        best = choice and choice["run"]
+        per_slice = chosen_per_slice(runs, cfg.select_by, cfg.select_tolerance, n_valid)
+        unlearnable = {tr["slice"]: tr["unlearnable"] for tr in train_runs if tr.get("unlearnable")}
         for metric in ("micro_f1", "macro_f1"):
             short = metric.split("_")[0]
             plot_learning_curve(
-                curves, metric, zero, ctx.dir / "figures" / f"learning_curve_{short}.png"
+                {**curves, "chosen": _chosen_curve(per_slice)} if len(per_slice) > 1 else curves,
+                metric,
+                zero,
+                ctx.dir / "figures" / f"learning_curve_{short}.png",
             )
-        best = choose_best(runs, cfg.select_by)
         best_json = None
         if best is not None:
             best_json = {
@@ -264,6 +388,10 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
                 "test": {k: best["test"][k] for k in ("micro_f1", "macro_f1")},
                 "decision": best["decision"],
                 "calibration": _final_calibration(best),
+                "reason": choice["reason"],
+                "candidates": choice["candidates"],
+                "best_baseline": choice["best_baseline"],
+                "unlearnable": unlearnable.get(best["slice"], []),
             }
             (ctx.dir / "best.json").write_text(json.dumps(_clean(best_json), indent=2))
             plot_final_reliability(
@@ -287,12 +415,22 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
                 indent=1,
             )
         )
-        metrics = {"labels": labels, "multi_label": multi_label, "runs": runs, "zero_shot": zero}
+        metrics = {
+            "labels": labels,
+            "multi_label": multi_label,
+            "runs": runs,
+            "zero_shot": zero,
+            "chosen_per_slice": per_slice,
+            "unlearnable": unlearnable,
+        }
         (ctx.dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))
         (ctx.dir / "learning_curves.json").write_text(
-            json.dumps(_clean({"methods": curves, "zero_shot": zero}), indent=1)
+            json.dumps(
+                _clean({"methods": curves, "zero_shot": zero, "chosen_per_slice": per_slice}),
+                indent=1,
+            )
         )
-        _write_summary(ctx.dir, runs, zero, best_json, multi_label, cfg)
+        _write_summary(ctx.dir, runs, zero, best_json, multi_label, cfg, per_slice, unlearnable)
         return {
             "runs": len(runs),
             "best": best_json and {k: best_json[k] for k in ("method", "slice", "test")},
@@ -370,6 +508,32 @@ def results_table(runs: list[dict[str, Any]], multi_label: bool) -> list[dict[st
     return rows
 
 
+def _chosen_curve(per_slice: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {
+        "slice": [c["slice"] for c in per_slice],
+        "size": [c["size"] for c in per_slice],
+        "micro_f1": [c["micro_f1"] for c in per_slice],
+        "macro_f1": [c["macro_f1"] for c in per_slice],
+    }
+
+
+def chosen_table(per_slice: list[dict[str, Any]], multi_label: bool) -> list[dict[str, Any]]:
+    """One row per slice: the method chosen there and its test scores."""
+    rows = []
+    for c in per_slice:
+        row = {
+            "slice": c["slice"],
+            "rows": c["size"],
+            "chosen": c["method"],
+            "test micro-F1": _f(c["micro_f1"]),
+            "test macro-F1": _f(c["macro_f1"]),
+        }
+        if not multi_label:
+            row["test accuracy"] = _f(c.get("accuracy"))
+        rows.append(row)
+    return rows
+
+
 def _write_summary(
     directory: Path,
     runs: list[dict[str, Any]],
@@ -377,13 +541,21 @@ def _write_summary(
     best: dict[str, Any] | None,
     multi_label: bool,
     cfg: EvaluateConfig,
+    per_slice: list[dict[str, Any]] | None = None,
+    unlearnable: dict[str, list[str]] | None = None,
 ) -> None:
     lines = []
     if best:
         lines.append(
-            f"- final model: **{best['method']}** on slice `{best['slice']}` (best {best['metric']}"
+            f"- final model: **{best['method']}** on slice `{best['slice']}` ({best['metric']}"
             f" {_f(best['valid'][cfg.select_by])}; test micro-F1 {_f(best['test']['micro_f1'])}, "
             f"macro-F1 {_f(best['test']['macro_f1'])})"
+        )
+        lines.append(f"- why: {best['reason']}")
+    if unlearnable:
+        lines.append(
+            "- **unlearnable labels** (no training example in the slice): "
+            + "; ".join(f"slice `{s}`: {', '.join(labs)}" for s, labs in unlearnable.items())
         )
     if zero:
         lines.append(
@@ -391,6 +563,9 @@ def _write_summary(
             f"macro-F1 {_f(zero['test'].get('macro_f1'))}"
         )
     lines += ["", md_table(results_table(runs, multi_label))]
+    if per_slice and len(per_slice) > 1:
+        lines += ["", "Chosen per slice (valid, never below the best baseline):", ""]
+        lines.append(md_table(chosen_table(per_slice, multi_label)))
     lines += [
         "",
         "![learning curve micro](figures/learning_curve_micro.png)",

@@ -347,7 +347,22 @@ def build_report(
                 f"{_f(best['valid'].get('macro_f1'))} macro); test micro-F1 "
                 f"{_f(best['test']['micro_f1'])}, macro-F1 {_f(best['test']['macro_f1'])}."
             )
+            if best.get("reason"):
+                lines += ["", f"Why: {best['reason']}."]
             lines.append("")
+        if ev.get("unlearnable"):
+            lines.append(
+                "**Unlearnable labels** (no training example in the slice; no model can predict "
+                "them from data — label some rows of them): "
+                + "; ".join(f"slice `{s}`: {', '.join(v)}" for s, v in ev["unlearnable"].items())
+            )
+            lines.append("")
+        per_slice = ev.get("chosen_per_slice") or []
+        if len(per_slice) > 1:
+            from tasks.evaluate import chosen_table
+
+            lines += ["Chosen per slice (on valid):", ""]
+            lines += [md_table(chosen_table(per_slice, bool(ev.get("multi_label", True)))), ""]
         zero = ev.get("zero_shot")
         if zero:
             lines.append(

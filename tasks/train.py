@@ -45,7 +45,7 @@ from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "train"
-VERSION = "3"
+VERSION = "4"
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
 MODIFIERS = {"aug": "augmented rows", "pseudo": "pseudo-labelled rows"}
@@ -69,9 +69,13 @@ class TrainConfig(BaseModel):
         pseudo_weight: sample weight of pseudo-labelled rows (gold rows weigh 1).
         encoder: ``adapted`` (the adapt stage's encoder when it ran, else the base encoder),
             ``base`` (all-MiniLM-L6-v2), or a model reference.
-        threshold: multi-label decision: one ``global`` threshold or one ``per_label``,
-            tuned on valid for micro-F1.
+        threshold: multi-label decision, tuned on valid for micro-F1: one ``global``
+            threshold, one ``per_label`` (every label with a validation positive), or
+            ``auto`` (a label's own threshold only when valid has at least
+            ``min_label_positives`` of its positives, the global one for the others).
         min_valid_rows: fewer valid rows than this: no tuning, threshold 0.5 (reported).
+        min_label_positives: validation positives a label needs for its own threshold in
+            ``auto`` mode.
         label_shift: single-label only. ``pool``: estimate the unlabeled pool's label
             frequencies from each model's predictions and reweight its probabilities to them
             (``label_pipeline.label_shift``); for labelled rows collected as N per label from
@@ -106,8 +110,9 @@ class TrainConfig(BaseModel):
     pseudo_min_confidence: float = Field(0.5, ge=0.0, le=1.0)
     pseudo_weight: float = Field(0.5, gt=0.0)
     encoder: str = "adapted"
-    threshold: Literal["global", "per_label"] = "global"
+    threshold: Literal["global", "per_label", "auto"] = "global"
     min_valid_rows: int = Field(10, ge=1)
+    min_label_positives: int = Field(5, ge=1)
     label_shift: Literal["none", "pool"] = "none"
     label_shift_pool_rows: int = Field(4000, ge=1)
     calibration: Literal["auto", "temperature", "platt", "isotonic", "none"] = "auto"
@@ -454,7 +459,12 @@ def _builder(
                         log.warning("train: %s / %s: %s", spec, slice_name, facts["fallback"])
                         warnings.append(f"{spec} / slice {slice_name}: {facts['fallback']}")
                     decision = tune_decision(
-                        valid_probs, va_y, multi_label, cfg.threshold, cfg.min_valid_rows
+                        valid_probs,
+                        va_y,
+                        multi_label,
+                        cfg.threshold,
+                        cfg.min_valid_rows,
+                        min_label_positives=cfg.min_label_positives,
                     )
                     decision.label_shift = facts.get("label_shift")
                     if decision.fallback:
@@ -512,6 +522,7 @@ def _builder(
                             "fallback": facts.get("fallback", ""),
                             "fit_seconds": facts.get("fit_seconds"),
                             "label_issue_rows": len(issue_ids),
+                            "unlearnable": absent,
                             "calibration": _calibration_entry(cal_facts),
                         }
                     )
@@ -685,6 +696,27 @@ def _label_issues_line(cfg: TrainConfig, runs: list[dict[str, Any]]) -> str:
     return f"- label issues: `{cfg.label_issues}`: flagged training rows {what} per slice: {counts}"
 
 
+def unlearnable_by_slice(runs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Slice name -> labels without a training example in that slice (only slices with some)."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        if r.get("unlearnable"):
+            out.setdefault(r["slice"], list(r["unlearnable"]))
+    return out
+
+
+def unlearnable_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines naming the labels no method could learn, per slice (none: no lines)."""
+    by_slice = unlearnable_by_slice(runs)
+    if not by_slice:
+        return []
+    return [
+        "- **unlearnable labels** (no training example in the slice; every model predicts them "
+        "from nothing, add labelled rows for them): "
+        + "; ".join(f"slice `{s}`: {', '.join(labs)}" for s, labs in by_slice.items())
+    ]
+
+
 def _write_summary(
     directory: Path,
     cfg: TrainConfig,
@@ -714,6 +746,7 @@ def _write_summary(
         f"- decision rule tuned on {n_valid} valid rows "
         f"({'argmax' if runs and runs[0]['decision'] == 'argmax' else cfg.threshold + ' threshold'})",
         _label_issues_line(cfg, runs),
+        *unlearnable_lines(runs),
         "",
         md_table(table),
     ]

@@ -64,3 +64,44 @@ def test_single_label_is_argmax_and_round_trips():
     assert dec.rule == "argmax" and dec.valid_micro_f1 == 1.0
     assert apply_decision(probs, dec).tolist() == [[0, 1], [1, 0]]
     assert Decision.from_json(dec.to_json()) == dec
+
+
+def _two_labels_one_rare(n: int = 60, rare_pos: int = 3):
+    """Label 0: 30 positives, separable at 0.8 (global optimum elsewhere); label 1: only
+    ``rare_pos`` validation positives that a per-label threshold can fit exactly."""
+    rng = np.random.default_rng(3)
+    y = np.zeros((n, 2), dtype=int)
+    y[: n // 2, 0] = 1
+    y[:rare_pos, 1] = 1
+    probs = np.zeros((n, 2))
+    probs[:, 0] = np.where(y[:, 0] == 1, rng.uniform(0.85, 0.95, n), rng.uniform(0.6, 0.75, n))
+    probs[:, 1] = rng.uniform(0.0, 0.3, n)
+    probs[:rare_pos, 1] = 0.31  # just above every negative: an overfit threshold
+    return probs, y
+
+
+def test_auto_tunes_own_thresholds_only_for_labels_with_enough_valid_positives():
+    probs, y = _two_labels_one_rare()
+    glob = tune_decision(probs, y, True, "global")
+    per = tune_decision(probs, y, True, "per_label")
+    auto = tune_decision(probs, y, True, "auto", min_label_positives=5)
+    # per_label fits the three rare positives with their own threshold
+    assert per.thresholds[1] == pytest.approx(0.31)
+    # auto: label 0 (30 positives) gets its own threshold, label 1 (3) the global one
+    assert auto.rule == "per_label"
+    assert 0.75 < auto.thresholds[0] <= 0.85
+    assert auto.thresholds[1] == pytest.approx(glob.threshold)
+    assert "1 label(s) with < 5 valid positives keep the global threshold" in auto.note
+    # lowering the floor to 3 lets the rare label have its own threshold again
+    low = tune_decision(probs, y, True, "auto", min_label_positives=3)
+    assert low.thresholds[1] == pytest.approx(0.31)
+
+
+def test_auto_is_global_when_no_label_has_enough_positives():
+    probs, y = _two_labels_one_rare(n=20, rare_pos=2)
+    y[:, 0] = 0
+    y[:3, 0] = 1
+    dec = tune_decision(probs, y, True, "auto", min_label_positives=5)
+    assert dec.rule == "global" and not dec.fallback
+    assert "no label has 5 validation positives" in dec.note
+    assert Decision.from_json(dec.to_json()) == dec

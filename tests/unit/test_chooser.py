@@ -1,0 +1,121 @@
+"""The final-model chooser (tasks.evaluate.choose_final) and unlearnable labels through
+the train, evaluate and report stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from train_fixtures import make_splits_dir, splits_ref
+
+from label_pipeline.store import StageStore
+from tasks.evaluate import EvaluateConfig, choose_final, chosen_per_slice, run_evaluate
+from tasks.train import TrainConfig, run_train
+
+
+def _run(method, valid, slice_name="all", size=100, order=0, fallback="", test=None):
+    return {
+        "method": method,
+        "slice": slice_name,
+        "slice_size": size,
+        "valid": {"micro_f1": valid, "macro_f1": valid},
+        "test": {"micro_f1": test if test is not None else valid, "macro_f1": 0.5},
+        "fallback": fallback,
+        "order": order,
+    }
+
+
+def test_never_worse_on_valid_than_the_best_baseline():
+    runs = [
+        _run("naive_bayes", 0.70, order=0),
+        _run("tfidf_nb", 0.83, order=1),
+        _run("hybrid", 0.80, order=2),
+        _run("finetune", 0.82, order=3),
+    ]
+    choice = choose_final(runs, "micro_f1", tolerance=0.05)
+    # hybrid and finetune are within the tolerance of the best, but below tfidf_nb
+    assert choice["run"]["method"] == "tfidf_nb"
+    assert choice["best_baseline"] == {"method": "tfidf_nb", "valid": 0.83}
+    assert choice["reason"].startswith("chose tfidf_nb: valid micro-F1 0.830")
+    assert "best baseline" in choice["reason"]
+    assert (
+        "candidates: tfidf_nb 0.830, finetune 0.820, hybrid 0.800, naive_bayes 0.700"
+        in (choice["reason"])
+    )
+
+
+def test_simpler_model_within_tolerance_and_the_reason_says_so():
+    runs = [
+        _run("tfidf_nb", 0.80, order=0),
+        _run("finetune", 0.851, order=1),
+        _run("hybrid", 0.849, order=2),
+    ]
+    choice = choose_final(runs, "micro_f1", tolerance=0.005)
+    assert choice["run"]["method"] == "hybrid"
+    assert "vs best baseline tfidf_nb 0.800 (+0.049)" in choice["reason"]
+    assert "within 0.005 of the best (finetune 0.851), so the simpler model" in choice["reason"]
+    # a tighter tolerance picks the better one
+    assert choose_final(runs, "micro_f1", tolerance=0.0)["run"]["method"] == "finetune"
+
+
+def test_small_valid_split_widens_the_tolerance_to_one_row():
+    runs = [_run("embed_lr", 0.60), _run("finetune", 0.90, order=1), _run("hybrid", 0.86, order=2)]
+    assert choose_final(runs, "micro_f1", 0.005, n_valid=400)["run"]["method"] == "finetune"
+    small = choose_final(runs, "micro_f1", 0.005, n_valid=20)  # one row = 0.05
+    assert small["run"]["method"] == "hybrid" and small["tolerance"] == pytest.approx(0.05)
+
+
+def test_fallback_runs_only_when_nothing_else_and_largest_slice_by_default():
+    runs = [
+        _run("finetune", 0.99, slice_name="8", size=8),
+        _run("naive_bayes", 0.5, order=1),
+        _run("finetune", 0.95, order=2, fallback="did not converge"),
+    ]
+    choice = choose_final(runs, "micro_f1")
+    assert choice["run"]["method"] == "naive_bayes"
+    assert "1 fallback run(s) left out" in choice["reason"]
+    assert "no baseline" in choose_final(runs[:1], "micro_f1")["reason"]
+
+
+def test_a_different_method_per_slice():
+    runs = [
+        _run("tfidf_nb", 0.70, "8", 8, 0, test=0.61),
+        _run("finetune", 0.50, "8", 8, 1, test=0.40),
+        _run("tfidf_nb", 0.70, "all", 300, 2, test=0.72),
+        _run("finetune", 0.90, "all", 300, 3, test=0.88),
+    ]
+    per = chosen_per_slice(runs, "micro_f1", 0.005, None)
+    assert [(c["slice"], c["method"], c["micro_f1"]) for c in per] == [
+        ("8", "tfidf_nb", 0.61),
+        ("all", "finetune", 0.88),
+    ]
+
+
+def test_unlearnable_label_is_reported_by_train_evaluate_and_report(tmp_path):
+    from label_pipeline.config import PipelineConfig
+    from tasks.report import build_report
+
+    split_dir = make_splits_dir(tmp_path / "split", drop_label_from_small_slices="question")
+    store = StageStore(tmp_path / "store")
+    cfg = TrainConfig(methods=["naive_bayes", "tfidf_nb"], slices=["8", "all"], threshold="auto")
+    trained = run_train(store, cfg, splits_ref(split_dir))
+    runs = json.loads((trained.dir / "runs.json").read_text())
+    assert {r["slice"]: r["unlearnable"] for r in runs} == {"8": ["question"], "all": []}
+    assert "unlearnable labels" in (trained.dir / "summary.md").read_text()
+    assert "slice `8`: question" in (trained.dir / "summary.md").read_text()
+
+    ev = run_evaluate(store, EvaluateConfig(), splits_ref(split_dir), trained)
+    metrics = json.loads((ev.dir / "metrics.json").read_text())
+    assert metrics["unlearnable"] == {"8": ["question"]}
+    assert [c["slice"] for c in metrics["chosen_per_slice"]] == ["8", "all"]
+    best = json.loads((ev.dir / "best.json").read_text())
+    assert best["reason"].startswith(f"chose {best['method']}: valid micro-F1")
+    assert best["unlearnable"] == []
+    summary = (ev.dir / "summary.md").read_text()
+    assert "- why: chose" in summary and "slice `8`: question" in summary
+
+    refs = {"split": splits_ref(split_dir), "train": trained, "evaluate": ev}
+    build_report(PipelineConfig(), refs, tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Why: chose" in report and "Unlearnable labels" in report
+    assert "Chosen per slice" in report
