@@ -477,7 +477,7 @@ def gate(cfg: ReviewConfig, ref: StageRef) -> ReviewDecision:
             wait_for_input=form,
             timeout=cfg.timeout_s,
             poll_interval=cfg.poll_interval_s,
-            key=f"review-{cfg.after}",
+            key=f"review-{cfg.after.replace('_', '-')}",
         )
     except FlowPauseTimeout:
         if cfg.on_timeout == "fail":
