@@ -37,12 +37,18 @@ $(STAMP): pyproject.toml
 env: $(STAMP)
 
 # Offline resources: WordNet from Debian packages (when apt is available and we are
-# root) and the POS tagger, converted into the project's NLTK_DATA directory.
+# root) and the POS tagger, converted into the project's NLTK_DATA directory; Chromium
+# (Debian package) for the test that opens the review form in the Prefect UI.
 $(RES): $(STAMP) label_pipeline/resources.py
 	@if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1 || \
 		 (apt-get update -q >/dev/null && apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null)) \
 		|| echo "warning: could not install wordnet-base/wordnet-sense-index with apt-get"; \
+	fi
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+		|| echo "warning: could not install chromium with apt-get (the review UI test will skip)"; \
 	fi
 	$(PY) -m label_pipeline.resources
 	mkdir -p .cache && touch $(RES)
@@ -70,7 +76,7 @@ BENCHES := bench_foundation.py bench_augment.py bench_zero_shot.py "bench_adapt.
 # Quality: methods, augmentation and zero-shot against baselines (the emotion parts read
 # ../shared/datasets/emotion, or skip it when absent).
 QUALITY := quality_augment.py quality_zero_shot.py "bench_adapt.py --skip-goemotions" \
-	bench_methods.py "bench_finetune.py emotion --n 8 64"
+	bench_methods.py "bench_finetune.py emotion --n 8 64" bench_loop.py
 # label issues found with 10 % of emotion's training labels flipped, and what dropping them recovers
 QUALITY += "bench_label_issues.py --seeds 0 1 2"
 
