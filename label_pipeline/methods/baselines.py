@@ -312,15 +312,26 @@ def _resolve_encoder(explicit: str | None, ctx: FitContext | None) -> str:
 class _EmbeddingMethod(_SklearnTextMethod):
     """Methods on frozen, mean-pooled encoder embeddings (``label_pipeline.embeddings``)."""
 
-    def __init__(self, encoder: str | None = None, batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        encoder: str | None = None,
+        batch_size: int | None = None,
+        embed_options: dict[str, Any] | None = None,
+    ) -> None:
+        from label_pipeline.embeddings import long_text_options
+
         self.encoder = encoder
         self.batch_size = batch_size
+        self.embed_options = dict(embed_options or {})
+        long_text_options(**self.embed_options)  # fails early, naming a bad option
         self._device = None
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         from label_pipeline.embeddings import embed_texts
 
-        return embed_texts(self.encoder_dir_, texts, self._device, self.batch_size)
+        return embed_texts(
+            self.encoder_dir_, texts, self._device, self.batch_size, **self.embed_options
+        )
 
     def _start(self, train: LabelledTexts, ctx: FitContext) -> np.ndarray:
         _check_train(train, self.name)
@@ -342,6 +353,9 @@ class EmbeddingLogReg(_EmbeddingMethod):
             larger than scikit-learn's).
         class_weight: ``None`` or ``"balanced"``.
         batch_size: texts per encoder forward pass (default: the device's).
+        embed_options: how long texts are read, keyword options of
+            ``label_pipeline.embeddings.embed_texts`` (``long_text``, ``pooling``,
+            ``title_weight``, ...; default: its defaults).
     """
 
     name = "embed_lr"
@@ -353,8 +367,9 @@ class EmbeddingLogReg(_EmbeddingMethod):
         class_weight: str | None = None,
         max_iter: int = 2000,
         batch_size: int | None = None,
+        embed_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, batch_size)
+        super().__init__(encoder, batch_size, embed_options)
         if C <= 0:
             raise ConfigError(f"train.method_params.embed_lr.C must be > 0, got {C}")
         self.C = float(C)
@@ -371,6 +386,7 @@ class EmbeddingLogReg(_EmbeddingMethod):
             "class_weight": self.class_weight,
             "max_iter": self.max_iter,
             "batch_size": self.batch_size,
+            "embed_options": self.embed_options,
         }
 
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Method:
@@ -417,7 +433,7 @@ class EmbeddingKNN(_EmbeddingMethod):
     a usable validation split, ``k = min(default_k, rows)`` and ``m = ceil(k / 2)``.
 
     Params:
-        encoder: as for ``embed_lr``.
+        encoder, embed_options: as for ``embed_lr``.
         max_k: largest ``k`` tried.
         default_k: ``k`` when there is nothing to tune on.
     """
@@ -430,8 +446,9 @@ class EmbeddingKNN(_EmbeddingMethod):
         max_k: int = 15,
         default_k: int = 5,
         batch_size: int | None = None,
+        embed_options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(encoder, batch_size)
+        super().__init__(encoder, batch_size, embed_options)
         if max_k < 1 or default_k < 1:
             raise ConfigError("train.method_params.knn.max_k and default_k must be >= 1")
         self.max_k = int(max_k)
@@ -443,6 +460,7 @@ class EmbeddingKNN(_EmbeddingMethod):
             "max_k": self.max_k,
             "default_k": self.default_k,
             "batch_size": self.batch_size,
+            "embed_options": self.embed_options,
         }
 
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Method:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from label_pipeline.devices import DeviceChoice, choose_device
+from label_pipeline.embeddings import encoder_inputs
 from label_pipeline.errors import ConfigError, TrainingDivergedError
 from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
 from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
@@ -99,10 +100,17 @@ def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> Iterator
 
 
 def inference_batches(
-    tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int, device: DeviceChoice
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int,
+    device: DeviceChoice,
+    truncation: Literal["head", "head_tail"] = "head",
+    head_fraction: float = 0.5,
 ) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-    """Length-sorted inference batches: (row indices, padded model inputs on the device)."""
-    ids = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
+    """Length-sorted inference batches: (row indices, padded model inputs on the device).
+    ``truncation``: a long text's first tokens or its first and last (``head_tail``)."""
+    ids = encoder_inputs(tokenizer, texts, max_length, truncation, head_fraction)
     for idx in sorted_batches([len(x) for x in ids], batch_size):
         batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
         yield idx, {k: v.to(device.device) for k, v in batch.items()}
@@ -196,6 +204,10 @@ class FineTune(Method):
             epoch has at least 8 steps).
         eval_batch_size: rows per inference step; None = the device's batch size.
         max_length: tokens per text (longer texts are truncated).
+        truncation: how a longer text is cut: its first tokens (``head``) or the first
+            ``head_fraction`` of ``max_length`` from its start and the rest from its end
+            (``head_tail``: the error at the bottom of an issue stays in view).
+        head_fraction: share of the window taken from the start with ``head_tail``.
         class_weighting: ``balanced`` (pos_weight per label for multi-label, inverse class
             frequency for single-label) or ``none``.
         max_pos_weight: cap on the multi-label ``pos_weight`` of very rare labels.
@@ -219,6 +231,8 @@ class FineTune(Method):
         batch_size: int | None = None,
         eval_batch_size: int | None = None,
         max_length: int = 128,
+        truncation: Literal["head", "head_tail"] = "head",
+        head_fraction: float = 0.5,
         class_weighting: Literal["balanced", "none"] = "balanced",
         max_pos_weight: float = 10.0,
         dropout: float | None = None,
@@ -238,6 +252,8 @@ class FineTune(Method):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.max_length = max_length
+        self.truncation = truncation
+        self.head_fraction = head_fraction
         self.class_weighting = class_weighting
         self.max_pos_weight = max_pos_weight
         self.dropout = dropout
@@ -257,7 +273,8 @@ class FineTune(Method):
             k: getattr(self, k)
             for k in (
                 "epochs patience monitor lr head_lr weight_decay warmup_ratio batch_size "
-                "eval_batch_size max_length class_weighting max_pos_weight dropout "
+                "eval_batch_size max_length truncation head_fraction class_weighting "
+                "max_pos_weight dropout "
                 "self_training_rounds self_training_floor self_training_per_label "
                 "self_training_weight self_training_pool_size"
             ).split()
@@ -277,6 +294,11 @@ class FineTune(Method):
             raise ConfigError(f"{p}.class_weighting must be 'balanced' or 'none'")
         if self.max_length < 8:
             raise ConfigError(f"{p}.max_length={self.max_length} must be >= 8 tokens")
+        if self.truncation not in {"head", "head_tail"} or not 0 <= self.head_fraction <= 1:
+            raise ConfigError(
+                f"{p}.truncation={self.truncation!r} must be 'head' or 'head_tail' and "
+                f"head_fraction={self.head_fraction} in [0, 1]"
+            )
         self._self_training_params().validate(self.name)
 
     def _self_training_params(self) -> SelfTrainingParams:
@@ -388,8 +410,9 @@ class FineTune(Method):
         model.to(dev.device)
         self.model_, self.tokenizer_ = model, tokenizer
 
-        enc = tokenizer(list(train.texts), truncation=True, max_length=self.max_length)
-        ids = enc["input_ids"]
+        ids = encoder_inputs(
+            tokenizer, train.texts, self.max_length, self.truncation, self.head_fraction
+        )
         lengths = np.array([len(x) for x in ids])
         soft = train.soft_y is not None
         y = torch.tensor(train.soft_y if soft else train.y, dtype=torch.float32)
@@ -541,7 +564,9 @@ class FineTune(Method):
             return out
         model.eval()
         with torch.inference_mode():
-            for idx, batch in inference_batches(tok, texts, self.max_length, bs, dev):
+            for idx, batch in inference_batches(
+                tok, texts, self.max_length, bs, dev, self.truncation, self.head_fraction
+            ):
                 with autocast(dev):
                     logits = model(**batch).logits
                 out[idx] = logits.float().cpu().numpy()
