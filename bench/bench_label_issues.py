@@ -38,11 +38,14 @@ from _paths import DATASETS  # noqa: E402
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from tasks.quality import QualityConfig  # noqa: E402
 
 EMOTION = DATASETS / "emotion"
 LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 RULES = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning")
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4)
+#: flagged-share caps whose drop variant is scored too (None: cleanlab's count)
+CAPS = (None, 0.2, 0.15, 0.1, 0.05)
 
 
 def flip_labels(
@@ -109,7 +112,8 @@ def run_seed(args, seed: int, frames) -> dict:
         valid,
     )
     oof_s = round(time.time() - t0, 1)
-    verdict = find_mislabelled(eye[noisy], oof.probs, False, args.filter_by, args.min_margin)
+    cap = None if args.max_share <= 0 else args.max_share
+    verdict = find_mislabelled(eye[noisy], oof.probs, False, args.filter_by, args.min_margin, cap)
     flagged = verdict.flagged
     found = detection(flagged, flipped)
     hits = [i for i in flipped if flagged[i]]
@@ -148,13 +152,13 @@ def run_seed(args, seed: int, frames) -> dict:
             "fit_s": round(time.time() - t0, 1),
         }
     by_margin = {}
-    for margin in MARGINS:  # the drop variant at other margins (same out-of-fold probabilities)
-        v = find_mislabelled(eye[noisy], oof.probs, False, args.filter_by, margin)
+    for share in CAPS:  # the drop variant at other caps (same out-of-fold probabilities)
+        v = find_mislabelled(eye[noisy], oof.probs, False, args.filter_by, args.min_margin, share)
         kept = np.flatnonzero(~v.flagged)
         model = get_method(args.final_method)(**final_params).fit(
             rows([texts[i] for i in kept], noisy[kept]), valid, FitContext(seed=seed)
         )
-        by_margin[f"{margin:g}"] = {
+        by_margin["none" if share is None else f"{share:g}"] = {
             **detection(v.flagged, flipped),
             **_scores(model.predict_proba(test_texts), test_y),
         }
@@ -172,6 +176,8 @@ def run_seed(args, seed: int, frames) -> dict:
         "oof_accuracy_vs_true": round(100 * float(np.mean(oof.probs.argmax(1) == truth)), 2),
         "filter_by": args.filter_by,
         "min_margin": args.min_margin,
+        "max_share": cap,
+        "oof_agreement_with_given": verdict.agreement,
         "cleanlab_estimate": verdict.estimated_issues,
         **found,
         "final_method": args.final_method,
@@ -182,7 +188,7 @@ def run_seed(args, seed: int, frames) -> dict:
         if cost > 0
         else None,
         "sweep": sweep,
-        "drop_by_margin": by_margin,
+        "drop_by_cap": by_margin,
     }
     return result
 
@@ -197,6 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality-params", default="{}", help="JSON constructor arguments")
     parser.add_argument("--filter-by", default="prune_by_noise_rate", choices=RULES)
     parser.add_argument("--min-margin", type=float, default=0.0)
+    parser.add_argument(
+        "--max-share",
+        type=float,
+        default=QualityConfig().max_flagged_share or 0.0,
+        help="quality.max_flagged_share (default: the stage's); 0 = no cap",
+    )
     parser.add_argument("--final-method", default="embed_lr")
     parser.add_argument("--final-params", default="{}", help="JSON constructor arguments")
     parser.add_argument("--test-rows", type=int, default=0, help="0 = the full test set")
@@ -235,18 +247,22 @@ def main(argv: list[str] | None = None) -> None:
         rc = np.mean([r["sweep"][key]["recall"] for r in results])
         fl = np.mean([r["sweep"][key]["flagged"] for r in results])
         print(f"  {key:28s} flagged={fl:6.1f} precision={p:.3f} recall={rc:.3f}")
+    noisy_mean = np.mean([r["test"]["noisy"]["accuracy"] for r in results])
+    clean_mean = np.mean([r["test"]["clean"]["accuracy"] for r in results])
     print(
-        f"\ndrop at other margins ({args.filter_by}; mean over seeds; noisy accuracy "
-        f"{np.mean([r['test']['noisy']['accuracy'] for r in results]):.2f}):"
+        f"\ndrop with other caps on the flagged share ({args.filter_by}; mean over seeds; "
+        f"clean {clean_mean:.2f}, noisy {noisy_mean:.2f}):"
     )
-    for key in results[0]["drop_by_margin"]:
+    for key in results[0]["drop_by_cap"]:
         cells = {
-            k: np.mean([r["drop_by_margin"][key][k] for r in results])
+            k: np.mean([r["drop_by_cap"][key][k] for r in results])
             for k in ("flagged", "precision", "recall", "accuracy")
         }
+        rec = (cells["accuracy"] - noisy_mean) / (clean_mean - noisy_mean)
         print(
-            f"  margin {key:4s} flagged={cells['flagged']:6.1f} precision={cells['precision']:.3f}"
-            f" recall={cells['recall']:.3f} drop accuracy={cells['accuracy']:.2f}"
+            f"  cap {key:5s} flagged={cells['flagged']:6.1f} precision={cells['precision']:.3f}"
+            f" recall={cells['recall']:.3f} drop accuracy={cells['accuracy']:.2f} "
+            f"recovered={rec:.3f}"
         )
     mean = {
         k: round(float(np.mean([r[k] for r in results])), 3)

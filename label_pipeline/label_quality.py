@@ -173,13 +173,17 @@ class Mislabelled:
         flagged: bool per row, True where the given labels are probably wrong.
         quality: label quality score per row in [0, 1] (low = probably wrong).
         suggested: suggested label indices per row (the out-of-fold prediction).
-        estimated_issues: rows flagged before ``min_margin`` was applied.
+        estimated_issues: rows cleanlab flagged, before ``min_margin`` and ``max_share``.
+        agreement: share of rows whose suggested labels equal the given ones (how far the
+            out-of-fold model agrees with the labels at all: a weak model disagrees with
+            many correct labels, and its flags are then mostly its own errors).
     """
 
     flagged: np.ndarray
     quality: np.ndarray
     suggested: list[list[int]]
     estimated_issues: int = 0
+    agreement: float | None = None
 
 
 def suggested_labels(
@@ -202,6 +206,7 @@ def find_mislabelled(
     multi_label: bool,
     filter_by: str = "prune_by_noise_rate",
     min_margin: float = 0.0,
+    max_share: float | None = None,
 ) -> Mislabelled:
     """Rows whose given labels (0/1 matrix ``y``) are probably wrong, by cleanlab on the
     out-of-fold ``probs``.
@@ -210,12 +215,14 @@ def find_mislabelled(
     ``confident_learning``, ``predicted_neq_given``). ``min_margin`` additionally requires
     the suggested labels to differ from the given ones and, single-label, the suggested
     label's probability to exceed the given label's by at least that much (0 = cleanlab's
-    verdict as is).
+    verdict as is). ``max_share`` keeps at most that share of the rows flagged, those with
+    the lowest label quality score (None = no cap): with a weak out-of-fold model cleanlab's
+    noise estimate counts the model's own errors as label noise.
     """
     n, k = y.shape
     suggested = suggested_labels(probs, multi_label)
     if n == 0:
-        return Mislabelled(np.zeros(0, bool), np.zeros(0), suggested)
+        return Mislabelled(np.zeros(0, bool), np.zeros(0), suggested)  # nothing to check
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if multi_label:
@@ -242,7 +249,17 @@ def find_mislabelled(
             g = int(y[i].argmax())
             if probs[i, suggested[i][0]] - probs[i, g] < min_margin:
                 flagged[i] = False
-    return Mislabelled(flagged, np.asarray(quality, dtype=np.float64), suggested, estimated)
+    quality = np.asarray(quality, dtype=np.float64)
+    if max_share is not None:
+        cap = int(round(max_share * n))
+        idx = np.flatnonzero(flagged)
+        if len(idx) > cap:
+            flagged[:] = False
+            flagged[idx[np.argsort(quality[idx], kind="stable")[:cap]]] = True
+    agreement = float(
+        np.mean([set(suggested[i]) == set(np.flatnonzero(y[i]).tolist()) for i in range(n)])
+    )
+    return Mislabelled(flagged, quality, suggested, estimated, agreement)
 
 
 def _single_label_issues(

@@ -97,6 +97,11 @@ class QualityConfig(BaseModel):
         min_margin: single-label: also require the suggested label's out-of-fold probability
             to exceed the given label's by this much (0: cleanlab's verdict as is; higher:
             fewer, surer flags).
+        max_flagged_share: flag at most this share of the checked rows, those with the lowest
+            label quality score (None: as many as cleanlab flags). cleanlab's noise estimate
+            counts the out-of-fold model's own errors as label noise, so with a weak model
+            (few rows, hard labels) it flags a large part of the rows; the cap keeps the flags
+            to the most suspicious ones.
         encoder: encoder of the embedding methods: ``base`` (all-MiniLM-L6-v2) or a model
             reference.
         zero_shot_min_auc: a label whose zero-shot score separates its rows from the others
@@ -118,6 +123,7 @@ class QualityConfig(BaseModel):
         "prune_by_noise_rate"
     )
     min_margin: float = Field(0.0, ge=0.0, le=1.0)
+    max_flagged_share: float | None = Field(0.1, gt=0.0, le=1.0)
     encoder: str = "base"
     zero_shot_min_auc: float = Field(0.6, ge=0.0, le=1.0)
     label_separator: str = ";"
@@ -151,9 +157,11 @@ def _labelled_rows(
         origin += [name] * len(sub)
     y = np.concatenate(ys) if ys else np.zeros((0, len(labels)), np.int64)
     if not len(texts):
-        raise InputDataError(
-            f"{path}: the split(s) {names} hold no labelled row; nothing to check. Set "
-            "quality.splits to splits with labels or disable the stage (quality.enabled: false)"
+        stage_logger().warning(
+            "quality: the split(s) %s of %s hold no labelled row; nothing to check "
+            "(set quality.splits to splits with labels)",
+            names,
+            path,
         )
     return LabelledTexts(texts, y, labels, multi_label, ids=ids), origin
 
@@ -255,7 +263,7 @@ def _builder(
         n = len(rows)
         if oof.ok:
             verdict = find_mislabelled(
-                rows.y, oof.probs, multi_label, cfg.filter_by, cfg.min_margin
+                rows.y, oof.probs, multi_label, cfg.filter_by, cfg.min_margin, cfg.max_flagged_share
             )
             flagged, quality, suggested = verdict.flagged, verdict.quality, verdict.suggested
         else:
@@ -270,7 +278,7 @@ def _builder(
 
         zs_top: list[str] = [""] * n
         checks: list[dict[str, Any]] = []
-        if zero_shot is not None:
+        if zero_shot is not None and n:
             scores = zero_shot_scores(zero_shot, splits_ref.dir, rows.texts)
             zs_top = [labels[j] for j in scores.argmax(axis=1)]
             checks = label_name_check(rows.y, scores, labels, cfg.zero_shot_min_auc)
@@ -351,6 +359,7 @@ def _builder(
                 for s in dict.fromkeys(origin)
             },
             "cleanlab_estimate": verdict.estimated_issues if verdict else None,
+            "oof_agreement": verdict.agreement if verdict else None,
             "conflicts_read": None if conflicts is None else len(conflicts),
             "zero_shot": zero_shot is not None,
             "labels_disagreeing_with_name": [c["label"] for c in checks if c["disagrees"]],
@@ -389,6 +398,25 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             writer.writerow({k: "" if r[k] is None else r[k] for k in CSV_COLUMNS})
 
 
+#: below this out-of-fold agreement with the given labels the summary warns about the flags
+WEAK_AGREEMENT = 0.6
+
+
+def _agreement_lines(agreement: float | None) -> list[str]:
+    if agreement is None:
+        return []
+    line = (
+        f"- the out-of-fold model predicts the given labels on {100 * agreement:.1f} % of the rows"
+    )
+    if agreement < WEAK_AGREEMENT:
+        line += (
+            ": a weak model for these labels, so many flags are its own errors; read the "
+            "flags as rows to look at first, and prefer train.label_issues `keep` or a "
+            "stronger quality.method"
+        )
+    return [line]
+
+
 def _f(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}"
 
@@ -409,12 +437,18 @@ def _summary(
         + (f", {facts['fit_seconds']:.1f} s" if scored else " (no mislabel check)"),
         f"- probably mislabelled (cleanlab `{cfg.filter_by}`"
         + (f", margin >= {cfg.min_margin:g}" if cfg.min_margin else "")
+        + (
+            f", at most {100 * cfg.max_flagged_share:g} % of the rows"
+            if cfg.max_flagged_share
+            else ""
+        )
         + f"): **{kinds[MISLABELLED]}**"
         + (
-            f" (cleanlab's own estimate: {facts['cleanlab_estimate']})"
+            f" (cleanlab flagged {facts['cleanlab_estimate']})"
             if facts["cleanlab_estimate"] is not None
             else ""
         ),
+        *_agreement_lines(facts.get("oof_agreement")),
         f"- conflicting duplicates among them: **{kinds[CONFLICT]}**"
         + ("" if had_clean else " (the clean stage's conflicts were not passed in)"),
         f"- every issue, with a blank `labels` column to fill in: `{ISSUES_CSV}`",

@@ -134,7 +134,7 @@ def _run_params(tmp_path: Path) -> dict:
         "ingest": {"path": str(data)},
         "split": {"slice_sizes": [8, 16]},
     }
-    for stage in ("augment", "zero_shot", "adapt", "train", "report"):
+    for stage in ("augment", "zero_shot", "adapt", "quality", "train", "report"):
         cfg[stage] = {"enabled": False}
     return {"config": cfg}
 

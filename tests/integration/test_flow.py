@@ -40,7 +40,7 @@ def _config(tmp_path, **split):
         "ingest": {"path": str(data)},
         "split": {"slice_sizes": [8, 16], **split},
     }
-    for stage in ("augment", "zero_shot", "adapt", "train", "report"):
+    for stage in ("augment", "zero_shot", "adapt", "quality", "train", "report"):
         cfg[stage] = {"enabled": False}
     return PipelineConfig.model_validate(cfg)
 

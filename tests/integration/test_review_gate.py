@@ -56,7 +56,7 @@ def review_config(root: Path, encoder: Path, **review):
         "suggest": {"enabled": False},
         "review": {"after": "zero_shot", "poll_interval_s": 1, **review},
     }
-    for stage in ("augment", "adapt", "report"):
+    for stage in ("augment", "adapt", "quality", "report"):
         cfg[stage] = {"enabled": False}
     return PipelineConfig.model_validate(cfg)
 

@@ -98,7 +98,7 @@ def _config(tmp_path, data, **ingest):
         "train": {"methods": ["naive_bayes"], "slices": ["8", "all"]},
         "suggest": {"n": 6, "strategy": "margin"},
     }
-    for stage in ("augment", "zero_shot", "adapt", "report"):
+    for stage in ("augment", "zero_shot", "adapt", "quality", "report"):
         cfg[stage] = {"enabled": False}
     return PipelineConfig.model_validate(cfg)
 

@@ -140,6 +140,24 @@ def test_find_mislabelled_margin_and_suggestion():
     assert verdict.quality[wrong].max() < verdict.quality[np.arange(0, 20, 5)].min()
     strict = find_mislabelled(y, probs, False, min_margin=0.2)
     assert not strict.flagged.any()  # 0.55 - 0.45 < 0.2
+    assert verdict.agreement == pytest.approx(0.8)
+
+
+def test_max_share_keeps_the_least_likely_labels():
+    y = np.eye(3, dtype=np.int64)[np.arange(100) % 3]
+    probs = np.where(y == 1, 0.8, 0.1)
+    wrong = np.arange(0, 100, 7)  # 15 rows the model puts in the next label, surer and surer
+    for rank, i in enumerate(wrong):
+        given = int(y[i].argmax())
+        probs[i] = 0.05
+        probs[i, given] = 0.1 - 0.005 * rank
+        probs[i, (given + 1) % 3] = 0.85 + 0.005 * rank
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    free = find_mislabelled(y, probs, False)
+    capped = find_mislabelled(y, probs, False, max_share=0.05)
+    assert free.flagged.sum() > 5 and capped.flagged.sum() == 5
+    assert set(np.flatnonzero(capped.flagged)) == set(wrong[-5:])  # lowest given-label probability
+    assert capped.estimated_issues == free.estimated_issues
 
 
 def test_conflict_issues_name_the_other_copy_and_its_labels():
