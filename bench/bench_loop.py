@@ -236,6 +236,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=None, help="rows per round (default per dataset)")
     parser.add_argument("--strategies", nargs="+", default=None)
     args = parser.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the fits are small, and several threads fight on a shared machine
+    threadpool_limits(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out: dict = {"rounds": args.rounds, "seeds": args.seeds, "datasets": {}}
     for name in args.datasets:

@@ -175,6 +175,8 @@ class Reviewed:
     valid_scores: np.ndarray | None
     valid_y: np.ndarray | None
     valid_auto: np.ndarray | None
+    #: the stage's ``expected_precision.json`` overall entry (calibrated probabilities), if any
+    expected: dict[str, Any] | None = None
 
     def initial(self) -> dict[str, Any]:
         """The form's starting values: the automatic rule where one number states it."""
@@ -185,8 +187,8 @@ class Reviewed:
             return {"threshold": round(float(r["thresholds"][0]), 4)}
         if r.get("rule") == "top_k":
             return {"top_k": int(r["value"])}
-        if r.get("rule") == "argmax" and r.get("value"):
-            return {"threshold": round(float(r["value"]), 4)}
+        if r.get("rule") == "argmax":  # the confidence floor (0: every row gets its top label)
+            return {"threshold": round(float(r.get("value") or 0.0), 4)}
         return {}
 
 
@@ -198,11 +200,21 @@ def _matrix(ds: Any, columns: list[str]) -> np.ndarray:
 
 def load_reviewed(after: str, ref: StageRef) -> Reviewed:
     """Read what the review of ``after`` (its stage directory ``ref``) shows and changes."""
-    import datasets
-
-    from label_pipeline.data import label_matrix, load_splits, read_label_info
+    from label_pipeline.data import read_label_info
 
     labels, multi_label = read_label_info(ref.dir)
+    data = _load(after, ref, labels, multi_label)
+    est = ref.dir / "expected_precision.json"
+    if est.is_file():
+        data.expected = (json.loads(est.read_text()) or {}).get("overall")
+    return data
+
+
+def _load(after: str, ref: StageRef, labels: list[str], multi_label: bool) -> Reviewed:
+    import datasets
+
+    from label_pipeline.data import label_matrix, load_splits
+
     if after == "zero_shot":
         from label_pipeline.zeroshot.selection import Selection, apply_selection
 
@@ -356,7 +368,15 @@ def describe_for_review(data: Reviewed, cfg: ReviewConfig) -> str:
             )
         lines += ["", "### If you set a threshold", "", md_table(sweep)]
     else:
-        lines.append("_No validation scores: the expected precision is not measured._")
+        lines.append("_No validation scores: the rule's validation precision is not measured._")
+    e = data.expected or {}
+    if e.get("expected_precision") is not None and e.get("interval"):
+        lines.append(
+            f"\n**Expected precision from the calibrated probabilities:** "
+            f"{100 * e['expected_precision']:.1f} % (95 % interval {100 * e['interval'][0]:.1f}"
+            f"–{100 * e['interval'][1]:.1f} %), about {e.get('expected_wrong', 0):.0f} of "
+            f"{e.get('assigned', 0)} labels wrong."
+        )
     counts = data.pool_auto.sum(axis=0) if len(data.pool_auto) else np.zeros(len(data.labels))
     labelled = int((data.pool_auto.sum(axis=1) > 0).sum()) if len(data.pool_auto) else 0
     lines += [
