@@ -320,3 +320,46 @@ def test_report_section_lists_the_issues_and_the_pool_agreement(tmp_path):
     assert out["pool_agreement"]["rows"] == 3
     assert out["pool_agreement"]["exact_agreement"] == pytest.approx(2 / 3)
     assert "66.7 %" in md
+
+
+@pytest.mark.slow
+def test_flow_runs_quality_before_train_and_reports_it(tmp_path, prefect_server):
+    from flows.label_pipeline import label_pipeline
+    from label_pipeline.config import PipelineConfig
+
+    lines = ["text,labels"]
+    words = {
+        "bug": "crash error broken fails exception traceback wrong",
+        "feature": "add support request would like option new",
+        "question": "how why what help wondering possible explain",
+    }
+    rng = np.random.default_rng(0)
+    for i in range(150):
+        lab = LABELS[i % 3]
+        text = " ".join(rng.choice(words[lab].split(), 4)) + f" w{rng.integers(10_000)} item {i}"
+        given = "question" if i == 4 else lab  # row-4 is a feature row labelled question
+        lines.append(f"{text},{given if i < 120 else ''}")
+    (tmp_path / "tiny.csv").write_text("\n".join(lines) + "\n")
+    cfg = PipelineConfig.model_validate(
+        {
+            "store": str(tmp_path / "store"),
+            "reports_dir": str(tmp_path / "reports"),
+            "run_name": "quality",
+            "ingest": {"path": str(tmp_path / "tiny.csv")},
+            "split": {"slice_sizes": [8]},
+            "quality": {"method": "naive_bayes"},
+            "train": {"methods": ["naive_bayes"], "label_issues": "drop"},
+            **{s: {"enabled": False} for s in ("augment", "zero_shot", "adapt", "suggest")},
+        }
+    )
+    out = label_pipeline(config=cfg)
+    assert {"quality", "train", "label"} <= set(out)
+    train_manifest = json.loads(
+        (tmp_path / "store" / "train" / out["train"]["fingerprint"] / "manifest.json").read_text()
+    )
+    assert train_manifest["inputs"]["quality"]["fingerprint"] == out["quality"]["fingerprint"]
+    issues = load_issues(StageRef(**out["quality"]))
+    if "row-4" in issues["id"]:  # row-4 landed in train: flagged and left out
+        assert train_manifest["label_issues"]["flagged_training_rows"] >= 1
+    report = (tmp_path / "reports" / "quality" / "report.md").read_text()
+    assert "## Label quality" in report and "train.label_issues `drop`" in report
