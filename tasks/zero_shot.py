@@ -95,6 +95,12 @@ class ZeroShotConfig(BaseModel):
             the pseudo-labels: ``auto`` (lowest cross-fitted log loss), ``temperature``,
             ``platt``, ``isotonic`` or ``none``.
         calibration_min_rows: fewer valid rows than this: no calibration (identity, reported).
+        label_shift: single-label only. ``pool``: the valid rows were collected as N per label
+            from a pool whose labels are not balanced, so the expected precision reweights the
+            calibrated pool probabilities to the pool's label frequencies, estimated from the
+            calibrated valid and pool scores (``label_pipeline.label_shift``; the pseudo-labels
+            themselves are unchanged). ``none``: valid has the pool's label frequencies.
+        label_shift_pool_rows: pool rows (a fixed-seed sample) the estimate uses.
         shard_size: rows scored per shard (memory bound and resume granularity).
         max_length: tokens per model input; None = the model's limit (at most 512).
         batch_size: model inputs per forward pass; None = ``device`` default.
@@ -121,6 +127,8 @@ class ZeroShotConfig(BaseModel):
     confidence_floor: float = Field(0.0, ge=0.0, le=1.0)
     calibration: Literal["auto", "temperature", "platt", "isotonic", "none"] = "auto"
     calibration_min_rows: int = Field(30, ge=2)
+    label_shift: Literal["none", "pool"] = "none"
+    label_shift_pool_rows: int = Field(4000, ge=1)
     shard_size: int = Field(2048, ge=1)
     max_length: int | None = Field(None, ge=8)
     batch_size: int | None = Field(None, ge=1)
@@ -690,16 +698,54 @@ def pseudo_label_precision(
     if len(valid_true):
         calibration["valid_before"] = calibration_scores(valid_true, valid_scores, multi_label)
         calibration["valid_after"] = calibration_scores(valid_true, fit.valid_probs, multi_label)
+    shift = _pool_label_shift(cfg, fit, valid_true, pool, labels, multi_label)
+    if shift is not None:
+        calibration["label_shift"] = shift.to_json()
     acc = PrecisionAccumulator(len(labels))
     for start in range(0, len(pool), chunk):
         scores = _score_matrix(pool.select(range(start, min(start + chunk, len(pool)))), labels)
-        acc.add(fit.calibrator.apply(scores), apply_selection(sel, scores, labels))
+        probs = fit.calibrator.apply(scores)
+        acc.add(
+            probs if shift is None else shift.apply(probs), apply_selection(sel, scores, labels)
+        )
     if len(valid_true):
         valid_pred = apply_selection(sel, valid_scores, labels)
         expected = acc.result(labels, fit.valid_probs, valid_pred, valid_true)
     else:
         expected = acc.result(labels)
     return calibration, expected
+
+
+def _pool_label_shift(
+    cfg: ZeroShotConfig,
+    fit: Any,
+    valid_true: np.ndarray,
+    pool: Any,
+    labels: list[str],
+    multi_label: bool,
+) -> Any:
+    """The label-shift estimate (``zero_shot.label_shift: pool``) from calibrated scores, or
+    None when it is off."""
+    if cfg.label_shift == "none":
+        return None
+    if multi_label:
+        raise ConfigError(
+            "zero_shot.label_shift='pool' applies to single-label tasks; set it to none"
+        )
+    if not len(pool) or not len(valid_true):
+        stage_logger().warning(
+            "zero_shot: label_shift='pool' needs valid and pool rows; not applied"
+        )
+        return None
+    from label_pipeline.label_shift import estimate_label_shift
+
+    rows = np.arange(len(pool))
+    if len(rows) > cfg.label_shift_pool_rows:
+        rows = np.sort(np.random.default_rng(0).choice(rows, cfg.label_shift_pool_rows, False))
+    pool_probs = fit.calibrator.apply(_score_matrix(pool.select(rows), labels))
+    # calibrated on valid: valid's label frequencies are the probabilities' source prior
+    source = valid_true.sum(axis=0) / max(valid_true.sum(), 1)
+    return estimate_label_shift(fit.valid_probs, valid_true, pool_probs, source)
 
 
 def _precision_summary(calibration: dict[str, Any], expected: dict[str, Any]) -> str:
@@ -717,6 +763,16 @@ def _precision_summary(calibration: dict[str, Any], expected: dict[str, Any]) ->
         )
     lines.append(cal)
     lines += [f"- {n}" for n in calibration["notes"]]
+    if calibration.get("label_shift"):
+        q = calibration["label_shift"]["target_prior"]
+        lines.append(
+            "- label shift (zero_shot.label_shift: pool): probabilities reweighted to the pool's "
+            "estimated label frequencies "
+            + ", ".join(
+                f"{name} {v:.2f}"
+                for name, v in zip((r["label"] for r in expected["per_label"]), q, strict=False)
+            )
+        )
     if o["expected_precision"] is None:
         lines += ["- the rule writes no pseudo-label on the pool", ""]
         return "\n".join(lines)

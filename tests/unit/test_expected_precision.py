@@ -68,7 +68,9 @@ def test_accumulating_shards_equals_one_pass():
     whole = expected_precision(p, pred, LABELS)
     parts = acc.result(LABELS)
     for a, b in zip(
-        [parts["overall"], *parts["per_label"]], [whole["overall"], *whole["per_label"]]
+        [parts["overall"], *parts["per_label"]],
+        [whole["overall"], *whole["per_label"]],
+        strict=True,
     ):
         assert a["assigned"] == b["assigned"]
         assert a["expected_precision"] == pytest.approx(b["expected_precision"])
@@ -183,3 +185,22 @@ def test_zero_shot_with_too_few_valid_rows_says_so(tmp_path):
     assert cal["fallback"] and cal["method"] == "none"
     summary = (ref.dir / "summary.md").read_text()
     assert "calibration needs at least 30 (zero_shot.calibration_min_rows)" in summary
+
+
+def test_zero_shot_label_shift_reweights_the_stated_precision_to_the_pool(tmp_path):
+    from label_pipeline.store import StageStore
+    from tasks.zero_shot import ZeroShotConfig, run_zero_shot
+
+    # the pool is written from the words of one label only; valid is balanced
+    split_dir = make_splits_dir(
+        tmp_path / "split", multi_label=False, n_valid=45, n_unlabeled=40, unlabeled_label="bug"
+    )
+    store = StageStore(tmp_path / "store")
+    cfg = ZeroShotConfig(backend="embedding", label_shift="pool")
+    ref = run_zero_shot(store, cfg, splits_ref(split_dir))
+    cal = json.loads((ref.dir / "calibration.json").read_text())
+    target = cal["label_shift"]["target_prior"]
+    assert target[LABELS.index("bug")] == max(target)
+    assert "label shift (zero_shot.label_shift: pool)" in (ref.dir / "summary.md").read_text()
+    est = json.loads((ref.dir / "expected_precision.json").read_text())
+    assert est["overall"]["assigned"] == 40
