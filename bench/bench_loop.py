@@ -18,8 +18,8 @@ The goal: the best strategy reaches the accuracy random selection has at the las
 with at most 60 % of the labels random used (labels needed read off the mean curve over
 seeds, linearly interpolated between rounds).
 
-Prints a table per dataset, writes ``bench/results/bench_loop.json`` and the figures
-``bench/results/bench_loop_<dataset>.png`` (accuracy and macro-F1 against labels used).
+Prints a table per dataset, writes ``bench/results/bench_loop<tag>.json`` and the figures
+``bench/results/bench_loop_<dataset><tag>.png`` (accuracy and macro-F1 against labels used).
 
     .venv/bin/python bench/bench_loop.py                 # both datasets, 3 seeds
     .venv/bin/python bench/bench_loop.py default --seeds 0 --rounds 2   # a quick look
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--n", type=int, default=None, help="rows per round (default per dataset)")
     parser.add_argument("--strategies", nargs="+", default=None)
+    parser.add_argument("--tag", default="", help="suffix of the results and figure files")
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             f"best strategy: {best} ({'n/a' if best is None else f'{reached[best]:.0%}'} of the "
             f"labels random used); goal (<= 60%) {'met' if goal else 'NOT met'}"
         )
-        fig = RESULTS / f"bench_loop_{name}.png"
+        fig = RESULTS / f"bench_loop_{name}{args.tag}.png"
         plot(name, summary, fig)
         print(f"figure: {fig}")
         out["datasets"][name] = {
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
             "loop_seconds": round(loop_s, 1),
             "strategies": summary,
         }
-    path = RESULTS / "bench_loop.json"
+    path = RESULTS / f"bench_loop{args.tag}.json"
     path.write_text(json.dumps(out, indent=1))
     print(f"\nresults: {path}")
 

@@ -50,11 +50,12 @@ class SuggestConfig(BaseModel):
     Attributes:
         enabled: run the stage (it needs the label stage).
         n: pool rows to suggest (fewer when the pool is smaller).
-        strategy: ``auto`` (``margin`` for single-label, ``label_uncertainty`` for
-            multi-label data), ``random`` (the control), ``least_confidence``, ``margin``,
-            ``entropy`` (single-label), ``label_uncertainty``, ``diverse`` (uncertain rows
-            spread over k-means clusters of their embeddings) or ``k_center`` (greedy
-            core-set over embeddings).
+        strategy: ``auto`` (``least_confidence`` for single-label, ``label_uncertainty``
+            for multi-label data: the best of each kind in ``bench/bench_loop.py``),
+            ``random`` (the control), ``least_confidence``, ``margin``, ``entropy``
+            (single-label), ``label_uncertainty``, ``diverse`` (uncertain rows spread over
+            k-means clusters of their embeddings) or ``k_center`` (greedy core-set over
+            embeddings).
         cover_rare_labels: first give the labels with fewer labelled training rows than the
             median label the pool rows most likely to carry them.
         rare_rows_per_label: rows per rare label; None = half of ``n`` shared out.
@@ -91,7 +92,7 @@ class SuggestConfig(BaseModel):
     def resolved_strategy(self, multi_label: bool) -> str:
         if self.strategy != "auto":
             return self.strategy
-        return "label_uncertainty" if multi_label else "margin"
+        return "label_uncertainty" if multi_label else "least_confidence"
 
 
 def next_round(sources: list[str]) -> int:
