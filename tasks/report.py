@@ -264,7 +264,9 @@ def label_quality_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[st
             "",
         ]
         if sample:
-            lines.append(md_table(sample[:10]))
+            lines.append(
+                md_table([{**r, "text": str(r.get("text", ""))[:80]} for r in sample[:10]])
+            )
             publish_table(
                 STAGE, "label-issues", sample, description="labelled rows that are probably wrong"
             )
