@@ -79,6 +79,9 @@ QUALITY := quality_augment.py quality_zero_shot.py "bench_adapt.py --skip-goemot
 	bench_methods.py "bench_finetune.py emotion --n 8 64" bench_loop.py
 # label issues found with 10 % of emotion's training labels flipped, and what dropping them recovers
 QUALITY += "bench_label_issues.py --seeds 0 1 2"
+# the final model label-pipeline picks by itself (default config) on NLBSE issues and the
+# embedded data, beside every baseline of the same run, and the hybrid's parts alone
+QUALITY += bench_issues.py
 
 bench: $(RES)
 	@for b in $(BENCHES); do echo "== $$b"; $(PY) bench/$$b || exit 1; done

@@ -102,7 +102,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    methods: list[str] = Field(default_factory=lambda: [*BASELINES, "finetune"])
+    methods: list[str] = Field(default_factory=lambda: [*BASELINES, "hybrid", "finetune"])
     method_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     slices: list[str] = Field(default_factory=lambda: ["all"])
     use_augmented: bool = False

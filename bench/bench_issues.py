@@ -1,0 +1,356 @@
+"""The model label-pipeline picks by itself, with the default config, on long technical
+texts (GitHub issues) and on the embedded default data, beside every baseline of the same run.
+
+Datasets:
+
+- ``nlbse``: ../shared/datasets/nlbse24-train/issues_train.csv (NLBSE'24 issue report
+  classification, single-label bug / feature / question, 5 repositories × 3 labels × 100
+  rows). A fixed test of 300 rows (20 per label × repository) and valid of 150 (10 per
+  label × repository) are drawn once (seed 0) and never trained on; the other 1,050 rows are
+  train. Training slices: K = 8, 16, 32, 64 rows per label (nested, drawn per seed) and all
+  1,050. Text = title + body (ingest ``text_columns: [title, body]``). Every row is
+  labelled, so there is no unlabeled pool: the adapt stage (which needs one) is off.
+- ``goemotions``: the embedded default data (data/goemotions-ekman-sample.csv,
+  multi-label) with the default split and every nested slice.
+
+Each dataset runs the ``label-bench`` flow (every stage of the pipeline, every slice) with
+``PipelineConfig()`` defaults: only the input description (file, columns, the fixed split
+and slices) is set, nothing is tuned per dataset. The final model at each slice is the
+evaluate stage's choice on valid (``chosen_per_slice``, never below the best baseline).
+``--extra-methods`` trains more methods in the same run for comparison (e.g. ``setfit``);
+the chosen row is then recomputed over the default methods only. The hybrid method is also
+measured against each of its parts alone (word n-grams, character n-grams, sentence
+embeddings, and all three without the zero-shot block) on the same splits.
+
+Prints a markdown table per dataset (test micro/macro-F1; accuracy/macro-F1 for NLBSE) and
+writes ``bench/results/bench_issues.json``.
+
+Usage: ``python bench/bench_issues.py [--datasets nlbse goemotions] [--seeds 0]
+[--extra-methods setfit] [--no-ablation]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _paths import DATASETS  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# a busy 2-core machine starts Prefect's temporary server slowly; each run keeps its own
+# Prefect database so that two benchmark processes do not share one SQLite file
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-issues-prefect-"))
+
+NLBSE = DATASETS / "nlbse24-train" / "issues_train.csv"
+NLBSE_LABELS = ["bug", "feature", "question"]
+NLBSE_K = (8, 16, 32, 64)
+RESULTS = ROOT / "bench" / "results" / "bench_issues.json"
+#: the hybrid ablation: its parts alone and together
+ABLATION = {
+    "hybrid (word 1-2-grams only)": ["word"],
+    "hybrid (char_wb 2-5-grams only)": ["char"],
+    "hybrid (embeddings only)": ["embed"],
+    "hybrid (word + char + embeddings)": ["word", "char", "embed"],
+}
+
+
+def nlbse_input(out_dir: Path, seed: int) -> tuple[Path, Path, dict[str, int]]:
+    """Write the NLBSE rows with a fixed split column and the nested per-label slices.
+
+    Returns (csv path, slice JSON path, slice name -> K per label)."""
+    csv.field_size_limit(1 << 30)
+    rows = list(csv.DictReader(open(NLBSE, newline="", encoding="utf-8")))
+    fixed = np.random.default_rng(0)  # test and valid never move with the seed
+    strata: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        strata.setdefault((r["label"], r["repo"]), []).append(i)
+    split = ["train"] * len(rows)
+    for key in sorted(strata):
+        idx = fixed.permutation(strata[key])
+        for i in idx[:20]:
+            split[i] = "test"
+        for i in idx[20:30]:
+            split[i] = "valid"
+    rng = np.random.default_rng(seed)
+    by_label = {
+        lab: list(
+            rng.permutation(
+                [i for i, r in enumerate(rows) if split[i] == "train" and r["label"] == lab]
+            )
+        )
+        for lab in NLBSE_LABELS
+    }
+    slices = {
+        str(k * len(NLBSE_LABELS)): [
+            f"nlbse-{i}" for lab in NLBSE_LABELS for i in by_label[lab][:k]
+        ]
+        for k in NLBSE_K
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "nlbse.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "repo", "title", "body", "labels", "split"])
+        for i, r in enumerate(rows):
+            w.writerow([f"nlbse-{i}", r["repo"], r["title"], r["body"], r["label"], split[i]])
+    slice_path = out_dir / "slices.json"
+    slice_path.write_text(json.dumps(slices))
+    return path, slice_path, {str(k * len(NLBSE_LABELS)): k for k in NLBSE_K}
+
+
+def dataset_config(name: str, store: Path, work: Path, seed: int, extra: list[str]):
+    """The pipeline config: defaults, plus the input description only."""
+    from label_pipeline.config import PipelineConfig
+
+    cfg = PipelineConfig()
+    update: dict[str, Any] = {"store": str(store), "reports_dir": str(work / "reports")}
+    if name == "nlbse":
+        path, slice_path, per_label = nlbse_input(work / "input", seed)
+        update["ingest"] = cfg.ingest.model_copy(
+            update={
+                "path": str(path),
+                "format": "csv",
+                "text_columns": ["title", "body"],
+                "id_column": "id",
+                "split_column": "split",
+                "slice_file": str(slice_path),
+            }
+        )
+        update["run_name"] = f"bench-issues-nlbse-seed{seed}"
+        # every NLBSE row carries a label: there is no unlabeled pool to adapt the encoder
+        # on, and the adapt stage says to switch it off in that case
+        update["adapt"] = cfg.adapt.model_copy(update={"enabled": False})
+    else:
+        per_label = {}
+        update["run_name"] = f"bench-issues-goemotions-seed{seed}"
+    if seed != 0:
+        update["split"] = cfg.split.model_copy(update={"seed": seed})
+        update["train"] = cfg.train.model_copy(update={"seed": seed})
+    cfg = cfg.model_copy(update=update)
+    if extra:
+        train = cfg.train.model_copy(update={"methods": [*cfg.train.methods, *extra]})
+        cfg = cfg.model_copy(update={"train": train})
+    return cfg, per_label
+
+
+def stage_seconds(refs: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for stage, ref in refs.items():
+        if isinstance(ref, dict) and ref.get("path"):
+            man = Path(ref["path"]) / "manifest.json"
+            if man.is_file():
+                out[stage] = json.loads(man.read_text()).get("seconds")
+    return out
+
+
+def ablation(split_dir: Path, train_dir: Path, multi_label: bool, cfg: Any) -> list[dict]:
+    """The hybrid's parts alone, fitted like the train stage on the same rows and slices."""
+    from label_pipeline.data import label_matrix, load_slices, load_splits, read_label_info
+    from label_pipeline.decision import apply_decision, tune_decision
+    from label_pipeline.devices import choose_device
+    from label_pipeline.methods import FitContext, LabelledTexts
+    from label_pipeline.metrics import classification_metrics
+    from tasks.train import fit_and_predict
+
+    labels, multi_label = read_label_info(split_dir)
+    splits, slices = load_splits(split_dir), load_slices(split_dir)
+    encoder = json.loads((train_dir / "manifest.json").read_text()).get("encoder")
+    tr = splits["train"]
+    row_of = {str(i): k for k, i in enumerate(tr["id"])}
+    tr_texts = [str(t) for t in tr["text"]]
+    tr_y = label_matrix([list(x) for x in tr["labels"]], labels)
+
+    def lt(ds: Any) -> LabelledTexts:
+        return LabelledTexts(
+            [str(t) for t in ds["text"]],
+            label_matrix([list(x) for x in ds["labels"]], labels),
+            labels,
+            multi_label,
+        )
+
+    valid, test = lt(splits["valid"]), lt(splits["test"])
+    out = []
+    device = choose_device(cfg.train.device)
+    for name, blocks in ABLATION.items():
+        for slice_name, ids in slices.items():
+            rows = [row_of[i] for i in ids]
+            train = LabelledTexts([tr_texts[r] for r in rows], tr_y[rows], labels, multi_label)
+            ctx = FitContext(device=device, seed=cfg.train.seed, encoder=encoder)
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.time()
+                pv, pt, _ = fit_and_predict(
+                    "hybrid", {"blocks": blocks}, train, valid, test.texts, ctx, Path(tmp) / "m"
+                )
+                seconds = time.time() - t0
+            dec = tune_decision(
+                pv,
+                valid.y,
+                multi_label,
+                cfg.train.threshold,
+                cfg.train.min_valid_rows,
+                min_label_positives=cfg.train.min_label_positives,
+            )
+            m = classification_metrics(test.y, pt, apply_decision(pt, dec), labels, multi_label)
+            out.append(
+                {
+                    "method": name,
+                    "slice": slice_name,
+                    "slice_size": len(ids),
+                    "micro_f1": m["micro_f1"],
+                    "macro_f1": m["macro_f1"],
+                    "accuracy": m.get("accuracy"),
+                    "seconds": round(seconds, 2),
+                }
+            )
+    return out
+
+
+def run_dataset(name: str, seed: int, extra: list[str], do_ablation: bool) -> dict[str, Any]:
+    from flows.label_bench import label_bench
+    from tasks.evaluate import chosen_per_slice
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-issues-{name}-") as tmp:
+        work = Path(tmp)
+        cfg, per_label = dataset_config(name, work / "store", work, seed, extra)
+        default_methods = list(type(cfg.train)().methods)
+        t0 = time.time()
+        refs = label_bench(config=cfg)
+        wall = time.time() - t0
+        ev_dir = Path(refs["evaluate"]["path"])
+        metrics = json.loads((ev_dir / "metrics.json").read_text())
+        runs = metrics["runs"]
+        chosen = metrics["chosen_per_slice"]
+        if extra:  # the default config's choice: extra methods left out
+            from label_pipeline.data import load_splits
+
+            n_valid = len(load_splits(Path(refs["split"]["path"]))["valid"])
+            own = [r for r in runs if r["method"] in default_methods]
+            chosen = chosen_per_slice(
+                own, cfg.evaluate.select_by, cfg.evaluate.select_tolerance, n_valid
+            )
+        rows = [
+            {
+                "method": r["method"],
+                "slice": r["slice"],
+                "slice_size": r["slice_size"],
+                "micro_f1": r["test"]["micro_f1"],
+                "macro_f1": r["test"]["macro_f1"],
+                "accuracy": r["test"].get("accuracy"),
+                "valid_micro_f1": r["valid"]["micro_f1"],
+                "valid_macro_f1": r["valid"]["macro_f1"],
+            }
+            for r in runs
+        ]
+        train_runs = json.loads((Path(refs["train"]["path"]) / "runs.json").read_text())
+        fit_seconds = {f"{r['method']}/{r['slice']}": r.get("fit_seconds") for r in train_runs}
+        abl: list[dict] = []
+        abl_seconds = None
+        if do_ablation:
+            t1 = time.time()
+            abl = ablation(
+                Path(refs["split"]["path"]),
+                Path(refs["train"]["path"]),
+                metrics["multi_label"],
+                cfg,
+            )
+            abl_seconds = round(time.time() - t1, 1)
+        return {
+            "dataset": name,
+            "seed": seed,
+            "multi_label": metrics["multi_label"],
+            "labels": metrics["labels"],
+            "per_label_k": per_label,
+            "methods": sorted({r["method"] for r in runs}, key=[r["method"] for r in runs].index),
+            "default_methods": default_methods,
+            "runs": rows,
+            "chosen": chosen,
+            "ablation": abl,
+            "wall_seconds": round(wall, 1),
+            "ablation_seconds": abl_seconds,
+            "stage_seconds": stage_seconds(refs),
+            "fit_seconds": fit_seconds,
+            "threshold_rule": cfg.train.threshold,
+        }
+
+
+def _cell(r: dict[str, Any] | None, multi_label: bool) -> str:
+    if r is None:
+        return "–"
+    first = r["micro_f1"] if multi_label else r["accuracy"]
+    return f"{first:.3f}/{r['macro_f1']:.3f}"
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown: one row per method (+ the chosen model and its method per slice)."""
+    ml = result["multi_label"]
+    slices = sorted({(r["slice_size"], r["slice"]) for r in result["runs"]})
+    k = result["per_label_k"]
+    head = [f"K={k[s]} ({n})" if s in k else f"{s} ({n})" for n, s in slices]
+    what = "test micro / macro-F1" if ml else "test accuracy / macro-F1"
+    lines = [f"| {what} | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for m in result["methods"]:
+        by = {r["slice"]: r for r in result["runs"] if r["method"] == m}
+        lines.append(f"| {m} | " + " | ".join(_cell(by.get(s), ml) for _, s in slices) + " |")
+    for m in ABLATION:
+        by = {r["slice"]: r for r in result["ablation"] if r["method"] == m}
+        if by:
+            lines.append(f"| {m} | " + " | ".join(_cell(by.get(s), ml) for _, s in slices) + " |")
+    ch = {c["slice"]: c for c in result["chosen"]}
+    lines.append(
+        "| **chosen by label-pipeline** | "
+        + " | ".join(f"**{_cell(ch.get(s), ml)}**" for _, s in slices)
+        + " |"
+    )
+    lines.append(
+        "| chosen method | "
+        + " | ".join(ch[s]["method"] if s in ch else "–" for _, s in slices)
+        + " |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["nlbse", "goemotions"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--extra-methods", nargs="*", default=[])
+    parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS), help="JSON results file")
+    args = parser.parse_args(argv)
+    results = []
+    for name in args.datasets:
+        if name == "nlbse" and not NLBSE.is_file():
+            print(f"skipping nlbse: {NLBSE} not found (set LABEL_PIPELINE_DATASETS)")
+            continue
+        for seed in args.seeds:
+            res = run_dataset(name, seed, args.extra_methods, not args.no_ablation)
+            results.append(res)
+            print(f"\n## {name}, seed {seed} ({res['wall_seconds']:.0f} s pipeline", end="")
+            if res["ablation_seconds"] is not None:
+                print(f", {res['ablation_seconds']:.0f} s ablation", end="")
+            print(")\n")
+            print(table(res))
+            print("\nstage seconds:", json.dumps(res["stage_seconds"]))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"results": results}, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
