@@ -9,6 +9,10 @@ For results comparable with other tools, run it on pre-split input: an input fil
 ``split`` column (train/valid/test/unlabeled) and a training-slices file, configured in
 the ``ingest`` and ``split`` sections, so every tool sees identical rows.
 
+At every slice the evaluate stage picks a model on valid as it picks the final one (never
+below the best baseline, the simplest within the tolerance; ``tasks.evaluate.choose_final``):
+the ``chosen`` curve of the learning-curve figures, and ``chosen_per_slice`` in the result.
+
 Run it as a script: ``python -m flows.label_bench --config bench.yaml --variants aug``.
 It reuses the stage tasks of ``flows/label_pipeline.py``, so stages already computed by
 the main flow (same config, same inputs) come from the cache.
@@ -62,6 +66,17 @@ def bench_config(
     return config.model_copy(update=update)
 
 
+def chosen_per_slice(evaluated: Any) -> list[dict[str, Any]]:
+    """The evaluate stage's choice at every slice (``[]`` when it did not run)."""
+    import json
+    from pathlib import Path
+
+    if evaluated is None:
+        return []
+    path = Path(evaluated.dir) / "metrics.json"
+    return json.loads(path.read_text()).get("chosen_per_slice", []) if path.is_file() else []
+
+
 @flow(name="label-bench", log_prints=False, validate_parameters=True)
 def label_bench(
     config: PipelineConfig = PipelineConfig(),  # noqa: B008 (a validated Prefect parameter)
@@ -75,12 +90,14 @@ def label_bench(
         variants: ``aug`` and/or ``pseudo``: also train ``<method>+aug`` / ``<method>+pseudo``.
         variant_methods: which methods get the variants (default: all configured ones).
 
-    Returns the stage references and the report directory.
+    Returns the stage references, the model chosen at each slice (``chosen_per_slice``) and
+    the report directory.
     """
     cfg = bench_config(config, list(variants), variant_methods)
     choose_device(cfg.device)  # fail fast on a worker without the requested GPU
     refs = run_stages(cfg)
     out: dict[str, Any] = {k: v.model_dump() for k, v in refs.items()}
+    out["chosen_per_slice"] = chosen_per_slice(refs.get("evaluate"))
     if cfg.report.enabled:
         out["report"] = str(report_stage.run_report(cfg, refs))
     return out
@@ -100,8 +117,13 @@ def main(argv: list[str] | None = None) -> None:
         cfg = cfg.model_copy(update={"store": args.store})
     os.environ.setdefault("HF_HUB_OFFLINE", "0")
     result = label_bench(config=cfg, variants=args.variants, variant_methods=args.variant_methods)
+    for c in result.get("chosen_per_slice") or []:
+        print(
+            f"slice {c['slice']:>6} ({c['size']} rows): chosen {c['method']}, test micro-F1 "
+            f"{c['micro_f1']:.3f}, macro-F1 {c['macro_f1']:.3f}"
+        )
     for stage, ref in result.items():
-        if isinstance(ref, dict):
+        if isinstance(ref, dict) and "path" in ref:
             print(f"{stage:>10}: {ref['path']}{'  (cached)' if ref['cached'] else ''}")
     if result.get("report"):
         print(f"{'report':>10}: {result['report']}")
