@@ -76,7 +76,7 @@ BENCHES := bench_foundation.py bench_augment.py bench_zero_shot.py "bench_adapt.
 # Quality: methods, augmentation and zero-shot against baselines (the emotion parts read
 # ../shared/datasets/emotion, or skip it when absent).
 QUALITY := quality_augment.py quality_zero_shot.py "bench_adapt.py --skip-goemotions" \
-	bench_methods.py "bench_finetune.py emotion --n 8 64" bench_loop.py
+	bench_methods.py "bench_finetune.py emotion --n 8 64" bench_loop.py bench_calibration.py
 # label issues found with 10 % of emotion's training labels flipped, and what dropping them recovers
 QUALITY += "bench_label_issues.py --seeds 0 1 2"
 # the final model label-pipeline picks by itself (default config) on NLBSE issues and the

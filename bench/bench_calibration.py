@@ -1,0 +1,377 @@
+"""Calibration and expected precision of the pipeline's labels, measured on held-out labels.
+
+Two datasets, each run through the pipeline's stages (the plain ``run_*`` functions) in a
+temporary stage store:
+
+- ``default``: the embedded default data (data/goemotions-ekman-sample.csv, multi-label) with
+  the default config: ingest, clean, split, adapt, zero_shot, train (naive_bayes, tfidf_nb,
+  embed_lr, knn, finetune on the adapted encoder), evaluate, label;
+- ``emotion``: ../shared/datasets/emotion (single-label, 6 labels) with the few-shot protocol
+  of bench_finetune.py: 64 rows per label from train.csv (seed 0) for train, 64 per label from
+  dev.csv for valid, the full test.csv (2,000 rows) for test, 4,000 other train.csv rows
+  (labels dropped) as the unlabeled pool, ``train.label_shift: pool`` and
+  ``zero_shot.label_shift: pool`` (valid is balanced, the pool is not); methods: the default
+  set without ``finetune`` (naive_bayes, tfidf_nb, embed_lr, knn; ``--emotion-methods`` to
+  change), base encoder.
+
+For each: (a) the final model's (evaluate's ``best.json``) test ECE (15 equal-width bins),
+adaptive ECE (15 equal-mass bins), Brier and log loss before and after calibration;
+(b) expected precision: the zero_shot and label stages are run on a copy of the split whose
+unlabeled pool is the test split with its labels hidden; the precision each stage states for
+its labels (the zero-shot rule's pseudo-labels, the final model's labels of the pool) is
+compared with the precision measured on the hidden labels.
+
+    .venv/bin/python bench/bench_calibration.py                # both
+    .venv/bin/python bench/bench_calibration.py --datasets default
+
+Prints a table and writes ``bench/results/bench_calibration.json``. Goals: test ECE <= 0.05
+for the final model; stated expected precision within 5 points of the measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from _paths import DATASETS  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+EMOTION = DATASETS / "emotion"
+EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+ECE_GOAL = 0.05
+PRECISION_GOAL = 0.05
+
+
+def _split_ref(directory: Path, name: str):
+    from label_pipeline.store import StageRef
+
+    return StageRef(stage="split", fingerprint=f"bench-{name}", path=str(directory))
+
+
+def test_as_pool(split_dir: Path, out: Path, name: str):
+    """A copy of a split directory whose unlabeled pool is the test split, labels hidden."""
+    import datasets
+
+    from label_pipeline.data import load_splits
+
+    dd = load_splits(split_dir)
+    test = dd["test"]
+    pool = test.map(lambda r: {"labels": [], "split": "unlabeled"}, features=test.features)
+    parts = {k: dd[k] for k in ("train", "valid", "test")}
+    parts["unlabeled"] = pool
+    out.mkdir(parents=True, exist_ok=True)
+    datasets.DatasetDict(parts).save_to_disk(str(out / "splits"))
+    for f in ("labels.json", "slices.json"):
+        shutil.copyfile(split_dir / f, out / f)
+    return _split_ref(out, name)
+
+
+def measured_precision(
+    ids: list[str], predicted: list[list[str]], gold: dict[str, list[str]], labels: list[str]
+) -> dict[str, Any]:
+    """Precision of the predicted labels against the hidden gold ones, overall and per label."""
+    right = np.zeros(len(labels))
+    assigned = np.zeros(len(labels))
+    for i, pred in zip(ids, predicted, strict=True):
+        for name in pred:
+            j = labels.index(name)
+            assigned[j] += 1
+            right[j] += name in gold[i]
+    per = {
+        name: (float(right[j] / assigned[j]) if assigned[j] else None)
+        for j, name in enumerate(labels)
+    }
+    total = assigned.sum()
+    return {
+        "overall": float(right.sum() / total) if total else None,
+        "assigned": int(total),
+        "per_label": per,
+    }
+
+
+def compare(stated: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    o = stated["overall"]
+    out = {
+        "assigned": o["assigned"],
+        "stated": o["expected_precision"],
+        "interval": o["interval"],
+        "valid_precision": o["valid_precision"],
+        "measured": measured["overall"],
+        "per_label": {
+            r["label"]: {
+                "assigned": r["assigned"],
+                "stated": r["expected_precision"],
+                "interval": r["interval"],
+                "measured": measured["per_label"][r["label"]],
+            }
+            for r in stated["per_label"]
+        },
+    }
+    if out["stated"] is not None and out["measured"] is not None:
+        out["gap_points"] = round(100 * (out["stated"] - out["measured"]), 2)
+        lo, hi = out["interval"]
+        out["measured_in_interval"] = bool(lo <= out["measured"] <= hi)
+        out["goal_met"] = bool(abs(out["stated"] - out["measured"]) <= PRECISION_GOAL)
+    return out
+
+
+def run_dataset(
+    name: str, store_root: Path, split_ref, train_cfg, zs_cfg, adapt_cfg=None
+) -> dict[str, Any]:
+    """train → evaluate on the split; zero_shot and label on its test-as-pool copy."""
+    from label_pipeline.data import load_splits, read_label_info
+    from label_pipeline.store import StageStore
+    from tasks.adapt import run_adapt
+    from tasks.evaluate import EvaluateConfig, run_evaluate
+    from tasks.label import LabelConfig, run_label
+    from tasks.zero_shot import run_zero_shot
+
+    store = StageStore(store_root)
+    labels, _ = read_label_info(split_ref.dir)
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, fn, *args, **kwargs):
+        t0 = time.time()
+        ref = fn(*args, **kwargs)
+        timings[stage] = round(time.time() - t0, 1)
+        print(f"  {name}: {stage} done in {timings[stage]}s", flush=True)
+        return ref
+
+    adapted = timed("adapt", run_adapt, store, adapt_cfg, split_ref) if adapt_cfg else None
+    from tasks.train import run_train
+
+    trained = timed("train", run_train, store, train_cfg, split_ref, adapted=adapted)
+    pool_ref = test_as_pool(split_ref.dir, store_root / "test-as-pool", f"{name}-test-as-pool")
+    zs = timed("zero_shot", run_zero_shot, store, zs_cfg, pool_ref)
+    evaluated = timed("evaluate", run_evaluate, store, EvaluateConfig(), split_ref, trained, zs)
+    labelled = timed("label", run_label, store, LabelConfig(), pool_ref, trained, evaluated)
+
+    best = json.loads((evaluated.dir / "best.json").read_text())
+    metrics = json.loads((evaluated.dir / "metrics.json").read_text())
+    test = load_splits(split_ref.dir)["test"]
+    gold = {str(i): list(x) for i, x in zip(test["id"], test["labels"], strict=True)}
+
+    import datasets
+
+    zs_pool = datasets.load_from_disk(str(zs.dir / "unlabeled"))
+    zs_stated = json.loads((zs.dir / "expected_precision.json").read_text())
+    zs_measured = measured_precision(
+        [str(i) for i in zs_pool["id"]], [list(x) for x in zs_pool["labels"]], gold, labels
+    )
+    lab = datasets.load_from_disk(str(labelled.dir / "labelled"))
+    lab_stated = json.loads((labelled.dir / "expected_precision.json").read_text())
+    lab_measured = measured_precision(
+        [str(i) for i in lab["id"]], [list(x) for x in lab["predicted_labels"]], gold, labels
+    )
+    runs = [
+        {
+            "method": r["method"],
+            "slice": r["slice"],
+            "calibration": r["calibration"]["describe"],
+            "test_before": r["calibration"]["test"]["before"],
+            "test_after": r["calibration"]["test"]["after"],
+            "test_micro_f1": r["test"]["micro_f1"],
+        }
+        for r in metrics["runs"]
+    ]
+    final = best["calibration"]
+    return {
+        "dataset": name,
+        "rows": {s: len(d) for s, d in load_splits(split_ref.dir).items()},
+        "final_model": {
+            **final,
+            "method": best["method"],
+            "slice": best["slice"],
+            "calibrator": final["method"],
+        },
+        "ece_goal_met": bool(final["test_after"]["ece"] <= ECE_GOAL),
+        "runs": runs,
+        "zero_shot": {
+            "calibration": json.loads((zs.dir / "calibration.json").read_text())["describe"],
+            **compare(zs_stated, zs_measured),
+        },
+        "label": {"calibration": lab_stated["calibration"], **compare(lab_stated, lab_measured)},
+        "seconds": timings,
+    }
+
+
+def default_dataset(store_root: Path, args) -> dict[str, Any]:
+    from label_pipeline.config import PipelineConfig
+    from label_pipeline.store import StageStore
+    from tasks.clean import run_clean
+    from tasks.ingest import run_ingest
+    from tasks.split import run_split
+
+    cfg = PipelineConfig()
+    store = StageStore(store_root)
+    rows = run_ingest(store, cfg.ingest)
+    cleaned = run_clean(store, cfg.clean, rows)
+    split = run_split(store, cfg.split, cleaned)
+    adapt = cfg.adapt if cfg.adapt.enabled and not args.no_adapt else None
+    train = cfg.train if adapt else cfg.train.model_copy(update={"encoder": "base"})
+    return run_dataset("default", store_root, split, train, cfg.zero_shot, adapt)
+
+
+def emotion_split(out: Path, n: int, seed: int, pool_rows: int):
+    """The bench_finetune emotion protocol as a split-stage directory."""
+    import datasets
+    import pandas as pd
+
+    from label_pipeline.data import CANONICAL_FEATURES, write_label_info
+
+    train_all = pd.read_csv(EMOTION / "train.csv")
+    dev = pd.read_csv(EMOTION / "dev.csv")
+    test = pd.read_csv(EMOTION / "test.csv")
+
+    def per_class(df: pd.DataFrame, k: int) -> pd.DataFrame:
+        parts = [g.sample(n=min(k, len(g)), random_state=seed) for _, g in df.groupby("labels")]
+        return pd.concat(parts).reset_index()
+
+    train = per_class(train_all, n)
+    valid = per_class(dev, max(n, 8))
+    rest = train_all.drop(index=train["index"])
+    pool = rest.sample(n=min(pool_rows, len(rest)), random_state=seed + 1000).reset_index()
+
+    def rows(df: pd.DataFrame, split: str, labelled: bool) -> datasets.Dataset:
+        idx = df["index"] if "index" in df else df.index
+        return datasets.Dataset.from_dict(
+            {
+                "id": [f"{split}-{i}" for i in idx],
+                "text": [str(t) for t in df["text"]],
+                "labels": [[EMOTION_LABELS[y]] if labelled else [] for y in df["labels"]],
+                "split": [split] * len(df),
+            },
+            features=CANONICAL_FEATURES,
+        )
+
+    dd = {
+        "train": rows(train, "train", True),
+        "valid": rows(valid, "valid", True),
+        "test": rows(test.reset_index(), "test", True),
+        "unlabeled": rows(pool, "unlabeled", False),
+    }
+    feats = CANONICAL_FEATURES.copy()
+    feats["min_slice"] = datasets.Value("string")
+    dd["train"] = dd["train"].map(lambda r: {"min_slice": "all"}, features=feats)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets.DatasetDict(dd).save_to_disk(str(out / "splits"))
+    (out / "slices.json").write_text(json.dumps({"all": list(dd["train"]["id"])}))
+    write_label_info(out, EMOTION_LABELS, False)
+    return _split_ref(out, f"emotion-{n}-{seed}")
+
+
+def emotion_dataset(store_root: Path, args) -> dict[str, Any] | None:
+    from tasks.train import TrainConfig
+    from tasks.zero_shot import ZeroShotConfig
+
+    if not (EMOTION / "train.csv").is_file():
+        print(f"skipping emotion: {EMOTION} not found (set LABEL_PIPELINE_DATASETS)")
+        return None
+    split = emotion_split(store_root / "emotion-split", args.n, args.seed, args.pool)
+    train = TrainConfig(
+        methods=args.emotion_methods, encoder="base", label_shift="pool", seed=args.seed
+    )
+    zs = ZeroShotConfig(label_shift="pool")
+    out = run_dataset("emotion", store_root, split, train, zs)
+    out["protocol"] = {
+        "n_per_label": args.n,
+        "seed": args.seed,
+        "pool_rows": args.pool,
+        "methods": args.emotion_methods,
+        "label_shift": "pool (train and zero_shot)",
+    }
+    return out
+
+
+def _f(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{100 * v:.1f}" if pct else f"{v:.3f}"
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print("\nCalibration of the final model on test (before → after)")
+    print(
+        f"{'dataset':<9} {'final model':<14} {'calibrator':<30} {'ECE':<15} {'adaptive ECE':<15} "
+        f"{'Brier':<15} {'log loss':<15} goal ECE<=0.05"
+    )
+    for r in results:
+        f = r["final_model"]
+        b, a = f["test_before"], f["test_after"]
+        cells = [f"{_f(b[k])} → {_f(a[k])}" for k in ("ece", "adaptive_ece", "brier", "log_loss")]
+        print(
+            f"{r['dataset']:<9} {f['method']:<14} {f['describe']:<30} "
+            + " ".join(f"{c:<15}" for c in cells)
+            + f" {'met' if r['ece_goal_met'] else 'NOT met'}"
+        )
+    print("\nExpected precision of labels written on the test split as pool (labels hidden)")
+    print(
+        f"{'dataset':<9} {'labels of':<10} {'assigned':>8} {'stated %':>9} {'interval %':>12} "
+        f"{'measured %':>11} {'gap pts':>8} {'valid %':>8}  goal |gap|<=5"
+    )
+    for r in results:
+        for stage in ("zero_shot", "label"):
+            c = r[stage]
+            iv = c["interval"]
+            print(
+                f"{r['dataset']:<9} {stage:<10} {c['assigned']:>8} {_f(c['stated'], True):>9} "
+                f"{(f'{100 * iv[0]:.1f}–{100 * iv[1]:.1f}' if iv else '–'):>12} "
+                f"{_f(c['measured'], True):>11} {c.get('gap_points', '–')!s:>8} "
+                f"{_f(c['valid_precision'], True):>8}  "
+                f"{'met' if c.get('goal_met') else 'NOT met'}"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=["default", "emotion"])
+    parser.add_argument("--n", type=int, default=64, help="emotion: labelled rows per label")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=4000, help="emotion: unlabeled pool rows")
+    parser.add_argument(
+        "--emotion-methods", nargs="+", default=["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
+    )
+    parser.add_argument(
+        "--no-adapt", action="store_true", help="default: skip adapt, train on the base encoder"
+    )
+    parser.add_argument("--keep-store", default="", help="keep the stage store in this directory")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    results = []
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="lp-bench-cal-") as tmp:
+        root = Path(args.keep_store) if args.keep_store else Path(tmp)
+        for name in args.datasets:
+            print(f"== {name}", flush=True)
+            fn = {"default": default_dataset, "emotion": emotion_dataset}[name]
+            r = fn(root / name, args)
+            if r is not None:
+                results.append(r)
+    print_table(results)
+    out = ROOT / "bench" / "results" / f"bench_calibration{args.tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {"results": results, "seconds": round(time.time() - started, 1)}, indent=2, default=str
+        )
+    )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
