@@ -21,8 +21,9 @@ Output directory:
   ``label_separator``), ``score`` (cleanlab's label quality score in [0, 1]: low = the given
   labels are probably wrong), ``issue`` (``mislabelled``, ``conflicting_duplicate``, both
   joined by ``;``), ``detail``, ``zero_shot_top`` (the label whose name the text matches
-  best, when zero_shot ran) and a blank ``labels`` column: write the right labels there
-  (a filled file has the ``id``/``labels`` columns of ``ingest.extra_labels``);
+  best, when zero_shot ran) and a blank ``labels`` column: write the right labels there and
+  carry them into the input data (``id`` is the input's row id; ``ingest.extra_labels`` only
+  labels pool rows, it does not correct labelled ones);
 - ``issues/``: the same rows as an Arrow dataset, with ``given`` and ``suggested`` label
   lists, the out-of-fold ``prob_<label>`` columns and ``flagged`` (True where cleanlab
   flagged the row: the rows ``train.label_issues`` acts on);
