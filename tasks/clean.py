@@ -20,7 +20,10 @@ Rules, in order (each switchable in :class:`CleanConfig`):
    text), ``@mentions`` removed;
 6. HTML entities unescaped, Unicode normalised (NFKC), whitespace collapsed.
 
-Markers: ``[code]``, ``[stack trace]``, ``[log]``, ``[url]`` (``MARKERS``).
+Markers: ``[code]``, ``[stack trace]``, ``[log]``, ``[url]`` (``MARKERS``). The defaults
+(every block and URL replaced by its marker, headings dropped) were chosen on NLBSE'24
+issue reports by ``bench/bench_long_text.py`` (best mean validation accuracy of
+``tfidf_nb`` and ``embed_lr`` over the rule variants it compares).
 
 Then rows are dropped, each with its reason in ``dropped/``:
 
@@ -177,17 +180,17 @@ class CleanConfig(BaseModel):
     remove_html_comments: bool = True
     remove_markdown_images: bool = True
     remove_urls: bool = True
-    urls: Literal["drop", "keep", "shorten", "marker"] = "drop"
+    urls: Literal["drop", "keep", "shorten", "marker"] = "marker"
     remove_mentions: bool = True
     remove_boilerplate: bool = True
     boilerplate_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_BOILERPLATE))
     headings: Literal["drop", "keep"] = "drop"
-    code_blocks: Literal["keep", "shorten", "marker", "drop"] = "shorten"
+    code_blocks: Literal["keep", "shorten", "marker", "drop"] = "marker"
     code_max_lines: int = Field(10, ge=1)
-    indented_code: BlockRule = "keep"
-    stack_traces: BlockRule = "shorten"
+    indented_code: BlockRule = "marker"
+    stack_traces: BlockRule = "marker"
     trace_max_lines: int = Field(3, ge=1)
-    logs: BlockRule = "shorten"
+    logs: BlockRule = "marker"
     log_min_lines: int = Field(3, ge=2)
     log_max_lines: int = Field(3, ge=1)
     min_chars: int = Field(3, ge=1)

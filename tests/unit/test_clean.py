@@ -42,8 +42,9 @@ def test_entities_unicode_and_whitespace():
 
 def test_urls_mentions_images_comments():
     text = "see [the docs](https://x.org/a) or https://y.com/b?c=1 ping @octo-cat mail me@x.org ![shot](http://i/p.png)"
-    out = _clean(text)
+    out = _clean(text, urls="drop")
     assert out == "see the docs or ping mail me@x.org"
+    assert _clean(text) == "see the docs or [url] ping mail me@x.org"  # the default marker
     kept = _clean(text, remove_urls=False, remove_mentions=False, remove_markdown_images=False)
     assert "https://y.com/b?c=1" in kept and "@octo-cat" in kept and "![shot]" in kept
     assert _clean("before <!-- please describe --> after") == "before after"

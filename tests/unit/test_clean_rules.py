@@ -75,8 +75,22 @@ def clean(text: str = ISSUE, **cfg) -> str:
     return TextCleaner(CleanConfig(**cfg))(text)
 
 
-def test_defaults_on_an_issue():
+def test_defaults_replace_blocks_by_markers():
     out = clean()
+    assert out.startswith("Loading a saved model from a folder")
+    assert out.count("[stack trace]") == 2 and out.count("[log]") == 1
+    assert out.count("[code]") == 2 and out.count("[url]") == 1
+    for gone in ("###", "<!--", "_No response_", "https://", "import tensorflow", "06:33"):
+        assert gone not in out, gone
+
+
+SHORTEN = dict(
+    code_blocks="shorten", stack_traces="shorten", logs="shorten", indented_code="keep", urls="drop"
+)
+
+
+def test_shorten_on_an_issue():
+    out = clean(**SHORTEN)
     assert out.startswith("Loading a saved model from a folder")
     # template headings, HTML comments and "_No response_" go
     for gone in ("###", "<!--", "_No response_", "https://", "Describe the bug"):
@@ -118,7 +132,7 @@ def test_keep_leaves_blocks_whole_and_shorten_cuts_them():
     kept = clean(stack_traces="keep", logs="keep", code_blocks="keep", urls="keep")
     assert "codecs.py" in kept and "at new Store" in kept and "restarting worker 1" in kept
     assert "https://github.com/tensorflow/tensorflow/issues/61234" in kept
-    short = clean(trace_max_lines=1, log_max_lines=2, code_blocks="shorten", code_max_lines=2)
+    short = clean(**{**SHORTEN, "trace_max_lines": 1, "log_max_lines": 2, "code_max_lines": 2})
     lines = short.split("\n")
     i = lines.index("Traceback (most recent call last):")
     assert lines[i + 1 : i + 3] == ["...", PY_TRACE.split("\n")[-1]]
@@ -131,7 +145,7 @@ def test_keep_leaves_blocks_whole_and_shorten_cuts_them():
 
 
 def test_headings_keep_their_words_and_urls_shorten_to_hosts():
-    out = clean(headings="keep", urls="shorten")
+    out = clean(headings="keep", urls="shorten", code_blocks="shorten")
     assert "Describe the bug" in out and "Standalone code to reproduce the issue" in out
     assert "###" not in out and "_No response_" not in out
     assert "see github.com and the docs." in out
