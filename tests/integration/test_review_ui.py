@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -22,26 +21,9 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from review_fixtures import LABELS, WORDS, tiny_csv
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-LABELS = ["bug", "feature", "question"]
-WORDS = {
-    "bug": "crash error broken fails exception traceback wrong",
-    "feature": "add support request would like option new",
-    "question": "how why what help wondering possible explain",
-}
-
-
-def tiny_csv(path: Path, n_labelled: int = 60, n_unlabeled: int = 40) -> Path:
-    rng = random.Random(0)
-    lines = ["text,labels"]
-    for i in range(n_labelled + n_unlabeled):
-        lab = LABELS[i % 3]
-        words = rng.sample(WORDS[lab].split(), 4) + [f"w{rng.randint(0, 10_000)}" for _ in range(3)]
-        lines.append(f"{' '.join(words)} item {i},{lab if i < n_labelled else ''}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
