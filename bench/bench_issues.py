@@ -10,6 +10,9 @@ Datasets:
   train. Training slices: K = 8, 16, 32, 64 rows per label (nested, drawn per seed) and all
   1,050. Text = title + body (ingest ``text_columns: [title, body]``). Every row is
   labelled, so there is no unlabeled pool: the adapt stage (which needs one) is off.
+
+The augment stage is off for both: no default method reads its rows (``train.use_augmented``
+is off), so it changes no figure, but it back-translates every training row.
 - ``goemotions``: the embedded default data (data/goemotions-ekman-sample.csv,
   multi-label) with the default split and every nested slice.
 
@@ -138,6 +141,10 @@ def dataset_config(name: str, store: Path, work: Path, seed: int, extra: list[st
     else:
         per_label = {}
         update["run_name"] = f"bench-issues-goemotions-seed{seed}"
+    # no default method trains on augmented rows (train.use_augmented is off), yet the
+    # augment stage would back-translate every training row (hours on long issues): off,
+    # which changes no figure
+    update["augment"] = cfg.augment.model_copy(update={"enabled": False})
     if seed != 0:
         update["split"] = cfg.split.model_copy(update={"seed": seed})
         update["train"] = cfg.train.model_copy(update={"seed": seed})
