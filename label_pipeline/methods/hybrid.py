@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from label_pipeline.calibration import _sigmoid, _softmax
 from label_pipeline.errors import ConfigError
 from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
 from label_pipeline.methods.baselines import (
@@ -47,16 +48,6 @@ def _row_normalise(X: Any) -> Any:
     from sklearn.preprocessing import normalize
 
     return normalize(X, norm="l2", axis=1)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _temperature(scores: np.ndarray, idx: np.ndarray) -> float:
