@@ -26,7 +26,7 @@ from label_pipeline.label_quality import (
 from label_pipeline.methods.base import FitContext, LabelledTexts
 from label_pipeline.methods.baselines import NaiveBayes
 from label_pipeline.store import StageRef, StageStore
-from tasks.quality import ISSUES_CSV, QualityConfig, load_issues, run_quality
+from tasks.quality import CSV_COLUMNS, ISSUES_CSV, QualityConfig, load_issues, run_quality
 from tasks.train import TrainConfig, run_train
 
 FAST = {"method": "naive_bayes"}
@@ -72,18 +72,7 @@ def test_planted_mislabelled_row_is_flagged_with_its_true_label(tmp_path):
     # the planted row is the most suspicious one, and few clean rows are flagged with it
     assert rows[0]["id"] == "train-4"
     assert len(flagged) <= 3
-    assert list(rows[0]) == [
-        "id",
-        "text",
-        "split",
-        "given_labels",
-        "suggested_labels",
-        "score",
-        "issue",
-        "detail",
-        "zero_shot_top",
-        "labels",
-    ]
+    assert list(rows[0]) == CSV_COLUMNS
     facts = json.loads((ref.dir / "quality.json").read_text())
     assert facts["rows_checked"] == 60 and facts["folds"] == "5-fold stratified"
     issues = load_issues(ref)
