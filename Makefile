@@ -11,6 +11,7 @@ RES    := .cache/.resources-ready
 export HF_HUB_OFFLINE ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export TOKENIZERS_PARALLELISM ?= false
 export LABEL_PIPELINE_NLTK_DATA ?= $(CURDIR)/.cache/nltk_data
 

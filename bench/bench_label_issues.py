@@ -152,7 +152,7 @@ def run_seed(args, seed: int, frames) -> dict:
             "fit_s": round(time.time() - t0, 1),
         }
     by_margin = {}
-    for share in CAPS:  # the drop variant at other caps (same out-of-fold probabilities)
+    for share in args.caps:  # the drop variant at other caps (same out-of-fold probabilities)
         v = find_mislabelled(eye[noisy], oof.probs, False, args.filter_by, args.min_margin, share)
         kept = np.flatnonzero(~v.flagged)
         model = get_method(args.final_method)(**final_params).fit(
@@ -208,6 +208,14 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=QualityConfig().max_flagged_share or 0.0,
         help="quality.max_flagged_share (default: the stage's); 0 = no cap",
+    )
+    parser.add_argument(
+        "--caps",
+        type=lambda v: None if v == "none" else float(v),
+        nargs="*",
+        default=list(CAPS),
+        help="flagged-share caps whose drop variant is also fitted ('none': cleanlab's count); "
+        "each is one more fit of --final-method",
     )
     parser.add_argument("--final-method", default="embed_lr")
     parser.add_argument("--final-params", default="{}", help="JSON constructor arguments")

@@ -12,7 +12,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from prefect import flow
+# A fresh Prefect home migrates its database on the first start of the temporary API
+# server, which takes longer than Prefect's 20 s default on a small machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+from prefect import flow  # noqa: E402
 
 from label_pipeline import review
 from label_pipeline.config import PipelineConfig
