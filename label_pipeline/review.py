@@ -26,6 +26,7 @@ the stage's automatic choice, recorded as ``decided_by: timeout``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -210,6 +211,35 @@ def load_reviewed(after: str, ref: StageRef) -> Reviewed:
     return data
 
 
+def _reviewed(
+    after: str,
+    labels: list[str],
+    multi_label: bool,
+    rule: dict[str, Any],
+    pool: Any,
+    scores: np.ndarray,
+    vscores: np.ndarray | None,
+    vy: np.ndarray | None,
+    apply: Callable[[np.ndarray], np.ndarray],
+) -> Reviewed:
+    """The review of ``pool`` (its ``id`` and ``text`` columns, ``scores``) and of the
+    validation rows (``vscores`` against ``vy``, if any), each labelled by the stage's
+    automatic rule ``apply``."""
+    return Reviewed(
+        after,
+        labels,
+        multi_label,
+        rule,
+        [str(i) for i in pool["id"]],
+        [str(t) for t in pool["text"]],
+        scores,
+        apply(scores),
+        vscores,
+        vy,
+        None if vscores is None else apply(vscores),
+    )
+
+
 def _load(after: str, ref: StageRef, labels: list[str], multi_label: bool) -> Reviewed:
     import datasets
 
@@ -232,18 +262,16 @@ def _load(after: str, ref: StageRef, labels: list[str], multi_label: bool) -> Re
         vy = label_matrix([list(x) for x in valid["labels"]], labels)
         rule = {k: sel_json.get(k) for k in ("rule", "value", "metric", "per_label_thresholds")}
         rule["valid_metrics"] = sel_json.get("valid_metrics", {})
-        return Reviewed(
+        return _reviewed(
             after,
             labels,
             multi_label,
             rule,
-            [str(i) for i in pool["id"]],
-            [str(t) for t in pool["text"]],
+            pool,
             scores,
-            apply_selection(sel, scores, labels),
             vscores,
             vy,
-            apply_selection(sel, vscores, labels),
+            lambda s: apply_selection(sel, s, labels),
         )
     if after == "label":
         from label_pipeline.decision import Decision, apply_decision
@@ -271,18 +299,16 @@ def _load(after: str, ref: StageRef, labels: list[str], multi_label: bool) -> Re
             vy = label_matrix([list(x) for x in valid["labels"]], labels)
         rule = {**decision.to_json(), "valid_metrics": {}}
         rule.pop("label_shift", None)
-        return Reviewed(
+        return _reviewed(
             after,
             labels,
             multi_label,
             rule,
-            [str(i) for i in pool["id"]],
-            [str(t) for t in pool["text"]],
+            pool,
             scores,
-            apply_decision(scores, decision),
             vscores,
             vy,
-            None if vscores is None else apply_decision(vscores, decision),
+            lambda s: apply_decision(s, decision),
         )
     raise ValueError(f"review.after={after!r}: use one of {', '.join(REVIEWABLE)}")
 
