@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -137,6 +140,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process_group(
+    proc: subprocess.Popen, sig: int = signal.SIGTERM, wait_s: float = 30
+) -> None:
+    """Stop the process group of ``proc`` (started with ``start_new_session=True``): ``sig``
+    first, SIGKILL when it has not ended after ``wait_s`` seconds; nothing if it has ended."""
+    if proc.poll() is not None:
+        return
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 @contextmanager
 def local_prefect_server(
     env: dict[str, str] | None = None,
@@ -148,9 +168,6 @@ def local_prefect_server(
     its health check answers, yield the API URL and stop the server on exit (SIGTERM, then
     SIGKILL). ``env`` is the server's environment (default: this process's); its output goes
     to ``log_path`` when given, and its tail is in the error when it does not come up."""
-    import os
-    import signal
-    import subprocess
     import sys
     import time
     import urllib.request
@@ -181,14 +198,6 @@ def local_prefect_server(
             time.sleep(0.5)
         yield api
     finally:
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_process_group(proc)
         if log:
             log.close()

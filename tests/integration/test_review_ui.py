@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,13 @@ from pathlib import Path
 
 import pytest
 from review_fixtures import LABELS, WORDS, tiny_csv
+
+from label_pipeline.testing import (
+    free_port,
+    local_prefect_server,
+    make_tiny_bert,
+    stop_process_group,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,8 +61,6 @@ class Browser:
     """Headless Chromium driven over the DevTools protocol."""
 
     def __init__(self, profile: Path) -> None:
-        from label_pipeline.testing import free_port
-
         port = free_port()
         self.proc = subprocess.Popen(
             [
@@ -125,14 +129,7 @@ class Browser:
     def close(self) -> None:
         with suppress(Exception):
             self.ws.close()
-        if self.proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_process_group(self.proc, wait_s=10)
 
 
 @pytest.mark.skipif(
@@ -141,8 +138,6 @@ class Browser:
     "package chromium with apt-get when run as root; elsewhere install Chromium yourself",
 )
 def test_paused_run_shows_the_review_form_in_the_ui(tmp_path):
-    from label_pipeline.testing import free_port, local_prefect_server, make_tiny_bert
-
     root = Path(__file__).resolve().parents[2]
     encoder = make_tiny_bert(tmp_path / "enc", "base", corpus=[" ".join(WORDS.values()), *LABELS])
     config = {
@@ -211,12 +206,5 @@ def test_paused_run_shows_the_review_form_in_the_ui(tmp_path):
         finally:
             if browser is not None:
                 browser.close()
-            if flow is not None and flow.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.killpg(flow.pid, signal.SIGTERM)
-                try:
-                    flow.wait(20)
-                except subprocess.TimeoutExpired:
-                    with suppress(ProcessLookupError):
-                        os.killpg(flow.pid, signal.SIGKILL)
-                    flow.wait(10)
+            if flow is not None:
+                stop_process_group(flow, wait_s=20)
