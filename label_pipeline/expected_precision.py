@@ -185,3 +185,30 @@ def precision_rows(est: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def precision_summary(expected: dict[str, Any], noun: str = "label") -> list[str]:
+    """Markdown lines stating what :func:`expected_precision` found (``expected``) of the
+    labels (called ``noun`` in the text) a stage wrote on the pool: how many are expected to
+    be wrong, the expected precision and its interval, the same rule's precision on the
+    validation rows and the :func:`precision_rows` table."""
+    from label_pipeline.artifacts import md_table
+
+    o = expected["overall"]
+    if o["expected_precision"] is None:
+        return [f"No {noun} was written on the pool.", ""]
+    return [
+        f"Of the {o['assigned']} {noun}s written, about **{o['expected_wrong']:.0f}** are expected "
+        f"to be wrong: expected precision **{100 * o['expected_precision']:.1f} %** "
+        f"({100 * o['interval'][0]:.1f}–{100 * o['interval'][1]:.1f} %, "
+        "95 % interval: label outcomes and the validation check of the calibration)"
+        + (
+            f"; the same rule on the validation split: {100 * o['valid_precision']:.1f} % "
+            f"of {o['valid_assigned']} labels right."
+            if o["valid_precision"] is not None
+            else "; no validation rows to check it on."
+        ),
+        "",
+        md_table(precision_rows(expected)),
+        "",
+    ]

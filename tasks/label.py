@@ -272,31 +272,15 @@ def _expected_precision(
 
 
 def _precision_section(expected: dict[str, Any]) -> str:
-    from label_pipeline.artifacts import md_table
-    from label_pipeline.expected_precision import precision_rows
+    from label_pipeline.expected_precision import precision_summary
 
-    o = expected["overall"]
     lines = ["## Expected precision of the labels", ""]
-    if o["expected_precision"] is None:
-        return "\n".join(lines + ["No label was written on the pool.", ""])
-    lines += [
-        f"Calibration: {expected['calibration']}."
-        + "".join(f" {n}." for n in expected["calibration_notes"]),
-        f"Of the {o['assigned']} labels written, about **{o['expected_wrong']:.0f}** are expected "
-        f"to be wrong: expected precision **{100 * o['expected_precision']:.1f} %** "
-        f"({100 * o['interval'][0]:.1f}–{100 * o['interval'][1]:.1f} %, "
-        "95 % interval: label outcomes and the validation check of the calibration)"
-        + (
-            f"; the same rule on the validation split: {100 * o['valid_precision']:.1f} % "
-            f"of {o['valid_assigned']} labels right."
-            if o["valid_precision"] is not None
-            else "; no validation rows to check it on."
-        ),
-        "",
-        md_table(precision_rows(expected)),
-        "",
-    ]
-    return "\n".join(lines)
+    if expected["overall"]["expected_precision"] is not None:
+        lines.append(
+            f"Calibration: {expected['calibration']}."
+            + "".join(f" {n}." for n in expected["calibration_notes"])
+        )
+    return "\n".join(lines + precision_summary(expected, "label"))
 
 
 def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: StageRef):

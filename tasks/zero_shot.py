@@ -749,10 +749,8 @@ def _pool_label_shift(
 
 
 def _precision_summary(calibration: dict[str, Any], expected: dict[str, Any]) -> str:
-    from label_pipeline.artifacts import md_table
-    from label_pipeline.expected_precision import precision_rows
+    from label_pipeline.expected_precision import precision_summary
 
-    o = expected["overall"]
     lines = ["", "## Expected precision of the pseudo-labels", ""]
     before, after = calibration.get("valid_before"), calibration.get("valid_after")
     cal = f"- scores calibrated on valid: {calibration['describe']}"
@@ -773,24 +771,7 @@ def _precision_summary(calibration: dict[str, Any], expected: dict[str, Any]) ->
                 for name, v in zip((r["label"] for r in expected["per_label"]), q, strict=False)
             )
         )
-    if o["expected_precision"] is None:
-        lines += ["- the rule writes no pseudo-label on the pool", ""]
-        return "\n".join(lines)
-    lines += [
-        f"- of the {o['assigned']} pseudo-labels, about **{o['expected_wrong']:.0f}** are "
-        f"expected to be wrong: expected precision **{100 * o['expected_precision']:.1f} %** "
-        f"(95 % interval {100 * o['interval'][0]:.1f}–{100 * o['interval'][1]:.1f} %)"
-        + (
-            f"; on valid the rule's labels are {100 * o['valid_precision']:.1f} % right "
-            f"({o['valid_assigned']} labels)"
-            if o["valid_precision"] is not None
-            else ""
-        ),
-        "",
-        md_table(precision_rows(expected)),
-        "",
-    ]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *precision_summary(expected, "pseudo-label")])
 
 
 def _summary(
