@@ -230,7 +230,9 @@ def find_mislabelled(
             from cleanlab.multilabel_classification.rank import get_label_quality_scores
 
             given = [[int(j) for j in np.flatnonzero(row)] for row in y]
-            flagged = find_label_issues(given, probs, filter_by=filter_by)
+            # n_jobs=1: a few hundred rows; forked workers would inherit Prefect's
+            # signal handlers and print spurious termination tracebacks
+            flagged = find_label_issues(given, probs, filter_by=filter_by, n_jobs=1)
             quality = get_label_quality_scores(given, probs)
         else:
             from cleanlab.filter import find_label_issues
@@ -274,8 +276,8 @@ def _single_label_issues(
         remap = {int(c): i for i, c in enumerate(present)}
         sub = probs[:, present]
         sub = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1e-12)
-        return find(np.array([remap[int(g)] for g in given]), sub, filter_by=filter_by)
-    return find(given, probs, filter_by=filter_by)
+        return find(np.array([remap[int(g)] for g in given]), sub, filter_by=filter_by, n_jobs=1)
+    return find(given, probs, filter_by=filter_by, n_jobs=1)
 
 
 # ---------------------------------------------------------------- conflicting duplicates

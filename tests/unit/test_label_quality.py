@@ -132,6 +132,28 @@ def test_find_mislabelled_margin_and_suggestion():
     assert verdict.agreement == pytest.approx(0.8)
 
 
+@pytest.mark.parametrize("multi_label", [False, True])
+@pytest.mark.parametrize("rule", ["prune_by_noise_rate", "prune_by_class", "both"])
+def test_find_mislabelled_never_forks_a_process_pool(monkeypatch, multi_label, rule):
+    """cleanlab's default n_jobs forks a multiprocessing pool; inside a Prefect run the forked
+    workers inherit Prefect's SIGTERM handler and the pool's shutdown can hang the stage."""
+    import multiprocessing
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("find_mislabelled started a multiprocessing pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    rng = np.random.default_rng(0)
+    y = np.eye(3, dtype=np.int64)[np.arange(60) % 3]
+    if multi_label:
+        y[::4, 0] = 1
+    probs = np.clip(y * 0.7 + rng.random(y.shape) * 0.3, 0.01, 0.99)
+    if not multi_label:
+        probs = probs / probs.sum(axis=1, keepdims=True)
+    verdict = find_mislabelled(y, probs, multi_label, rule)
+    assert verdict.flagged.shape == (60,)
+
+
 def test_max_share_keeps_the_least_likely_labels():
     y = np.eye(3, dtype=np.int64)[np.arange(100) % 3]
     probs = np.where(y == 1, 0.8, 0.1)
