@@ -4,7 +4,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("LABEL_PIPELINE_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+def setup_project() -> None:
+    """Put the project root first on ``sys.path`` (``label_pipeline``, ``tasks``) and run
+    offline: ``HF_HUB_OFFLINE=1`` and ``TOKENIZERS_PARALLELISM=false`` unless already set."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

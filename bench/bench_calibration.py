@@ -42,16 +42,12 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from _paths import DATASETS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _emotion import EMOTION, EMOTION_LABELS, read_emotion, sample_per_label  # noqa: E402
+from _paths import ROOT, setup_project  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+setup_project()
 
-EMOTION = DATASETS / "emotion"
-EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 ECE_GOAL = 0.05
 PRECISION_GOAL = 0.05
 
@@ -233,16 +229,9 @@ def emotion_split(out: Path, n: int, seed: int, pool_rows: int):
 
     from label_pipeline.data import CANONICAL_FEATURES, write_label_info
 
-    train_all = pd.read_csv(EMOTION / "train.csv")
-    dev = pd.read_csv(EMOTION / "dev.csv")
-    test = pd.read_csv(EMOTION / "test.csv")
-
-    def per_class(df: pd.DataFrame, k: int) -> pd.DataFrame:
-        parts = [g.sample(n=min(k, len(g)), random_state=seed) for _, g in df.groupby("labels")]
-        return pd.concat(parts).reset_index()
-
-    train = per_class(train_all, n)
-    valid = per_class(dev, max(n, 8))
+    train_all, dev, test = read_emotion()
+    train = sample_per_label(train_all, n, seed, keep_index=True)
+    valid = sample_per_label(dev, max(n, 8), seed, keep_index=True)
     rest = train_all.drop(index=train["index"])
     pool = rest.sample(n=min(pool_rows, len(rest)), random_state=seed + 1000).reset_index()
 

@@ -26,23 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from _paths import DATASETS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _emotion import EMOTION_LABELS, read_emotion, sample_per_label  # noqa: E402
+from _paths import ROOT, setup_project  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-EMOTION = DATASETS / "emotion"
-EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
+setup_project()
 
 
 def _rows(texts, y, names, multi):
@@ -142,20 +136,8 @@ def bench_default(args) -> list[dict]:
     return [_fit_eval("finetune", {}, train, valid, test, args.seeds[0])]
 
 
-def _sample_per_class(df, n: int, seed: int):
-    """``n`` rows of each label (fewer where a label has fewer), sampled with ``seed``."""
-    import pandas as pd
-
-    parts = [g.sample(n=min(n, len(g)), random_state=seed) for _, g in df.groupby("labels")]
-    return pd.concat(parts).reset_index(drop=True)
-
-
 def bench_emotion(args) -> list[dict]:
-    import pandas as pd
-
-    train_all = pd.read_csv(EMOTION / "train.csv")
-    dev = pd.read_csv(EMOTION / "dev.csv")
-    test_df = pd.read_csv(EMOTION / "test.csv")
+    train_all, dev, test_df = read_emotion()
     if args.test_rows:
         test_df = test_df.sample(n=args.test_rows, random_state=0)
     eye = np.eye(len(EMOTION_LABELS), dtype=np.int64)
@@ -167,8 +149,8 @@ def bench_emotion(args) -> list[dict]:
     results = []
     for n in args.n:
         for seed in args.seeds:
-            train = rows(_sample_per_class(train_all, n, seed))
-            valid_df = _sample_per_class(dev, max(n, 8), seed)
+            train = rows(sample_per_label(train_all, n, seed))
+            valid_df = sample_per_label(dev, max(n, 8), seed)
             valid = rows(valid_df)
             if args.eval == "dev-rest":
                 # choosing a design: score on the dev rows not in valid, never on test.csv

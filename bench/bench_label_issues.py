@@ -24,24 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from _paths import DATASETS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _emotion import EMOTION, read_emotion, sample_per_label  # noqa: E402
+from _emotion import EMOTION_LABELS as LABELS  # noqa: E402
+from _paths import ROOT, setup_project  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+setup_project()
+
 from tasks.quality import QualityConfig  # noqa: E402
 
-EMOTION = DATASETS / "emotion"
-LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 RULES = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning")
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4)
 #: flagged-share caps whose drop variant is scored too (None: cleanlab's count)
@@ -83,15 +80,13 @@ def _scores(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def run_seed(args, seed: int, frames) -> dict:
-    from bench_finetune import _sample_per_class
-
     from label_pipeline.label_quality import find_mislabelled, out_of_fold_probs
     from label_pipeline.methods import FitContext, LabelledTexts, get_method
 
     train_all, dev, test_df = frames
     eye = np.eye(len(LABELS), dtype=np.int64)
-    tr = _sample_per_class(train_all, args.n, seed)
-    va = _sample_per_class(dev, args.n, seed)
+    tr = sample_per_label(train_all, args.n, seed)
+    va = sample_per_label(dev, args.n, seed)
     texts = list(tr["text"])
     truth = tr["labels"].to_numpy()
     noisy, flipped = flip_labels(truth, args.flip, len(LABELS), seed)
@@ -230,12 +225,10 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    import pandas as pd
-
-    test_df = pd.read_csv(EMOTION / "test.csv")
+    train_all, dev, test_df = read_emotion()
     if args.test_rows:
         test_df = test_df.sample(n=args.test_rows, random_state=0)
-    frames = (pd.read_csv(EMOTION / "train.csv"), pd.read_csv(EMOTION / "dev.csv"), test_df)
+    frames = (train_all, dev, test_df)
     results = []
     for seed in args.seeds:
         r = run_seed(args, seed, frames)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import tempfile
 import time
@@ -30,13 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from _paths import DATASETS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _emotion import EMOTION, EMOTION_LABELS  # noqa: E402
+from _paths import ROOT, setup_project  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+setup_project()
 
 from label_pipeline.decision import apply_decision, tune_decision  # noqa: E402
 from label_pipeline.devices import choose_device  # noqa: E402
@@ -44,9 +41,6 @@ from label_pipeline.methods import REGISTRY, FitContext, LabelledTexts  # noqa: 
 from label_pipeline.metrics import classification_metrics  # noqa: E402
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model  # noqa: E402
 from tasks.train import fit_and_predict  # noqa: E402
-
-EMOTION = DATASETS / "emotion"
-EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 
 
 def balanced_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
