@@ -1,4 +1,5 @@
-"""A tiny three-label issue CSV shared by the review-gate tests (API and UI)."""
+"""A tiny three-label issue vocabulary (``LABELS``, ``WORDS``) and CSV for the integration
+tests."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ prefect.yaml, a process worker, and `prefect deployment run` from the CLI."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -13,19 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from review_fixtures import LABELS, WORDS
 
-from label_pipeline.testing import free_port, local_prefect_server
+from label_pipeline.testing import free_port, local_prefect_server, stop_process_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
-LABELS = ["bug", "feature", "question"]
-WORDS = {
-    "bug": "crash error broken fails exception traceback wrong",
-    "feature": "add support request would like option new",
-    "question": "how why what help wondering possible explain",
-}
 
 
 def _tiny_csv(path: Path, n_labelled: int = 72, n_unlabeled: int = 40) -> Path:
@@ -37,20 +31,6 @@ def _tiny_csv(path: Path, n_labelled: int = 72, n_unlabeled: int = 40) -> Path:
         lines.append(f"{text},{lab if i < n_labelled else ''}")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT, wait_s: float = 20) -> None:
-    """Stop a process group we started: ``sig`` first, SIGKILL if it does not go."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(wait_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +91,7 @@ def deployed(server):
     try:
         yield server
     finally:
-        _stop(worker, signal.SIGINT)
+        stop_process_group(worker, signal.SIGINT, wait_s=20)
         log.close()
 
 
