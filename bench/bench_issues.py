@@ -227,12 +227,15 @@ def ablation(split_dir: Path, train_dir: Path, multi_label: bool, cfg: Any) -> l
     return out
 
 
-def run_dataset(name: str, seed: int, extra: list[str], do_ablation: bool) -> dict[str, Any]:
+def run_dataset(
+    name: str, seed: int, extra: list[str], do_ablation: bool, keep: str | None = None
+) -> dict[str, Any]:
     from flows.label_bench import label_bench
     from tasks.evaluate import chosen_per_slice
 
     with tempfile.TemporaryDirectory(prefix=f"bench-issues-{name}-") as tmp:
-        work = Path(tmp)
+        work = Path(keep) / f"{name}-{seed}" if keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         cfg, per_label = dataset_config(name, work / "store", work, seed, extra)
         default_methods = list(type(cfg.train)().methods)
         t0 = time.time()
@@ -338,6 +341,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extra-methods", nargs="*", default=[])
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--out", default=str(RESULTS), help="JSON results file")
+    parser.add_argument(
+        "--keep",
+        default=None,
+        help="keep each run's stage store and reports under KEEP/<dataset>-<seed> "
+        "(default: a temporary directory, deleted)",
+    )
     args = parser.parse_args(argv)
     results = []
     for name in args.datasets:
@@ -345,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"skipping nlbse: {NLBSE} not found (set LABEL_PIPELINE_DATASETS)")
             continue
         for seed in args.seeds:
-            res = run_dataset(name, seed, args.extra_methods, not args.no_ablation)
+            res = run_dataset(name, seed, args.extra_methods, not args.no_ablation, args.keep)
             results.append(res)
             print(f"\n## {name}, seed {seed} ({res['wall_seconds']:.0f} s pipeline", end="")
             if res["ablation_seconds"] is not None:
