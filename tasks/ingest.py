@@ -129,6 +129,18 @@ class IngestConfig(BaseModel):
             An optional ``source`` column names the rows' provenance; without it the rows of
             the k-th file are ``round-<k>``. Read by the ``extra_labels`` stage (this input's
             rows stay cached); the split stage moves the rows from the pool into train.
+        label_fixes: corrections of labelled rows: a file, or a list of files (one per
+            round), with columns ``id`` and ``labels``, CSV/TSV/JSONL/Parquet, other columns
+            ignored: fix the quality stage's ``label_issues.csv`` (write the right labels
+            into its ``labels`` column), then set ``ingest.label_fixes: path/to/it``. A
+            non-empty cell replaces the row's labels; the cell ``DROP`` (any case) removes
+            the row from the labelled data (not trained on, not evaluated on, not in the
+            pool); an empty cell changes nothing. A label literally named ``drop`` is given
+            as a list: ``["drop"]``. Every row keeps the split and slices it had with its
+            original labels (the split stage records the fixes per split); train's
+            ``source`` of a relabelled row is ``fixed-<k>`` (k-th file) unless the file has
+            a ``source`` column. Read by the ``extra_labels`` stage (ingest and clean stay
+            cached).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -152,6 +164,7 @@ class IngestConfig(BaseModel):
     encoding_errors: Literal["replace", "strict"] = "replace"
     sample_rows: int = Field(15, ge=0, le=100)
     extra_labels: str | list[str] | None = None
+    label_fixes: str | list[str] | None = None
 
     @field_validator("path")
     @classmethod
@@ -169,9 +182,22 @@ class IngestConfig(BaseModel):
         extra = self.extra_labels
         return [extra] if isinstance(extra, str) else list(extra)
 
+    def label_fix_paths(self) -> list[str]:
+        if not self.label_fixes:
+            return []
+        fixes = self.label_fixes
+        return [fixes] if isinstance(fixes, str) else list(fixes)
+
     def for_rows(self) -> IngestConfig:
-        """This config without ``extra_labels``: what the ingest stage's rows depend on."""
-        return self.model_copy(update={"extra_labels": None}) if self.extra_labels else self
+        """This config without ``extra_labels`` and ``label_fixes``: what the ingest stage's
+        rows depend on."""
+        if self.extra_labels or self.label_fixes:
+            return self.model_copy(update={"extra_labels": None, "label_fixes": None})
+        return self
+
+    def has_label_feedback(self) -> bool:
+        """Extra labels or label fixes are given: the ``extra_labels`` stage runs."""
+        return bool(self.extra_label_paths() or self.label_fix_paths())
 
 
 # ---------------------------------------------------------------- locating and reading
@@ -791,7 +817,7 @@ def run_ingest(store: StageStore, cfg: IngestConfig, refresh: bool = False) -> S
 # ---------------------------------------------------------------- extra labels (the labelling loop)
 
 EXTRA_STAGE = "extra_labels"
-EXTRA_VERSION = "1"
+EXTRA_VERSION = "2"
 EXTRA_FEATURES = datasets.Features(
     {
         "id": datasets.Value("string"),
@@ -799,16 +825,105 @@ EXTRA_FEATURES = datasets.Features(
         "source": datasets.Value("string"),
     }
 )
+#: the ``labels`` cell of a label fix that removes the row (compared without case)
+DROP = "DROP"
+RELABEL_ACTION, DROP_ACTION = "relabel", "drop"
+FIX_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "action": datasets.Value("string"),
+        "labels": datasets.Sequence(datasets.Value("string")),
+        "given": datasets.Sequence(datasets.Value("string")),
+        "source": datasets.Value("string"),
+    }
+)
+_FEEDBACK_FORMATS = {"csv", "tsv", "jsonl", "parquet"}
 
 
 def extra_label_inputs(cfg: IngestConfig) -> dict[str, Any]:
-    """Fingerprint inputs of the extra-labels stage: content hashes of the label files."""
-    return {
+    """Fingerprint inputs of the extra-labels stage: content hashes of the label files
+    (extra labels and label fixes)."""
+    out: dict[str, Any] = {
         "extra_labels": [
             file_fingerprint(resolve_path(p, "ingest.extra_labels"))
             for p in cfg.extra_label_paths()
         ]
     }
+    if cfg.label_fix_paths():
+        out["label_fixes"] = [
+            file_fingerprint(resolve_path(p, "ingest.label_fixes")) for p in cfg.label_fix_paths()
+        ]
+    return out
+
+
+def _record_places(path: Path, fmt: str, cfg: IngestConfig, n_rows: int) -> list[str]:
+    """Where each of a feedback file's ``n_rows`` records starts, for messages: ``line N``
+    of a CSV/TSV/JSONL file (a quoted CSV cell may span lines; header = line 1),
+    ``record N`` of a JSON array, ``row N`` of a Parquet file (1-based)."""
+    import csv
+    import io
+
+    if fmt == "parquet":
+        return [f"row {k}" for k in range(1, n_rows + 1)]
+    text = _read_text(path, cfg, [])
+    if fmt == "jsonl" and text.lstrip().startswith("["):
+        return [f"record {k}" for k in range(1, n_rows + 1)]
+    starts: list[int] = []
+    if fmt == "csv":
+        reader = csv.reader(io.StringIO(text))
+        end = 0
+        for record in reader:
+            if record:  # blank lines are no records (pandas skips them too)
+                starts.append(end + 1)
+            end = reader.line_num
+    else:
+        starts = [n for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    if fmt in {"csv", "tsv"}:
+        starts = starts[1:]  # the header
+    if len(starts) != n_rows:  # a file the two readers split differently: count records
+        first = 2 if fmt in {"csv", "tsv"} else 1
+        starts = list(range(first, first + n_rows))
+    return [f"line {k}" for k in starts]
+
+
+def _feedback_file(
+    raw: str, option: str, cfg: IngestConfig
+) -> tuple[Path, pd.DataFrame, list[str]]:
+    """One extra-labels or label-fixes file: (path, frame, the place of each row). The
+    file has a header whatever ``ingest.header`` says; columns ``id`` and ``labels``."""
+    path = resolve_path(raw, f"ingest.{option}")
+    fmt = detect_format(path, "auto")
+    if fmt not in _FEEDBACK_FORMATS:
+        raise ConfigError(
+            f"ingest.{option}: {path} is read as {fmt}; give a CSV, TSV, JSONL or "
+            "Parquet file with columns id and labels"
+        )
+    read_cfg = cfg.model_copy(update={"header": True, "format": fmt})
+    frame, _, _ = read_frame(path, fmt, read_cfg, [])
+    for col in ("id", "labels"):
+        if col not in frame.columns:
+            what = "an extra-labels" if option == "extra_labels" else "a label-fixes"
+            raise InputDataError(
+                f"ingest.{option}: {path} has no column {col!r} (columns: "
+                f"{', '.join(map(str, frame.columns[:20]))}); {what} file needs "
+                "columns 'id' (row ids of ingest.path) and 'labels'"
+            )
+    return path, frame, _record_places(path, fmt, read_cfg, len(frame))
+
+
+def _id_hint(cfg: IngestConfig) -> str:
+    return (
+        f"ids are the {cfg.id_column!r} column of ingest.path"
+        if cfg.id_column
+        else "without ingest.id_column rows are named row-<n> (0-based)"
+    )
+
+
+def _row_id(value: Any, at: str) -> str:
+    rid = "" if _is_missing(value) else _scalar_label(value)
+    if not rid:
+        raise InputDataError(f"{at}: column 'id' is empty; every row needs the row's id")
+    return rid
 
 
 def read_extra_labels(
@@ -824,6 +939,18 @@ def read_extra_labels(
     input that carries no label there, at most once over all files; every label one of the
     input's labels. Rows with an empty label cell are skipped (counted).
     """
+    out, facts, _ = _read_extra_labels(cfg, ids, input_labels, names, multi_label)
+    return out, facts
+
+
+def _read_extra_labels(
+    cfg: IngestConfig,
+    ids: list[str],
+    input_labels: list[list[str]],
+    names: list[str],
+    multi_label: bool,
+) -> tuple[dict[str, list], dict[str, Any], dict[str, str]]:
+    """:func:`read_extra_labels`, plus where each labelled id was read (file and line)."""
     row_of = {i: n for n, i in enumerate(ids)}
     seen: dict[str, str] = {}
     out: dict[str, list] = {"id": [], "labels": [], "source": []}
@@ -831,33 +958,14 @@ def read_extra_labels(
     per_source: Counter = Counter()
     files = []
     for k, raw in enumerate(cfg.extra_label_paths(), start=1):
-        path = resolve_path(raw, "ingest.extra_labels")
+        path, frame, places = _feedback_file(raw, "extra_labels", cfg)
         files.append(str(path))
-        fmt = detect_format(path, "auto")
-        if fmt not in {"csv", "tsv", "jsonl", "parquet"}:
-            raise ConfigError(
-                f"ingest.extra_labels: {path} is read as {fmt}; give a CSV, TSV, JSONL or "
-                "Parquet file with columns id and labels"
-            )
-        frame, _, _ = read_frame(path, fmt, cfg, [])
-        for col in ("id", "labels"):
-            if col not in frame.columns:
-                raise InputDataError(
-                    f"ingest.extra_labels: {path} has no column {col!r} (columns: "
-                    f"{', '.join(map(str, frame.columns[:20]))}); an extra-labels file needs "
-                    "columns 'id' (row ids of ingest.path) and 'labels'"
-                )
-        # a human-readable row number: the line in a CSV/TSV (header = line 1), else 1-based
-        first_line = 2 if fmt in {"csv", "tsv"} and cfg.header else 1
-        where = "line" if fmt in {"csv", "tsv", "jsonl"} else "row"
         sources = frame["source"] if "source" in frame.columns else [None] * len(frame)
-        for n, (rid, cell, src) in enumerate(
-            zip(frame["id"], frame["labels"], sources, strict=True)
+        for place, rid, cell, src in zip(
+            places, frame["id"], frame["labels"], sources, strict=True
         ):
-            at = f"ingest.extra_labels: {path} {where} {n + first_line}"
-            rid = "" if _is_missing(rid) else _scalar_label(rid)
-            if not rid:
-                raise InputDataError(f"{at}: column 'id' is empty; every row needs the row's id")
+            at = f"ingest.extra_labels: {path} {place}"
+            rid = _row_id(rid, at)
             labels = parse_labels(cell, cfg.label_separator)
             if cfg.label_map:
                 labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
@@ -865,13 +973,8 @@ def read_extra_labels(
                 skipped += 1
                 continue
             if rid not in row_of:
-                hint = (
-                    f"ids are the {cfg.id_column!r} column of ingest.path"
-                    if cfg.id_column
-                    else "without ingest.id_column rows are named row-<n> (0-based)"
-                )
                 raise InputDataError(
-                    f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {hint}. "
+                    f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {_id_hint(cfg)}. "
                     "Fix the id or remove the line"
                 )
             if rid in seen:
@@ -882,24 +985,13 @@ def read_extra_labels(
             if input_labels[row_of[rid]]:
                 raise InputDataError(
                     f"{at}: id {rid!r} already carries labels {input_labels[row_of[rid]]} in "
-                    "ingest.path; extra labels are for unlabeled pool rows: remove the line "
-                    "or correct the label in the input file"
+                    "ingest.path; extra labels are for unlabeled pool rows: remove the line, "
+                    "or correct the label with ingest.label_fixes (or in the input file)"
                 )
-            unknown = [lab for lab in labels if lab not in names]
-            if unknown:
-                raise InputDataError(
-                    f"{at}: column 'labels' holds {unknown}, not a label of the input "
-                    f"({', '.join(names)}); fix the spelling (separator "
-                    f"{cfg.label_separator!r}) or add the label through ingest.label_map"
-                )
-            if len(labels) > 1 and not multi_label:
-                raise InputDataError(
-                    f"{at}: id {rid!r} gets {len(labels)} labels {labels} but the data is "
-                    "single-label; keep one label per row"
-                )
+            _check_label_names(at, rid, labels, names, multi_label, cfg)
             source = "" if _is_missing(src) else str(src).strip()
             source = source or f"round-{k}"
-            seen[rid] = f"{path} {where} {n + first_line}"
+            seen[rid] = f"{path} {place}"
             out["id"].append(rid)
             out["labels"].append(sorted(labels))
             out["source"].append(source)
@@ -911,13 +1003,166 @@ def read_extra_labels(
         "per_source": dict(sorted(per_source.items())),
         "label_counts": dict(sorted(Counter(x for r in out["labels"] for x in r).items())),
     }
+    return out, facts, seen
+
+
+def _check_label_names(
+    at: str,
+    rid: str,
+    labels: list[str],
+    names: list[str],
+    multi_label: bool,
+    cfg: IngestConfig,
+    fix: bool = False,
+) -> None:
+    unknown = [lab for lab in labels if lab not in names]
+    if unknown:
+        raise InputDataError(
+            f"{at}: column 'labels' holds {unknown}, not a label of the input "
+            f"({', '.join(names)}); fix the spelling (separator {cfg.label_separator!r}) or add "
+            "the label through ingest.label_map"
+            + (
+                f"; write {DROP} to remove the row, leave the cell empty to keep its labels"
+                if fix
+                else ""
+            )
+        )
+    if len(labels) > 1 and not multi_label:
+        raise InputDataError(
+            f"{at}: id {rid!r} gets {len(labels)} labels {labels} (column 'labels') but the "
+            "data is single-label; keep one label per row"
+        )
+
+
+def is_drop(cell: Any) -> bool:
+    """A label-fix cell that removes the row: the text ``DROP`` in any case."""
+    return isinstance(cell, str) and cell.strip().upper() == DROP
+
+
+def read_label_fixes(
+    cfg: IngestConfig,
+    ids: list[str],
+    input_labels: list[list[str]],
+    names: list[str],
+    multi_label: bool,
+    extra_labelled: dict[str, str] | None = None,
+) -> tuple[dict[str, list], dict[str, Any]]:
+    """Read and check ``cfg.label_fixes`` against the ingested rows.
+
+    Returns (columns ``id``, ``action`` (``relabel`` / ``drop``), ``labels`` (the new
+    labels; empty for ``drop``), ``given`` (the input's labels), ``source``; facts). Every
+    id must be a row of the input that carries labels there, fixed at most once over all
+    files; every label one of the input's labels. ``extra_labelled`` (id -> file and line)
+    names where a pool row was labelled, for the message when such a row is "fixed". Empty
+    cells and fixes equal to the input's labels change nothing (counted).
+    """
+    row_of = {i: n for n, i in enumerate(ids)}
+    extra_labelled = extra_labelled or {}
+    seen: dict[str, str] = {}
+    out: dict[str, list] = {"id": [], "action": [], "labels": [], "given": [], "source": []}
+    blank = unchanged = 0
+    per_source: Counter = Counter()
+    files = []
+    for k, raw in enumerate(cfg.label_fix_paths(), start=1):
+        path, frame, places = _feedback_file(raw, "label_fixes", cfg)
+        files.append(str(path))
+        sources = frame["source"] if "source" in frame.columns else [None] * len(frame)
+        for place, rid, cell, src in zip(
+            places, frame["id"], frame["labels"], sources, strict=True
+        ):
+            at = f"ingest.label_fixes: {path} {place}"
+            rid = _row_id(rid, at)
+            drop = is_drop(cell)
+            labels = [] if drop else parse_labels(cell, cfg.label_separator)
+            if labels and cfg.label_map:
+                labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
+            if not drop and not labels:
+                blank += 1
+                continue
+            if rid not in row_of:
+                raise InputDataError(
+                    f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {_id_hint(cfg)}. "
+                    "Fix the id or remove the line"
+                )
+            if rid in seen:
+                raise InputDataError(
+                    f"{at}: id {rid!r} (column 'id') was already fixed in {seen[rid]}; keep one "
+                    "fix per id over all ingest.label_fixes files: remove one of the lines or "
+                    "empty its 'labels' cell"
+                )
+            given = input_labels[row_of[rid]]
+            if not given:
+                where = extra_labelled.get(rid)
+                raise InputDataError(
+                    f"{at}: id {rid!r} (column 'id') carries no label in ingest.path; "
+                    + (
+                        f"it was labelled through ingest.extra_labels ({where}): correct the "
+                        "label there"
+                        if where
+                        else "label pool rows through ingest.extra_labels instead"
+                    )
+                    + ", and remove the line or empty its 'labels' cell here"
+                )
+            if not drop:
+                _check_label_names(at, rid, labels, names, multi_label, cfg, fix=True)
+            seen[rid] = f"{path} {place}"
+            if not drop and sorted(labels) == sorted(given):
+                unchanged += 1
+                continue
+            source = "" if _is_missing(src) else str(src).strip()
+            source = source or f"fixed-{k}"
+            out["id"].append(rid)
+            out["action"].append(DROP_ACTION if drop else RELABEL_ACTION)
+            out["labels"].append(sorted(labels))
+            out["given"].append(sorted(given))
+            out["source"].append(source)
+            per_source[source] += 1
+    actions = Counter(out["action"])
+    facts = {
+        "files": files,
+        "relabelled": actions[RELABEL_ACTION],
+        "dropped": actions[DROP_ACTION],
+        "skipped_empty": blank,
+        "unchanged": unchanged,
+        "per_source": dict(sorted(per_source.items())),
+    }
     return out, facts
+
+
+def _fix_lines(fixes: dict[str, list], facts: dict[str, Any], max_rows: int) -> list[str]:
+    lines = [
+        f"Label fixes from {', '.join(f'`{f}`' for f in facts['files'])}: **{facts['relabelled']}** "
+        f"row(s) relabelled, **{facts['dropped']}** dropped (cell `{DROP}`); empty label cells: "
+        f"{facts['skipped_empty']}, fixes equal to the input's labels: {facts['unchanged']}. "
+        "Each row keeps its split; the split stage applies the fixes.\n",
+    ]
+    if fixes["id"]:
+        shown = list(zip(*fixes.values(), strict=True))[:max_rows]
+        lines += [
+            "### Label fixes"
+            + (f" (first {max_rows})" if len(fixes["id"]) > max_rows else "")
+            + "\n",
+            md_table(
+                [
+                    {
+                        "id": rid,
+                        "given": ";".join(given),
+                        "now": DROP if action == DROP_ACTION else ";".join(labels),
+                        "source": source,
+                    }
+                    for rid, action, labels, given, source in shown
+                ]
+            ),
+        ]
+    return lines
 
 
 def run_extra_labels(
     store: StageStore, cfg: IngestConfig, rows: StageRef, refresh: bool = False
 ) -> StageRef:
-    """Check and store ``cfg.extra_labels`` against the ingest stage's rows (``rows``)."""
+    """Check and store ``cfg.extra_labels`` and ``cfg.label_fixes`` against the ingest
+    stage's rows (``rows``): ``extra_labels/`` (pool rows labelled) and ``fixes/``
+    (labelled rows relabelled or dropped)."""
     from label_pipeline.data import load_rows, read_label_info
 
     rows = store.localize(rows)
@@ -926,25 +1171,35 @@ def run_extra_labels(
     def builder(ctx: BuildContext) -> dict[str, Any]:
         data = load_rows(rows.dir)
         names, multi_label = read_label_info(rows.dir)
-        columns, facts = read_extra_labels(
-            cfg, [str(i) for i in data["id"]], list(data["labels"]), names, multi_label
-        )
+        ids, input_labels = [str(i) for i in data["id"]], list(data["labels"])
+        columns, facts, where = _read_extra_labels(cfg, ids, input_labels, names, multi_label)
+        fixes, fix_facts = read_label_fixes(cfg, ids, input_labels, names, multi_label, where)
         save_dataset(
             datasets.Dataset.from_dict(columns, features=EXTRA_FEATURES), ctx.dir / "extra_labels"
         )
+        save_dataset(datasets.Dataset.from_dict(fixes, features=FIX_FEATURES), ctx.dir / "fixes")
         sample = [
-            {"id": i, "labels": lab, "source": s}
+            {"id": i, "labels": lab, "source": s, "change": "labelled"}
             for i, lab, s in list(zip(*columns.values(), strict=True))[: cfg.sample_rows]
         ]
-        lines = [
-            f"Extra labels from {', '.join(f'`{f}`' for f in facts['files'])}: **{facts['rows']}** "
-            f"rows (rows with an empty label cell skipped: {facts['skipped_unlabelled']}).\n",
-            "### Rows per source\n",
-            md_table([{"source": k, "rows": v} for k, v in facts["per_source"].items()]),
-            "### Label counts\n",
-            md_table([{"label": k, "rows": v} for k, v in facts["label_counts"].items()]),
+        sample += [
+            {"id": i, "labels": lab, "source": s, "change": f"{a}: was {g}"}
+            for i, a, lab, g, s in list(zip(*fixes.values(), strict=True))[: cfg.sample_rows]
         ]
+        if facts["files"]:
+            lines = [
+                f"Extra labels from {', '.join(f'`{f}`' for f in facts['files'])}: **{facts['rows']}** "
+                f"rows (rows with an empty label cell skipped: {facts['skipped_unlabelled']}).\n",
+                "### Rows per source\n",
+                md_table([{"source": k, "rows": v} for k, v in facts["per_source"].items()]),
+                "### Label counts\n",
+                md_table([{"label": k, "rows": v} for k, v in facts["label_counts"].items()]),
+            ]
+        else:
+            lines = ["No extra labels (ingest.extra_labels is not set).\n"]
+        if fix_facts["files"]:
+            lines += _fix_lines(fixes, fix_facts, 30)
         write_summary(ctx.dir, "\n".join(lines), sample)
-        return facts
+        return {**facts, "label_fixes": fix_facts}
 
     return store.build(EXTRA_STAGE, EXTRA_VERSION, cfg, inputs, builder, refresh)

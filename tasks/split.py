@@ -15,12 +15,18 @@
   in train's ``source`` column (``round-<n>``; rows labelled in the input: ``input``). The
   valid/test assignment and the slices drawn from the input's own rows stay as they were,
   so runs before and after a labelling round are scored on the same rows.
+- Label fixes (``ingest.label_fixes``, stored by the ``extra_labels`` stage) are applied after
+  the assignment: every split and slice is drawn from the rows' original labels, then a
+  relabelled row takes its new labels where it is (train's ``source``: ``fixed-<k>``) and a
+  dropped row (``DROP``) leaves every split and slice; it does not join the pool. So valid
+  and test stay the same rows (less the dropped ones) across fixing rounds. The summary and
+  the manifest (``label_fixes``) count the relabelled and dropped rows per split.
 - Everything is deterministic for a ``seed``. Labels too rare to appear in every split are
   named in a warning (log and summary).
 
 Output directory: ``splits/`` (DatasetDict ``train``, ``valid``, ``test``, ``unlabeled``;
 train rows carry ``min_slice``, the size of the smallest slice holding the row, the train
-size for rows only in ``all``, and ``source``), ``slices.json`` (``{"8": [ids], ..., "all": [ids]}``),
+size for rows only in ``all``, and ``source``: ``input``, ``round-<n>`` or ``fixed-<k>``), ``slices.json`` (``{"8": [ids], ..., "all": [ids]}``),
 ``labels.json``, ``summary.md``, ``sample.json``.
 """
 
@@ -51,7 +57,7 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "split"
-VERSION = "2"
+VERSION = "3"
 INPUT_SOURCE = "input"
 SPLIT_FRACTION_NAMES = ("train", "valid", "test")
 
@@ -235,12 +241,19 @@ def split_rows(
     cfg: SplitConfig,
     user_slices: dict[str, list[str]] | None = None,
     extra_ids: set[str] | None = None,
+    fixes: dict[str, list[str]] | None = None,
 ) -> tuple[list[str], dict[str, list[str]], list[str], list[str]]:
     """Decide each row's split and the training slices.
 
     ``extra_ids``: labelled rows added after the first run (their labels already in
     ``labels``); they go to train and into every slice, outside the draws, so the other
     rows' splits and slices are those a run without them gets.
+
+    ``fixes``: label fixes, row id -> new labels (empty: the row is dropped). The splits
+    and slices are decided on ``labels`` (the original labels), so they are those a run
+    without the fixes gets; dropped rows then leave every slice, and the warnings count
+    the fixed labels of the rows kept. A dropped row keeps its split name in the returned
+    list (so the caller can count it) and the caller leaves it out of the output.
 
     Returns (split of each row, slices ``{"8": ids, ..., "all": ids}``, warnings, notes).
     """
@@ -336,12 +349,19 @@ def split_rows(
         )
     slices["all"] = train_ids
 
+    kept = np.ones(n, dtype=bool)
+    if fixes:
+        gone = {i for i, new in fixes.items() if not new}
+        kept = np.array([i not in gone for i in ids])
+        slices = {k: [i for i in v if i not in gone] for k, v in slices.items()}
+        y = label_matrix([fixes.get(i) or lab for i, lab in zip(ids, labels, strict=True)], names)
+        y[~kept] = 0
     for part in SPLIT_FRACTION_NAMES:
-        if not any(s == part for s in split):
+        if not any(s == part and k for s, k in zip(split, kept, strict=True)):
             warnings.append(f"the {part} split is empty")
     rare = {}
     for part in SPLIT_FRACTION_NAMES:
-        rows = np.array([s == part for s in split])
+        rows = np.array([s == part for s in split]) & kept
         if rows.any():
             counts = y[rows].sum(axis=0)
             for j, name in enumerate(names):
@@ -365,6 +385,7 @@ def _summary(
     warnings: list[str],
     notes: list[str],
     method: str,
+    fixed: dict[str, dict[str, int]] | None = None,
 ) -> str:
     parts = [*SPLIT_FRACTION_NAMES, "unlabeled"]
     size = {p: sum(1 for s in split if s == p) for p in parts}
@@ -393,6 +414,13 @@ def _summary(
         "### Training slices per label (nested: each holds every smaller one)\n",
         md_table(slice_rows, ["label", *slices]),
     ]
+    if fixed:
+        lines += [
+            "### Label fixes (ingest.label_fixes) per split\n",
+            md_table(
+                [{"rows": kind, **{p: fixed[kind].get(p, 0) for p in parts}} for kind in fixed]
+            ),
+        ]
     if notes:
         lines += ["### Notes\n", "\n".join(f"- {x}" for x in notes) + "\n"]
     if warnings:
@@ -423,12 +451,33 @@ def run_split(
             user_slices = json.loads((rows.dir / "user_slices.json").read_text())
         source_of: dict[str, str] = {}
         extra_warnings: list[str] = []
+        fixes: dict[str, list[str]] = {}
+        fix_source: dict[str, str] = {}
         if extra is not None:
             labels, source_of, extra_warnings = _apply_extra_labels(extra, ids, labels)
+            fixes, fix_source, fix_warnings = _read_label_fixes(extra, ids)
+            extra_warnings += fix_warnings
         split, slices, warnings, notes = split_rows(
-            ids, labels, given, names, multi_label, cfg, user_slices, set(source_of)
+            ids, labels, given, names, multi_label, cfg, user_slices, set(source_of), fixes
         )
         warnings = extra_warnings + warnings
+        fixed: dict[str, dict[str, int]] = {}
+        if fixes:  # the splits are decided: now the fixed labels, without the dropped rows
+            fixed, keep = _fix_counts(ids, split, fixes), []
+            for n, rid in enumerate(ids):
+                if rid in fixes and not fixes[rid]:
+                    continue
+                keep.append(n)
+                if rid in fixes:
+                    labels[n] = list(fixes[rid])
+                    source_of[rid] = fix_source[rid]
+            ids, labels, split = (
+                [ids[n] for n in keep],
+                [labels[n] for n in keep],
+                [split[n] for n in keep],
+            )
+            cols["text"] = [cols["text"][n] for n in keep]
+            notes.append(_fix_note(fixed))
         for w in warnings:
             log.warning("split: %s", w)
 
@@ -467,15 +516,21 @@ def run_split(
             for r in rng.permutation(len(ds))[:per_part]:
                 sample.append(ds[int(r)])
         write_summary(
-            ctx.dir, _summary(split, labels, names, slices, ids, warnings, notes, method), sample
+            ctx.dir,
+            _summary(split, labels, names, slices, ids, warnings, notes, method, fixed),
+            sample,
         )
+        n_dropped = sum(fixed.get("dropped", {}).values())
         return {
-            "rows_in": len(ids),
+            "rows_in": len(ids) + n_dropped,
             "rows_out": len(ids),
             **{f"{p}_rows": len(dd[p]) for p in SPLITS},
             "slices": {k: len(v) for k, v in slices.items()},
             "method": method,
-            "extra_labelled_rows": dict(sorted(Counter(source_of.values()).items())),
+            "extra_labelled_rows": dict(
+                sorted(Counter(s for i, s in source_of.items() if i not in fix_source).items())
+            ),
+            "label_fixes": fixed,
             "warnings": warnings,
         }
 
@@ -510,3 +565,59 @@ def _apply_extra_labels(
             f"clean stage as empty or duplicates; see its dropped/): {dropped[:10]}"
         )
     return labels, source_of, warnings
+
+
+def _read_label_fixes(
+    extra: StageRef, ids: list[str]
+) -> tuple[dict[str, list[str]], dict[str, str], list[str]]:
+    """The extra_labels stage's label fixes: (row id -> new labels, empty = drop; row id ->
+    source; warnings for fixed ids the clean stage dropped). A directory of an older
+    extra_labels version has no fixes."""
+    path = extra.dir / "fixes"
+    if not path.is_dir():
+        return {}, {}, []
+    ds = datasets.load_from_disk(str(path))
+    known = set(ids)
+    fixes: dict[str, list[str]] = {}
+    source: dict[str, str] = {}
+    missing = []
+    for rid, labs, src in zip(ds["id"], ds["labels"], ds["source"], strict=True):
+        if str(rid) not in known:
+            missing.append(str(rid))
+            continue
+        fixes[str(rid)] = list(labs)
+        source[str(rid)] = str(src)
+    warnings = []
+    if missing:
+        warnings.append(
+            f"{len(missing)} id(s) of ingest.label_fixes are not among the clean rows (dropped by "
+            f"the clean stage as empty or duplicates; see its dropped/): {missing[:10]}"
+        )
+    return fixes, source, warnings
+
+
+def _fix_counts(
+    ids: list[str], split: list[str], fixes: dict[str, list[str]]
+) -> dict[str, dict[str, int]]:
+    """Rows relabelled and dropped by the label fixes, per split (the row's split before)."""
+    out: dict[str, Counter] = {"relabelled": Counter(), "dropped": Counter()}
+    for rid, part in zip(ids, split, strict=True):
+        if rid in fixes:
+            out["relabelled" if fixes[rid] else "dropped"][part] += 1
+    return {k: {p: v[p] for p in SPLITS if v[p]} for k, v in out.items()}
+
+
+def _fix_note(fixed: dict[str, dict[str, int]]) -> str:
+    def per(kind: str) -> str:
+        counts = fixed[kind]
+        total = sum(counts.values())
+        return f"{total}" + (
+            f" ({', '.join(f'{p} {v}' for p, v in counts.items())})" if total else ""
+        )
+
+    return (
+        f"label fixes (ingest.label_fixes): {per('relabelled')} row(s) relabelled, "
+        f"{per('dropped')} dropped; the splits and slices were drawn on the original labels, "
+        "so every row kept its split (valid/test are the same rows, less the dropped ones); "
+        "relabelled training rows carry source `fixed-<k>`, dropped rows left every split and slice"
+    )
