@@ -73,7 +73,7 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
     refs["clean"] = clean_task(
         store, cfg.clean, refresh=cfg.refreshes("clean"), rows=refs["ingest"]
     )
-    if cfg.ingest.extra_labels:  # labels from a labelling round: the pool rows join train
+    if cfg.ingest.has_label_feedback():  # extra labels (pool rows join train), label fixes
         refs["extra_labels"] = extra_labels_task(
             store, cfg.ingest, refresh=cfg.refreshes("extra_labels"), rows=refs["ingest"]
         )
