@@ -65,6 +65,15 @@ def with_device(stage_cfg: Any, device: Any) -> Any:
     return stage_cfg
 
 
+def _pool_rows(splits: StageRef) -> int | None:
+    """Rows in the split stage's unlabeled pool (None when its manifest does not say)."""
+    try:
+        n = splits.manifest().get("unlabeled_rows")
+    except (OSError, ValueError):
+        return None
+    return None if n is None else int(n)
+
+
 def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
     """Run every enabled stage in order and return their references (no report)."""
     store = cfg.store
@@ -96,7 +105,13 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
     )
     label_cfg = with_device(cfg.label, cfg.device)
 
-    if adapt_cfg.enabled:
+    if adapt_cfg.enabled and _pool_rows(splits) == 0:
+        stage_logger().warning(
+            "adapt: skipped, every row of the input is labelled (the unlabeled pool is empty), so "
+            "there is no unlabeled text to adapt the encoder on; the base encoder is used. Add "
+            "rows without labels to the input, or set adapt.enabled: false to silence this"
+        )
+    elif adapt_cfg.enabled:
         refs["adapt"] = adapt_task(store, adapt_cfg, refresh=cfg.refreshes("adapt"), splits=splits)
     if augment_cfg.enabled:
         refs["augment"] = augment_task(

@@ -137,3 +137,32 @@ def test_label_bench_learning_curve_over_every_slice(tmp_path, prefect_server):
     assert "Chosen per slice" in report.read_text() and "Why: chose" in report.read_text()
     metrics = json.loads((Path(out["report"]) / "metrics.json").read_text())
     assert metrics["run"] == Path(out["report"]).name
+
+
+def test_fully_labelled_input_runs_end_to_end_without_a_pool(
+    tmp_path, prefect_server, tiny_mlm_dir, capfd
+):
+    """Every row labelled: no unlabeled pool. The adapt stage (on by default) is skipped with
+    a warning that says why, and train, evaluate, label and suggest still run."""
+    from flows.label_pipeline import label_pipeline
+    from label_pipeline.config import PipelineConfig
+
+    data = _tiny_csv(tmp_path / "labelled.csv", n_labelled=90, n_unlabeled=0)
+    cfg = PipelineConfig.model_validate(
+        {
+            "store": str(tmp_path / "store"),
+            "reports_dir": str(tmp_path / "reports"),
+            "ingest": {"path": str(data)},
+            "split": {"slice_sizes": [8]},
+            "augment": {"enabled": False},
+            "zero_shot": {"enabled": False},
+            "quality": {"enabled": False},
+            "adapt": {"model": str(tiny_mlm_dir), "max_steps": 2},
+            "train": {"methods": ["naive_bayes"], "slices": ["all"]},
+        }
+    )
+    out = label_pipeline(config=cfg)
+    assert "adapt" not in out
+    assert {"split", "train", "evaluate", "label", "suggest"} <= set(out)
+    assert "adapt: skipped, every row of the input is labelled" in capfd.readouterr().err
+    assert (tmp_path / "reports").is_dir()
