@@ -608,16 +608,16 @@ def _fix_counts(
 
 
 def _fix_note(fixed: dict[str, dict[str, int]]) -> str:
-    def per(kind: str) -> str:
+    def per(kind: str, what: str) -> str:
         counts = fixed[kind]
         total = sum(counts.values())
-        return f"{total}" + (
+        return f"{total} {what}" + (
             f" ({', '.join(f'{p} {v}' for p, v in counts.items())})" if total else ""
         )
 
     return (
-        f"label fixes (ingest.label_fixes): {per('relabelled')} row(s) relabelled, "
-        f"{per('dropped')} dropped; the splits and slices were drawn on the original labels, "
+        f"label fixes (ingest.label_fixes): {per('relabelled', 'row(s) relabelled')}, "
+        f"{per('dropped', 'dropped')}; the splits and slices were drawn on the original labels, "
         "so every row kept its split (valid/test are the same rows, less the dropped ones); "
         "relabelled training rows carry source `fixed-<k>`, dropped rows left every split and slice"
     )
