@@ -133,7 +133,21 @@ _LOAD_LOCK = threading.RLock()
 
 
 @contextmanager
-def model_loading() -> Iterator[None]:
-    """Serialise model construction and ``from_pretrained`` calls within this process."""
+def model_loading(quiet: bool = False) -> Iterator[None]:
+    """Serialise model construction and ``from_pretrained`` calls within this process.
+
+    ``quiet``: hide transformers' load report (its table of missing and unexpected weights)
+    for a load that creates a new head on purpose and checks or reports it itself.
+    """
     with _LOAD_LOCK:
-        yield
+        if not quiet:
+            yield
+            return
+        import transformers
+
+        level = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            transformers.logging.set_verbosity(level)

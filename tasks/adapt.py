@@ -198,7 +198,7 @@ def load_masked_lm(model_dir: str | Path, purpose: str = "adapt.model") -> Maske
             f"{purpose}: the tokenizer of {src} has no mask token, so masked-LM training is "
             "impossible; use an encoder with a mask token or set adapt.enabled=false."
         )
-    with model_loading():
+    with model_loading(quiet=True):  # the missing keys are checked and reported below
         model, info = AutoModelForMaskedLM.from_pretrained(str(src), output_loading_info=True)
     prefix = model.base_model_prefix
     missing = sorted(info.get("missing_keys") or [])

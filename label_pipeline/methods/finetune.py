@@ -394,7 +394,7 @@ class FineTune(Method):
         extra: dict[str, Any] = {}
         if self.dropout is not None:
             extra["classifier_dropout"] = self.dropout
-        with model_loading():
+        with model_loading(quiet=True):  # the classification head is new on purpose
             tokenizer = AutoTokenizer.from_pretrained(str(start))
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(start),

@@ -48,3 +48,34 @@ def test_concurrent_loads_leave_transformers_globals_intact(tiny_mlm_dir):
     for mlm in loaded:
         out, emb = mlm.model.get_output_embeddings(), mlm.model.get_input_embeddings()
         assert out.weight.data_ptr() == emb.weight.data_ptr()
+
+
+def test_quiet_loading_hides_the_load_report_of_a_new_head_and_restores_verbosity(tiny_mlm_dir):
+    import logging
+
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    from label_pipeline.models import model_loading
+
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Collect()
+    root = transformers.logging.get_logger()  # the library's root logger: every module's parent
+    root.addHandler(handler)
+    transformers.logging.set_verbosity_warning()
+    try:
+        with model_loading():
+            AutoModelForSequenceClassification.from_pretrained(str(tiny_mlm_dir), num_labels=3)
+        assert any("LOAD REPORT" in m for m in seen)  # the new head is reported by default
+        seen.clear()
+        with model_loading(quiet=True):
+            AutoModelForSequenceClassification.from_pretrained(str(tiny_mlm_dir), num_labels=3)
+        assert not any("LOAD REPORT" in m for m in seen)
+        assert transformers.logging.get_verbosity() == transformers.logging.WARNING
+    finally:
+        root.removeHandler(handler)
