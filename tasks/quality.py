@@ -21,9 +21,9 @@ Output directory:
   ``label_separator``), ``score`` (cleanlab's label quality score in [0, 1]: low = the given
   labels are probably wrong), ``issue`` (``mislabelled``, ``conflicting_duplicate``, both
   joined by ``;``), ``detail``, ``zero_shot_top`` (the label whose name the text matches
-  best, when zero_shot ran) and a blank ``labels`` column: write the right labels there and
-  carry them into the input data (``id`` is the input's row id; ``ingest.extra_labels`` only
-  labels pool rows, it does not correct labelled ones);
+  best, when zero_shot ran) and a blank ``labels`` column: write the right labels there (or
+  ``DROP`` to remove the row) and set ``ingest.label_fixes`` to the file; the next run
+  relabels those rows where they are (``ingest.extra_labels`` only labels pool rows);
 - ``issues/``: the same rows as an Arrow dataset, with ``given`` and ``suggested`` label
   lists, the out-of-fold ``prob_<label>`` columns and ``flagged`` (True where cleanlab
   flagged the row: the rows ``train.label_issues`` acts on);
@@ -452,7 +452,8 @@ def _summary(
         *_agreement_lines(facts.get("oof_agreement")),
         f"- conflicting duplicates among them: **{kinds[CONFLICT]}**"
         + ("" if had_clean else " (the clean stage's conflicts were not passed in)"),
-        f"- every issue, with a blank `labels` column to fill in: `{ISSUES_CSV}`",
+        f"- every issue, with a blank `labels` column to fill in: `{ISSUES_CSV}` (then set "
+        "`ingest.label_fixes` to the filled file)",
         "",
     ]
     if issue_rows:

@@ -275,3 +275,12 @@ def test_quality_label_issues_fed_back_as_label_fixes(tmp_path, prefect_server):
     assert final["test"]["id"] == [i for i in before["test"]["id"] if i != test_row]
     split_facts = json.loads((Path(third["split"]["path"]) / "manifest.json").read_text())
     assert split_facts["label_fixes"]["dropped"] == {"test": 1}
+
+
+def test_a_label_named_drop_is_given_as_a_list(tmp_path):
+    from tasks.ingest import IngestConfig, read_label_fixes
+
+    path = _extra(tmp_path / "fixes.csv", [["a", '["drop"]'], ["b", "Drop"]])
+    cfg = IngestConfig(path=path, label_fixes=path)
+    cols, _ = read_label_fixes(cfg, ["a", "b"], [["keep"], ["keep"]], ["drop", "keep"], False)
+    assert cols["action"] == ["relabel", "drop"] and cols["labels"] == [["drop"], []]
