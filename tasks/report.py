@@ -107,6 +107,8 @@ def _facts(name: str, ref: StageRef) -> list[str]:
         for key in ("rows", "rows_out", "rows_in", "counts", "splits", "dropped", "labels"):
             if key in man:
                 lines.append(f"- {key}: `{json.dumps(to_jsonable(man[key]))[:300]}`")
+        if man.get("label_fixes"):  # split: rows relabelled / dropped by ingest.label_fixes
+            lines.append(f"- label fixes per split: `{json.dumps(man['label_fixes'])[:300]}`")
     elif name == "augment":
         for key in ("rows", "augmented_rows", "counts", "per_method"):
             if key in man:

@@ -201,6 +201,10 @@ def test_fixed_rows_keep_their_split_and_dropped_rows_leave_everything(tmp_path)
     assert "2 row(s) relabelled (train 1, valid 1), 2 dropped (train 1, test 1)" in summary
     assert json.loads((extra.dir / "manifest.json").read_text())  # a complete stage
     assert "**2** row(s) relabelled, **2** dropped" in (extra.dir / "summary.md").read_text()
+    from tasks.report import _facts
+
+    assert any(line.startswith("- label fixes per split: ") for line in _facts("split", after_ref))
+    assert not any("label fixes" in line for line in _facts("split", before_ref))
 
     # the model learns the relabelled row with its new label and never sees the dropped one
     train_cfg = TrainConfig(methods=["naive_bayes"], slices=["all"])
