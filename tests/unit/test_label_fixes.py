@@ -288,3 +288,37 @@ def test_a_label_named_drop_is_given_as_a_list(tmp_path):
     cfg = IngestConfig(path=path, label_fixes=path)
     cols, _ = read_label_fixes(cfg, ["a", "b"], [["keep"], ["keep"]], ["drop", "keep"], False)
     assert cols["action"] == ["relabel", "drop"] and cols["labels"] == [["drop"], []]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "place"), [("jsonl", "line 3"), ("tsv", "line 3"), ("parquet", "row 2")]
+)
+def test_label_fixes_in_other_formats_name_the_place(tmp_path, suffix, place):
+    import pandas as pd
+
+    from tasks.ingest import IngestConfig, read_label_fixes
+
+    data, truth = _tiny_csv(tmp_path / "tiny.csv")
+    ids, labels = _input_labels(truth)
+    rows = [{"id": "row-0", "labels": "feature", "score": 0.1}, {"id": "row-1", "labels": "nope"}]
+    path = tmp_path / f"fixes.{suffix}"
+    if suffix == "jsonl":  # a blank line between the records
+        path.write_text(json.dumps(rows[0]) + "\n\n" + json.dumps(rows[1]) + "\n")
+    elif suffix == "tsv":
+        path.write_text("id\tlabels\tscore\nrow-0\tfeature\t0.1\nrow-1\tnope\t\n")
+    else:
+        pd.DataFrame(rows).to_parquet(path)
+    cfg = IngestConfig(path=str(data), label_fixes=str(path))
+    with pytest.raises(
+        InputDataError, match=rf"fixes\.{suffix} {place}: column 'labels' holds \['nope'\]"
+    ):
+        read_label_fixes(cfg, ids, labels, LABELS, False)
+    good = path.with_name(f"good.{suffix}")
+    if suffix == "parquet":
+        pd.DataFrame(rows[:1]).to_parquet(good)
+    else:
+        good.write_text(path.read_text().replace("nope", "DROP"))
+    cols, _ = read_label_fixes(
+        cfg.model_copy(update={"label_fixes": str(good)}), ids, labels, LABELS, False
+    )
+    assert cols["id"] == (["row-0"] if suffix == "parquet" else ["row-0", "row-1"])
