@@ -26,8 +26,9 @@
 
 Output directory: ``splits/`` (DatasetDict ``train``, ``valid``, ``test``, ``unlabeled``;
 train rows carry ``min_slice``, the size of the smallest slice holding the row, the train
-size for rows only in ``all``, and ``source``: ``input``, ``round-<n>`` or ``fixed-<k>``), ``slices.json`` (``{"8": [ids], ..., "all": [ids]}``),
-``labels.json``, ``summary.md``, ``sample.json``.
+size for rows only in ``all``, and ``source``: ``input``, ``round-<n>`` or ``fixed-<k>``),
+``slices.json`` (``{"8": [ids], ..., "all": [ids]}``), ``labels.json``, ``summary.md``,
+``sample.json``.
 """
 
 from __future__ import annotations
@@ -571,11 +572,10 @@ def _read_label_fixes(
     extra: StageRef, ids: list[str]
 ) -> tuple[dict[str, list[str]], dict[str, str], list[str]]:
     """The extra_labels stage's label fixes: (row id -> new labels, empty = drop; row id ->
-    source; warnings for fixed ids the clean stage dropped). A directory of an older
-    extra_labels version has no fixes."""
+    source; warnings for fixed ids the clean stage dropped)."""
     path = extra.dir / "fixes"
     if not path.is_dir():
-        return {}, {}, []
+        raise InputDataError(f"{extra.dir}: no fixes/ dataset; re-run extra_labels")
     ds = datasets.load_from_disk(str(path))
     known = set(ids)
     fixes: dict[str, list[str]] = {}
