@@ -1,0 +1,166 @@
+"""Would shipping an average of the trained runs beat the evaluate stage's single choice?
+
+Reads a stage store kept by ``bench_issues.py --keep DIR`` (``DIR/<dataset>-<seed>/store``) and,
+at every training slice, compares on valid and test:
+
+- ``chosen``: the evaluate stage's choice (``metrics.json`` ``chosen_per_slice``: the best run
+  on valid, never below the best baseline);
+- ``mean_top3``: the average of the probabilities of the three runs best on valid, shipped only
+  when its valid score is not below the best baseline's (else ``chosen``);
+- ``mean_above_baselines``: the average of every run whose valid score is not below the best
+  baseline's;
+- ``mean_all``: the average of every run.
+
+Nothing is refitted: the train stage's saved probabilities are averaged (``valid_probs.npy``
+are cross-fitted, ``test_probs.npy`` from the calibrator fitted on all of valid). Single-label:
+argmax, accuracy and macro-F1. Multi-label: one threshold for every label, the one best for
+micro-F1 on valid (0.05 steps), then micro- and macro-F1. The members and rules are fixed here,
+not tuned on test; one dataset and seed is evidence for trying the rule, not for adopting it.
+
+    .venv/bin/python bench/bench_ensemble_choice.py /tmp/nlbse-work/nlbse-0
+
+Prints a markdown table and writes ``bench/results/bench_ensemble_choice_<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from _paths import ROOT, setup_project
+
+setup_project()
+
+BASELINES = ("naive_bayes", "tfidf_nb", "embed_lr", "knn")
+
+
+def _only(store: Path, pattern: str, what: str) -> Path:
+    found = sorted(store.glob(pattern))
+    if len(found) != 1:
+        sys.exit(f"expected one {what} ({store}/{pattern}), found {len(found)}")
+    return found[0]
+
+
+def _scores(probs: np.ndarray, y: np.ndarray, multi_label: bool, threshold: float) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if multi_label:
+        pred = (probs >= threshold).astype(int)
+        return {
+            "micro_f1": float(f1_score(y, pred, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        }
+    truth, pred = y.argmax(1), probs.argmax(1)
+    return {
+        "accuracy": float(accuracy_score(truth, pred)),
+        "macro_f1": float(f1_score(truth, pred, average="macro", zero_division=0)),
+    }
+
+
+def _threshold(probs: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    f1 = [f1_score(y, (probs >= t).astype(int), average="micro", zero_division=0) for t in grid]
+    return float(grid[int(np.argmax(f1))])
+
+
+def analyse(store: Path) -> dict:
+    from label_pipeline.data import load_splits
+
+    train_dir = _only(store, "train/*/runs.json", "train stage").parent
+    eval_dir = _only(store, "evaluate/*/metrics.json", "evaluate stage").parent
+    split_dir = _only(store, "split/*/splits", "split stage").parent
+    info = json.loads((train_dir / "labels.json").read_text())
+    labels, multi_label = info["labels"], bool(info.get("multi_label"))
+    splits = load_splits(split_dir)
+
+    def y_of(name: str) -> np.ndarray:
+        rows = splits[name]["labels"]
+        return np.array([[int(lab in set(r)) for lab in labels] for r in rows])
+
+    vy, ty = y_of("valid"), y_of("test")
+    key = "micro_f1" if multi_label else "accuracy"
+    runs = json.loads((train_dir / "runs.json").read_text())
+    chosen = {
+        c["slice"]: c
+        for c in json.loads((eval_dir / "metrics.json").read_text())["chosen_per_slice"]
+    }
+    out = []
+    for name in dict.fromkeys(r["slice"] for r in runs):
+        here = [r for r in runs if r["slice"] == name and not r.get("fallback")]
+        probs = {
+            r["method"]: (
+                np.load(train_dir / r["dir"] / "valid_probs.npy"),
+                np.load(train_dir / r["dir"] / "test_probs.npy"),
+            )
+            for r in here
+        }
+
+        def score(members: list[str], probs: dict = probs) -> dict:
+            v = np.mean([probs[m][0] for m in members], axis=0)
+            t = np.mean([probs[m][1] for m in members], axis=0)
+            thr = _threshold(v, vy) if multi_label else 0.5
+            return {
+                "members": members,
+                "valid": _scores(v, vy, multi_label, thr),
+                "test": _scores(t, ty, multi_label, thr),
+            }
+
+        single = {m: score([m]) for m in probs}
+        by_valid = sorted(probs, key=lambda m: -single[m]["valid"][key])
+        floor = max((single[m]["valid"][key] for m in probs if m in BASELINES), default=-1.0)
+        c = chosen.get(name, {})
+        pick = c.get("method")
+        rules = {"chosen": single[pick] if pick in single else None}
+        top3 = score(by_valid[:3])
+        rules["mean_top3"] = top3 if top3["valid"][key] >= floor - 1e-12 else rules["chosen"]
+        above = [m for m in by_valid if single[m]["valid"][key] >= floor - 1e-12]
+        rules["mean_above_baselines"] = score(above)
+        rules["mean_all"] = score(by_valid)
+        out.append({"slice": name, "rows": c.get("size"), "runs": single, "rules": rules})
+    return {"labels": labels, "multi_label": multi_label, "metric": key, "slices": out}
+
+
+def table(result: dict) -> str:
+    key = result["metric"]
+    head = [s["slice"] for s in result["slices"]]
+    lines = [
+        f"| test {key} / macro-F1 (valid {key}) | " + " | ".join(map(str, head)) + " |",
+        "|---|" + "---|" * len(head),
+    ]
+    names = list(result["slices"][0]["runs"]) + list(result["slices"][0]["rules"])
+    for n in names:
+        cells = []
+        for s in result["slices"]:
+            r = s["runs"].get(n) or s["rules"].get(n)
+            if r is None:
+                cells.append("–")
+                continue
+            members = "" if n in s["runs"] else f" [{'+'.join(r['members'])}]"
+            cells.append(
+                f"{r['test'][key]:.3f}/{r['test']['macro_f1']:.3f} ({r['valid'][key]:.3f})"
+                + members
+            )
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kept", help="a run directory kept by bench_issues.py --keep")
+    args = parser.parse_args(argv)
+    kept = Path(args.kept)
+    result = analyse(kept / "store")
+    print(table(result))
+    out = ROOT / "bench" / "results" / f"bench_ensemble_choice_{kept.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
