@@ -539,32 +539,42 @@ def run_split(
     return store.build(STAGE, VERSION, cfg, inputs, builder, refresh)
 
 
+def _labels_by_id(
+    extra: StageRef, name: str, what: str, ids: list[str]
+) -> tuple[dict[str, list[str]], dict[str, str], list[str]]:
+    """The extra_labels stage's ``name`` dataset (``extra_labels`` or ``fixes``) for the rows
+    in ``ids``: (row id -> labels, row id -> source, a warning for ids the clean stage
+    dropped, naming them as ``what``)."""
+    path = extra.dir / name
+    if not path.is_dir():
+        raise InputDataError(f"{extra.dir}: no {name}/ dataset; re-run extra_labels")
+    ds = datasets.load_from_disk(str(path))
+    known = set(ids)
+    labels: dict[str, list[str]] = {}
+    source: dict[str, str] = {}
+    missing = []
+    for rid, labs, src in zip(ds["id"], ds["labels"], ds["source"], strict=True):
+        if str(rid) not in known:
+            missing.append(str(rid))
+            continue
+        labels[str(rid)] = list(labs)
+        source[str(rid)] = str(src)
+    warnings = []
+    if missing:
+        warnings.append(
+            f"{len(missing)} {what} are not among the clean rows (dropped by the clean stage as "
+            f"empty or duplicates; see its dropped/): {missing[:10]}"
+        )
+    return labels, source, warnings
+
+
 def _apply_extra_labels(
     extra: StageRef, ids: list[str], labels: list[list[str]]
 ) -> tuple[list[list[str]], dict[str, str], list[str]]:
     """The rows' labels with the extra labels filled in, each added row's source, and
     warnings for extra-labelled ids the clean stage dropped."""
-    path = extra.dir / "extra_labels"
-    if not path.is_dir():
-        raise InputDataError(f"{extra.dir}: no extra_labels/ dataset; re-run extra_labels")
-    ds = datasets.load_from_disk(str(path))
-    position = {i: n for n, i in enumerate(ids)}
-    labels = list(labels)
-    source_of: dict[str, str] = {}
-    dropped = []
-    for rid, labs, src in zip(ds["id"], ds["labels"], ds["source"], strict=True):
-        n = position.get(str(rid))
-        if n is None:
-            dropped.append(str(rid))
-            continue
-        labels[n] = list(labs)
-        source_of[str(rid)] = str(src)
-    warnings = []
-    if dropped:
-        warnings.append(
-            f"{len(dropped)} extra-labelled id(s) are not among the clean rows (dropped by the "
-            f"clean stage as empty or duplicates; see its dropped/): {dropped[:10]}"
-        )
+    added, source_of, warnings = _labels_by_id(extra, "extra_labels", "extra-labelled id(s)", ids)
+    labels = [added.get(i, lab) for i, lab in zip(ids, labels, strict=True)]
     return labels, source_of, warnings
 
 
@@ -573,27 +583,7 @@ def _read_label_fixes(
 ) -> tuple[dict[str, list[str]], dict[str, str], list[str]]:
     """The extra_labels stage's label fixes: (row id -> new labels, empty = drop; row id ->
     source; warnings for fixed ids the clean stage dropped)."""
-    path = extra.dir / "fixes"
-    if not path.is_dir():
-        raise InputDataError(f"{extra.dir}: no fixes/ dataset; re-run extra_labels")
-    ds = datasets.load_from_disk(str(path))
-    known = set(ids)
-    fixes: dict[str, list[str]] = {}
-    source: dict[str, str] = {}
-    missing = []
-    for rid, labs, src in zip(ds["id"], ds["labels"], ds["source"], strict=True):
-        if str(rid) not in known:
-            missing.append(str(rid))
-            continue
-        fixes[str(rid)] = list(labs)
-        source[str(rid)] = str(src)
-    warnings = []
-    if missing:
-        warnings.append(
-            f"{len(missing)} id(s) of ingest.label_fixes are not among the clean rows (dropped by "
-            f"the clean stage as empty or duplicates; see its dropped/): {missing[:10]}"
-        )
-    return fixes, source, warnings
+    return _labels_by_id(extra, "fixes", "id(s) of ingest.label_fixes", ids)
 
 
 def _fix_counts(
