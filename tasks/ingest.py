@@ -28,6 +28,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -911,6 +912,25 @@ def _feedback_file(
     return path, frame, _record_places(path, fmt, read_cfg, len(frame))
 
 
+def _feedback_rows(
+    cfg: IngestConfig, option: str, files: list[str]
+) -> Iterator[tuple[int, Path, str, str, str, Any, Any]]:
+    """Every row of the ``ingest.<option>`` files (extra labels or label fixes), file by file:
+    (file number from 1, path, place in the file, ``"ingest.<option>: <path> <place>"`` for
+    messages, row id (checked not empty), labels cell, source cell or None). Appends each
+    file's path to ``files``."""
+    paths = cfg.extra_label_paths() if option == "extra_labels" else cfg.label_fix_paths()
+    for k, raw in enumerate(paths, start=1):
+        path, frame, places = _feedback_file(raw, option, cfg)
+        files.append(str(path))
+        sources = frame["source"] if "source" in frame.columns else [None] * len(frame)
+        for place, rid, cell, src in zip(
+            places, frame["id"], frame["labels"], sources, strict=True
+        ):
+            at = f"ingest.{option}: {path} {place}"
+            yield k, path, place, at, _row_id(rid, at), cell, src
+
+
 def _id_hint(cfg: IngestConfig) -> str:
     return (
         f"ids are the {cfg.id_column!r} column of ingest.path"
@@ -957,45 +977,37 @@ def _read_extra_labels(
     skipped = 0
     per_source: Counter = Counter()
     files = []
-    for k, raw in enumerate(cfg.extra_label_paths(), start=1):
-        path, frame, places = _feedback_file(raw, "extra_labels", cfg)
-        files.append(str(path))
-        sources = frame["source"] if "source" in frame.columns else [None] * len(frame)
-        for place, rid, cell, src in zip(
-            places, frame["id"], frame["labels"], sources, strict=True
-        ):
-            at = f"ingest.extra_labels: {path} {place}"
-            rid = _row_id(rid, at)
-            labels = parse_labels(cell, cfg.label_separator)
-            if cfg.label_map:
-                labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
-            if not labels:
-                skipped += 1
-                continue
-            if rid not in row_of:
-                raise InputDataError(
-                    f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {_id_hint(cfg)}. "
-                    "Fix the id or remove the line"
-                )
-            if rid in seen:
-                raise InputDataError(
-                    f"{at}: id {rid!r} was already labelled in {seen[rid]}; keep one label "
-                    "row per id over all ingest.extra_labels files"
-                )
-            if input_labels[row_of[rid]]:
-                raise InputDataError(
-                    f"{at}: id {rid!r} already carries labels {input_labels[row_of[rid]]} in "
-                    "ingest.path; extra labels are for unlabeled pool rows: remove the line, "
-                    "or correct the label with ingest.label_fixes (or in the input file)"
-                )
-            _check_label_names(at, rid, labels, names, multi_label, cfg)
-            source = "" if _is_missing(src) else str(src).strip()
-            source = source or f"round-{k}"
-            seen[rid] = f"{path} {place}"
-            out["id"].append(rid)
-            out["labels"].append(sorted(labels))
-            out["source"].append(source)
-            per_source[source] += 1
+    for k, path, place, at, rid, cell, src in _feedback_rows(cfg, "extra_labels", files):
+        labels = parse_labels(cell, cfg.label_separator)
+        if cfg.label_map:
+            labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
+        if not labels:
+            skipped += 1
+            continue
+        if rid not in row_of:
+            raise InputDataError(
+                f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {_id_hint(cfg)}. "
+                "Fix the id or remove the line"
+            )
+        if rid in seen:
+            raise InputDataError(
+                f"{at}: id {rid!r} was already labelled in {seen[rid]}; keep one label "
+                "row per id over all ingest.extra_labels files"
+            )
+        if input_labels[row_of[rid]]:
+            raise InputDataError(
+                f"{at}: id {rid!r} already carries labels {input_labels[row_of[rid]]} in "
+                "ingest.path; extra labels are for unlabeled pool rows: remove the line, "
+                "or correct the label with ingest.label_fixes (or in the input file)"
+            )
+        _check_label_names(at, rid, labels, names, multi_label, cfg)
+        source = "" if _is_missing(src) else str(src).strip()
+        source = source or f"round-{k}"
+        seen[rid] = f"{path} {place}"
+        out["id"].append(rid)
+        out["labels"].append(sorted(labels))
+        out["source"].append(source)
+        per_source[source] += 1
     facts = {
         "files": files,
         "rows": len(out["id"]),
@@ -1063,60 +1075,52 @@ def read_label_fixes(
     blank = unchanged = 0
     per_source: Counter = Counter()
     files = []
-    for k, raw in enumerate(cfg.label_fix_paths(), start=1):
-        path, frame, places = _feedback_file(raw, "label_fixes", cfg)
-        files.append(str(path))
-        sources = frame["source"] if "source" in frame.columns else [None] * len(frame)
-        for place, rid, cell, src in zip(
-            places, frame["id"], frame["labels"], sources, strict=True
-        ):
-            at = f"ingest.label_fixes: {path} {place}"
-            rid = _row_id(rid, at)
-            drop = is_drop(cell)
-            labels = [] if drop else parse_labels(cell, cfg.label_separator)
-            if labels and cfg.label_map:
-                labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
-            if not drop and not labels:
-                blank += 1
-                continue
-            if rid not in row_of:
-                raise InputDataError(
-                    f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {_id_hint(cfg)}. "
-                    "Fix the id or remove the line"
+    for k, path, place, at, rid, cell, src in _feedback_rows(cfg, "label_fixes", files):
+        drop = is_drop(cell)
+        labels = [] if drop else parse_labels(cell, cfg.label_separator)
+        if labels and cfg.label_map:
+            labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
+        if not drop and not labels:
+            blank += 1
+            continue
+        if rid not in row_of:
+            raise InputDataError(
+                f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {_id_hint(cfg)}. "
+                "Fix the id or remove the line"
+            )
+        if rid in seen:
+            raise InputDataError(
+                f"{at}: id {rid!r} (column 'id') was already fixed in {seen[rid]}; keep one "
+                "fix per id over all ingest.label_fixes files: remove one of the lines or "
+                "empty its 'labels' cell"
+            )
+        given = input_labels[row_of[rid]]
+        if not given:
+            where = extra_labelled.get(rid)
+            raise InputDataError(
+                f"{at}: id {rid!r} (column 'id') carries no label in ingest.path; "
+                + (
+                    f"it was labelled through ingest.extra_labels ({where}): correct the "
+                    "label there"
+                    if where
+                    else "label pool rows through ingest.extra_labels instead"
                 )
-            if rid in seen:
-                raise InputDataError(
-                    f"{at}: id {rid!r} (column 'id') was already fixed in {seen[rid]}; keep one "
-                    "fix per id over all ingest.label_fixes files: remove one of the lines or "
-                    "empty its 'labels' cell"
-                )
-            given = input_labels[row_of[rid]]
-            if not given:
-                where = extra_labelled.get(rid)
-                raise InputDataError(
-                    f"{at}: id {rid!r} (column 'id') carries no label in ingest.path; "
-                    + (
-                        f"it was labelled through ingest.extra_labels ({where}): correct the "
-                        "label there"
-                        if where
-                        else "label pool rows through ingest.extra_labels instead"
-                    )
-                    + ", and remove the line or empty its 'labels' cell here"
-                )
-            if not drop:
-                _check_label_names(at, rid, labels, names, multi_label, cfg, fix=True)
-            seen[rid] = f"{path} {place}"
-            if not drop and sorted(labels) == sorted(given):
-                unchanged += 1
-                continue
-            source = "" if _is_missing(src) else str(src).strip()
-            source = source or f"fixed-{k}"
-            out["id"].append(rid)
-            out["action"].append(DROP_ACTION if drop else RELABEL_ACTION)
-            out["labels"].append(sorted(labels))
-            out["given"].append(sorted(given))
-            out["source"].append(source)
-            per_source[source] += 1
+                + ", and remove the line or empty its 'labels' cell here"
+            )
+        if not drop:
+            _check_label_names(at, rid, labels, names, multi_label, cfg, fix=True)
+        seen[rid] = f"{path} {place}"
+        if not drop and sorted(labels) == sorted(given):
+            unchanged += 1
+            continue
+        source = "" if _is_missing(src) else str(src).strip()
+        source = source or f"fixed-{k}"
+        out["id"].append(rid)
+        out["action"].append(DROP_ACTION if drop else RELABEL_ACTION)
+        out["labels"].append(sorted(labels))
+        out["given"].append(sorted(given))
+        out["source"].append(source)
+        per_source[source] += 1
     actions = Counter(out["action"])
     facts = {
         "files": files,
