@@ -197,7 +197,9 @@ def _load(model_dir: str, device: DeviceChoice) -> tuple[Any, Any]:
             return _models[key]
     from transformers import AutoModel, AutoTokenizer
 
-    with model_loading():
+    # quiet: an adapted encoder's masked-LM head is unused here, and so is the pooler
+    # (embeddings are mean-pooled token states)
+    with model_loading(quiet=True):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModel.from_pretrained(model_dir)
     model.eval().to(device.device)
