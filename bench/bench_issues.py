@@ -29,7 +29,8 @@ Prints a markdown table per dataset (test micro/macro-F1; accuracy/macro-F1 for 
 writes ``bench/results/bench_issues.json``.
 
 Usage: ``python bench/bench_issues.py [--datasets nlbse goemotions] [--seeds 0]
-[--extra-methods setfit] [--no-ablation]``.
+[--extra-methods setfit] [--no-ablation] [--out FILE] [--keep DIR]``. ``--keep DIR`` keeps each
+run's stage store under ``DIR/<dataset>-<seed>`` for ``bench/bench_ensemble_choice.py``.
 """
 
 from __future__ import annotations
