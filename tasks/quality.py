@@ -91,7 +91,7 @@ class QualityConfig(BaseModel):
             The check is only as good as this model: on emotion (64 rows per label, 10 % of
             the labels flipped, ``bench/bench_label_issues.py``) the out-of-fold ``embed_lr``
             is right on 43 % of the rows and the flags find 32 % of the flipped rows;
-            ``finetune`` is right on 62 % and finds 47 %, in 970 s instead of 80 s on
+            ``finetune`` is right on 62 % and finds 49 %, in 970-991 s instead of 80 s on
             two CPU cores (a GPU worker makes it cheap).
         method_params: constructor keyword arguments of ``method``.
         folds: at most this many folds (fewer when a label has fewer rows).
