@@ -12,10 +12,12 @@ at every training slice, compares on valid and test:
 - ``mean_all``: the average of every run.
 
 Nothing is refitted: the train stage's saved probabilities are averaged (``valid_probs.npy``
-are cross-fitted, ``test_probs.npy`` from the calibrator fitted on all of valid). Single-label:
-argmax, accuracy and macro-F1. Multi-label: one threshold for every label, the one best for
-micro-F1 on valid (0.05 steps), then micro- and macro-F1. The members and rules are fixed here,
-not tuned on test; one dataset and seed is evidence for trying the rule, not for adopting it.
+are cross-fitted, ``test_probs.npy`` from the calibrator fitted on all of valid), and every row,
+the single runs too, is decided the same way: ``label_pipeline.decision.tune_decision`` on
+valid with one global threshold (argmax for single-label), scored by
+``label_pipeline.metrics.classification_metrics`` (accuracy or micro-F1, and macro-F1). The
+members and rules are fixed here, not tuned on test; one dataset and seed is evidence for
+trying the rule, not for adopting it.
 
     .venv/bin/python bench/bench_ensemble_choice.py /tmp/nlbse-work/nlbse-0
 
@@ -34,8 +36,6 @@ from _paths import ROOT, setup_project
 
 setup_project()
 
-BASELINES = ("naive_bayes", "tfidf_nb", "embed_lr", "knn")
-
 
 def _only(store: Path, pattern: str, what: str) -> Path:
     found = sorted(store.glob(pattern))
@@ -44,32 +44,11 @@ def _only(store: Path, pattern: str, what: str) -> Path:
     return found[0]
 
 
-def _scores(probs: np.ndarray, y: np.ndarray, multi_label: bool, threshold: float) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    if multi_label:
-        pred = (probs >= threshold).astype(int)
-        return {
-            "micro_f1": float(f1_score(y, pred, average="micro", zero_division=0)),
-            "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-        }
-    truth, pred = y.argmax(1), probs.argmax(1)
-    return {
-        "accuracy": float(accuracy_score(truth, pred)),
-        "macro_f1": float(f1_score(truth, pred, average="macro", zero_division=0)),
-    }
-
-
-def _threshold(probs: np.ndarray, y: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    f1 = [f1_score(y, (probs >= t).astype(int), average="micro", zero_division=0) for t in grid]
-    return float(grid[int(np.argmax(f1))])
-
-
 def analyse(store: Path) -> dict:
     from label_pipeline.data import load_splits
+    from label_pipeline.decision import apply_decision, tune_decision
+    from label_pipeline.metrics import classification_metrics
+    from tasks.evaluate import BASELINES
 
     train_dir = _only(store, "train/*/runs.json", "train stage").parent
     eval_dir = _only(store, "evaluate/*/metrics.json", "evaluate stage").parent
@@ -103,12 +82,13 @@ def analyse(store: Path) -> dict:
         def score(members: list[str], probs: dict = probs) -> dict:
             v = np.mean([probs[m][0] for m in members], axis=0)
             t = np.mean([probs[m][1] for m in members], axis=0)
-            thr = _threshold(v, vy) if multi_label else 0.5
-            return {
-                "members": members,
-                "valid": _scores(v, vy, multi_label, thr),
-                "test": _scores(t, ty, multi_label, thr),
-            }
+            decision = tune_decision(v, vy, multi_label, "global")
+
+            def metrics(p: np.ndarray, y: np.ndarray) -> dict:
+                m = classification_metrics(y, p, apply_decision(p, decision), labels, multi_label)
+                return {k: m[k] for k in (key, "macro_f1")}
+
+            return {"members": members, "valid": metrics(v, vy), "test": metrics(t, ty)}
 
         single = {m: score([m]) for m in probs}
         by_valid = sorted(probs, key=lambda m: -single[m]["valid"][key])
