@@ -42,6 +42,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -234,8 +235,12 @@ def run_dataset(
     from flows.label_bench import label_bench
     from tasks.evaluate import chosen_per_slice
 
-    with tempfile.TemporaryDirectory(prefix=f"bench-issues-{name}-") as tmp:
-        work = Path(keep) / f"{name}-{seed}" if keep else Path(tmp)
+    kept = Path(keep) / f"{name}-{seed}" if keep else None
+    place = (
+        nullcontext(kept) if kept else tempfile.TemporaryDirectory(prefix=f"bench-issues-{name}-")
+    )
+    with place as tmp:
+        work = Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         cfg, per_label = dataset_config(name, work / "store", work, seed, extra)
         default_methods = list(type(cfg.train)().methods)
