@@ -78,6 +78,13 @@ _EXTENSIONS = {
 _TEXT_FORMATS = {"csv", "tsv", "jsonl", "github"}
 
 
+def _path_list(value: str | list[str] | None) -> list[str]:
+    """A path option that takes one path or a list, as a list (empty when unset)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
 class IngestConfig(BaseModel):
     """Settings of the ``ingest`` stage.
 
@@ -178,16 +185,10 @@ class IngestConfig(BaseModel):
         return [self.path] if isinstance(self.path, str) else list(self.path)
 
     def extra_label_paths(self) -> list[str]:
-        if not self.extra_labels:
-            return []
-        extra = self.extra_labels
-        return [extra] if isinstance(extra, str) else list(extra)
+        return _path_list(self.extra_labels)
 
     def label_fix_paths(self) -> list[str]:
-        if not self.label_fixes:
-            return []
-        fixes = self.label_fixes
-        return [fixes] if isinstance(fixes, str) else list(fixes)
+        return _path_list(self.label_fixes)
 
     def for_rows(self) -> IngestConfig:
         """This config without ``extra_labels`` and ``label_fixes``: what the ingest stage's
@@ -850,9 +851,10 @@ def extra_label_inputs(cfg: IngestConfig) -> dict[str, Any]:
             for p in cfg.extra_label_paths()
         ]
     }
-    if cfg.label_fix_paths():
+    fixes = cfg.label_fix_paths()
+    if fixes:
         out["label_fixes"] = [
-            file_fingerprint(resolve_path(p, "ingest.label_fixes")) for p in cfg.label_fix_paths()
+            file_fingerprint(resolve_path(p, "ingest.label_fixes")) for p in fixes
         ]
     return out
 
@@ -931,12 +933,26 @@ def _feedback_rows(
             yield k, path, place, at, _row_id(rid, at), cell, src
 
 
-def _id_hint(cfg: IngestConfig) -> str:
-    return (
-        f"ids are the {cfg.id_column!r} column of ingest.path"
-        if cfg.id_column
-        else "without ingest.id_column rows are named row-<n> (0-based)"
-    )
+def _cell_labels(cell: Any, cfg: IngestConfig) -> list[str]:
+    """The labels of a feedback file's ``labels`` cell, split and mapped like the input's."""
+    labels = parse_labels(cell, cfg.label_separator)
+    if labels and cfg.label_map:
+        labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
+    return labels
+
+
+def _check_known_id(at: str, rid: str, row_of: dict[str, int], cfg: IngestConfig) -> None:
+    """Refuse a feedback-file row whose id is not a row of ``ingest.path``."""
+    if rid not in row_of:
+        hint = (
+            f"ids are the {cfg.id_column!r} column of ingest.path"
+            if cfg.id_column
+            else "without ingest.id_column rows are named row-<n> (0-based)"
+        )
+        raise InputDataError(
+            f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {hint}. "
+            "Fix the id or remove the line"
+        )
 
 
 def _row_id(value: Any, at: str) -> str:
@@ -978,17 +994,11 @@ def _read_extra_labels(
     per_source: Counter = Counter()
     files = []
     for k, path, place, at, rid, cell, src in _feedback_rows(cfg, "extra_labels", files):
-        labels = parse_labels(cell, cfg.label_separator)
-        if cfg.label_map:
-            labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
+        labels = _cell_labels(cell, cfg)
         if not labels:
             skipped += 1
             continue
-        if rid not in row_of:
-            raise InputDataError(
-                f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {_id_hint(cfg)}. "
-                "Fix the id or remove the line"
-            )
+        _check_known_id(at, rid, row_of, cfg)
         if rid in seen:
             raise InputDataError(
                 f"{at}: id {rid!r} was already labelled in {seen[rid]}; keep one label "
@@ -1077,17 +1087,11 @@ def read_label_fixes(
     files = []
     for k, path, place, at, rid, cell, src in _feedback_rows(cfg, "label_fixes", files):
         drop = is_drop(cell)
-        labels = [] if drop else parse_labels(cell, cfg.label_separator)
-        if labels and cfg.label_map:
-            labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
+        labels = [] if drop else _cell_labels(cell, cfg)
         if not drop and not labels:
             blank += 1
             continue
-        if rid not in row_of:
-            raise InputDataError(
-                f"{at}: id {rid!r} (column 'id') is not a row of ingest.path; {_id_hint(cfg)}. "
-                "Fix the id or remove the line"
-            )
+        _check_known_id(at, rid, row_of, cfg)
         if rid in seen:
             raise InputDataError(
                 f"{at}: id {rid!r} (column 'id') was already fixed in {seen[rid]}; keep one "
