@@ -16,13 +16,16 @@ Parts:
   pooling) and title weights, on the default-cleaned text;
 - ``clean``: ``tfidf_nb`` on the text cleaned by each rule variant (``CLEAN_VARIANTS``),
   ``embed_lr`` and ``hybrid`` (when the method exists) on ``--embed-variants`` with the
-  ``--clean-embed`` policy (default ``truncate_<window>``).
+  ``--clean-embed`` policy (default ``truncate_<window>``);
+- ``finetune``: the fine-tuned classifier reading the default-cleaned text in each way of
+  ``FINETUNE_READS`` (first tokens, first and last, the whole text in windows with mean or
+  max pooling of their logits; ``--finetune-reads`` picks some).
 
 Window vectors are cached per process (``label_pipeline.embeddings``), so policies that
 share windows (every short text) encode them once.
 
-Usage: ``python bench/bench_long_text.py [--part policies clean] [--rows 600] [--k 8 32 64]
-[--seeds 0 1 2] [--window 256]``. Writes ``bench/results/bench_long_text.json``.
+Usage: ``python bench/bench_long_text.py [--part policies clean finetune] [--rows 600]
+[--k 8 32 64] [--seeds 0 1 2] [--window 256]``. Writes ``bench/results/bench_long_text.json``.
 """
 
 from __future__ import annotations
@@ -91,6 +94,16 @@ CLEAN_VARIANTS: dict[str, dict] = {
         "logs": "marker",
         "urls": "marker",
     },
+}
+
+
+#: how ``finetune`` reads a long text (its constructor arguments)
+FINETUNE_READS: dict[str, dict] = {
+    "head_128": {},
+    "head_256": {"max_length": 256},
+    "head_tail_128": {"truncation": "head_tail"},
+    "chunks_128x4_mean": {"truncation": "chunks", "max_chunks": 4},
+    "chunks_128x4_max": {"truncation": "chunks", "max_chunks": 4, "chunk_pooling": "max"},
 }
 
 
@@ -247,6 +260,7 @@ def main() -> None:
         help="clean variants also scored with the embedding methods (slow on a CPU)",
     )
     ap.add_argument("--clean-embed", default=None, help="policy of the embedding methods in clean")
+    ap.add_argument("--finetune-reads", nargs="*", default=None, help="names in FINETUNE_READS")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     if not NLBSE.is_file():
@@ -295,7 +309,16 @@ def main() -> None:
                 results["clean"][f"{method}/{name}"] = {"overrides": overrides, **res, **facts}
                 print(line(f"{method}/{name}", res, ks), flush=True)
                 save(results, args.out)
-    for part in ("policies", "clean"):
+    if "finetune" in args.part:
+        results["finetune"] = {}
+        for name, params in FINETUNE_READS.items():
+            if args.finetune_reads and name not in args.finetune_reads:
+                continue
+            res = score(data, default_texts, "finetune", params, ks, seeds)
+            results["finetune"][f"finetune/{name}"] = {"params": params, **res}
+            print(line(f"finetune/{name}", res, ks), flush=True)
+            save(results, args.out)
+    for part in ("policies", "clean", "finetune"):
         for method in sorted({n.split("/")[0] for n in results.get(part, {})}):
             mine = [n for n in results[part] if n.startswith(method + "/")]
             best = max(mine, key=lambda n: results[part][n]["mean"]["valid_accuracy"])

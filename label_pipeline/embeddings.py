@@ -158,6 +158,25 @@ def encoder_inputs(
     ]
 
 
+def encoder_windows(
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    max_chunks: int,
+    stride: int | None = None,
+) -> list[list[list[int]]]:
+    """Each text read whole: its windows of at most ``max_length`` input ids (special tokens
+    included), one every ``stride`` tokens (None: consecutive windows), at most
+    ``max_chunks`` per text spread evenly with the first and the last kept
+    (:func:`chunk_windows`). A text that fits is one window."""
+    prefix, suffix = _specials(tokenizer)
+    room = max(max_length - len(prefix) - len(suffix), 1)
+    return [
+        [prefix + w + suffix for w in chunk_windows(ids, room, stride or room, max_chunks)]
+        for ids in _token_ids(tokenizer, [str(t) for t in texts])
+    ]
+
+
 def _specials(tokenizer: Any) -> tuple[list[int], list[int]]:
     """The special token ids the tokenizer puts before and after a single text."""
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]

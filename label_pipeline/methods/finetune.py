@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from label_pipeline.devices import DeviceChoice, choose_device
-from label_pipeline.embeddings import encoder_inputs
+from label_pipeline.embeddings import encoder_inputs, encoder_windows
 from label_pipeline.errors import ConfigError, TrainingDivergedError
 from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
 from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
@@ -36,6 +36,8 @@ from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
 
 PARAMS_FILE = "method.json"
+#: how the fine-tuned classifiers read a text longer than ``max_length``
+TRUNCATIONS = ("head", "head_tail", "chunks")
 
 
 # ---------------------------------------------------------------- helpers shared by methods
@@ -203,11 +205,19 @@ class FineTune(Method):
         batch_size: training rows per step; None = 16 on the CPU, 32 on a GPU (capped so an
             epoch has at least 8 steps).
         eval_batch_size: rows per inference step; None = the device's batch size.
-        max_length: tokens per text (longer texts are truncated).
-        truncation: how a longer text is cut: its first tokens (``head``) or the first
+        max_length: tokens per window (a longer text is cut or read in several windows).
+        truncation: how a longer text is read: its first tokens (``head``), the first
             ``head_fraction`` of ``max_length`` from its start and the rest from its end
-            (``head_tail``: the error at the bottom of an issue stays in view).
+            (``head_tail``: the error at the bottom of an issue stays in view), or whole in
+            ``chunks``: consecutive windows of ``max_length`` tokens (at most ``max_chunks``,
+            spread evenly from the first to the last), each through the encoder and the
+            head, their logits pooled per text by ``chunk_pooling`` and trained as one row.
         head_fraction: share of the window taken from the start with ``head_tail``.
+        max_chunks: ``chunks``: most windows per text (training and inference cost grow with
+            it).
+        chunk_pooling: ``chunks``: ``mean`` of the windows' logits (for a linear head such as
+            BERT's, the head applied to the mean of the windows' pooled embeddings) or
+            ``max`` per label (evidence anywhere in the text counts in full).
         class_weighting: ``balanced`` (pos_weight per label for multi-label, inverse class
             frequency for single-label) or ``none``.
         max_pos_weight: cap on the multi-label ``pos_weight`` of very rare labels.
@@ -231,8 +241,10 @@ class FineTune(Method):
         batch_size: int | None = None,
         eval_batch_size: int | None = None,
         max_length: int = 128,
-        truncation: Literal["head", "head_tail"] = "head",
+        truncation: Literal["head", "head_tail", "chunks"] = "head",
         head_fraction: float = 0.5,
+        max_chunks: int = 4,
+        chunk_pooling: Literal["mean", "max"] = "mean",
         class_weighting: Literal["balanced", "none"] = "balanced",
         max_pos_weight: float = 10.0,
         dropout: float | None = None,
@@ -254,6 +266,8 @@ class FineTune(Method):
         self.max_length = max_length
         self.truncation = truncation
         self.head_fraction = head_fraction
+        self.max_chunks = max_chunks
+        self.chunk_pooling = chunk_pooling
         self.class_weighting = class_weighting
         self.max_pos_weight = max_pos_weight
         self.dropout = dropout
@@ -273,7 +287,8 @@ class FineTune(Method):
             k: getattr(self, k)
             for k in (
                 "epochs patience monitor lr head_lr weight_decay warmup_ratio batch_size "
-                "eval_batch_size max_length truncation head_fraction class_weighting "
+                "eval_batch_size max_length truncation head_fraction max_chunks chunk_pooling "
+                "class_weighting "
                 "max_pos_weight dropout "
                 "self_training_rounds self_training_floor self_training_per_label "
                 "self_training_weight self_training_pool_size"
@@ -294,10 +309,15 @@ class FineTune(Method):
             raise ConfigError(f"{p}.class_weighting must be 'balanced' or 'none'")
         if self.max_length < 8:
             raise ConfigError(f"{p}.max_length={self.max_length} must be >= 8 tokens")
-        if self.truncation not in {"head", "head_tail"} or not 0 <= self.head_fraction <= 1:
+        if self.truncation not in TRUNCATIONS or not 0 <= self.head_fraction <= 1:
             raise ConfigError(
-                f"{p}.truncation={self.truncation!r} must be 'head' or 'head_tail' and "
-                f"head_fraction={self.head_fraction} in [0, 1]"
+                f"{p}.truncation={self.truncation!r} must be one of {', '.join(TRUNCATIONS)} "
+                f"and head_fraction={self.head_fraction} in [0, 1]"
+            )
+        if self.max_chunks < 1 or self.chunk_pooling not in {"mean", "max"}:
+            raise ConfigError(
+                f"{p}.max_chunks={self.max_chunks} must be >= 1 and "
+                f"chunk_pooling={self.chunk_pooling!r} 'mean' or 'max'"
             )
         self._self_training_params().validate(self.name)
 
@@ -410,10 +430,8 @@ class FineTune(Method):
         model.to(dev.device)
         self.model_, self.tokenizer_ = model, tokenizer
 
-        ids = encoder_inputs(
-            tokenizer, train.texts, self.max_length, self.truncation, self.head_fraction
-        )
-        lengths = np.array([len(x) for x in ids])
+        windows = self._windows(tokenizer, train.texts)
+        lengths = np.array([sum(len(w) for w in ws) for ws in windows])
         soft = train.soft_y is not None
         y = torch.tensor(train.soft_y if soft else train.y, dtype=torch.float32)
         w = torch.tensor(
@@ -460,10 +478,7 @@ class FineTune(Method):
             losses: list[float] = []
             diverged = None
             for idx in length_grouped_batches(lengths, bs, rng):
-                batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-                batch = {k: v.to(dev.device) for k, v in batch.items()}
-                with autocast(dev):
-                    logits = model(**batch).logits
+                logits = self._forward(windows, idx)
                 loss = self._loss(
                     logits, y[idx].to(dev.device), w[idx].to(dev.device), class_w, soft
                 )
@@ -557,20 +572,47 @@ class FineTune(Method):
     def _logits(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        model, tok, dev = self.model_, self.tokenizer_, self.device_
-        bs = int(self.eval_batch_size or dev.batch_size)
         out = np.zeros((len(texts), len(self.label_names_)), dtype=np.float32)
         if not texts:
             return out
-        model.eval()
+        windows = self._windows(self.tokenizer_, texts)
+        bs = int(self.eval_batch_size or self.device_.batch_size)
+        if self.truncation == "chunks":  # about as many windows per step as texts otherwise
+            bs = max(1, bs // self.max_chunks)
+        self.model_.eval()
         with torch.inference_mode():
-            for idx, batch in inference_batches(
-                tok, texts, self.max_length, bs, dev, self.truncation, self.head_fraction
-            ):
-                with autocast(dev):
-                    logits = model(**batch).logits
-                out[idx] = logits.float().cpu().numpy()
+            for idx in sorted_batches([sum(len(w) for w in ws) for ws in windows], bs):
+                out[idx] = self._forward(windows, idx).float().cpu().numpy()
         return out
+
+    def _windows(self, tokenizer: Any, texts: Sequence[str]) -> list[list[list[int]]]:
+        """Each text's input ids as the model reads them: one window (``head``,
+        ``head_tail``) or up to ``max_chunks`` (``chunks``)."""
+        if self.truncation == "chunks":
+            return encoder_windows(tokenizer, texts, self.max_length, self.max_chunks)
+        ids = encoder_inputs(tokenizer, texts, self.max_length, self.truncation, self.head_fraction)
+        return [[x] for x in ids]
+
+    def _forward(self, windows: list[list[list[int]]], idx: np.ndarray) -> Any:
+        """Logits of the texts ``idx`` (a tensor, one row per text): every window of every
+        text in one padded batch, the windows of a text pooled by ``chunk_pooling``."""
+        import torch
+
+        flat = [w for i in idx for w in windows[i]]
+        batch = self.tokenizer_.pad({"input_ids": flat}, return_tensors="pt")
+        batch = {k: v.to(self.device_.device) for k, v in batch.items()}
+        with autocast(self.device_):
+            logits = self.model_(**batch).logits
+        if len(flat) == len(idx):
+            return logits  # one window per text
+        logits = logits.float()
+        owner = torch.tensor(
+            [j for j, i in enumerate(idx) for _ in windows[i]], device=logits.device
+        )
+        owner = owner.unsqueeze(1).expand_as(logits)
+        pooled = torch.zeros(len(idx), logits.shape[1], device=logits.device)
+        reduce = "amax" if self.chunk_pooling == "max" else "mean"
+        return pooled.scatter_reduce(0, owner, logits, reduce=reduce, include_self=False)
 
     def _to_proba(self, logits: np.ndarray) -> np.ndarray:
         return logits_to_proba(logits, self.multi_label_)

@@ -13,6 +13,7 @@ from label_pipeline.embeddings import (
     chunk_windows,
     embed_texts,
     encoder_inputs,
+    encoder_windows,
     head_tail,
     long_text_options,
     split_title,
@@ -37,11 +38,19 @@ def long_text(label: str, rng: np.random.Generator, title: str = "report") -> st
     return f"{title} {rng.integers(1000)}\n\n{body}\n\n{tail}"
 
 
-def rows(n: int, seed: int) -> LabelledTexts:
+def middle_text(label: str, rng: np.random.Generator) -> str:
+    """A title line, then the class words between two runs of filler words: the signal
+    sits neither at the start nor at the end."""
+    before, after = (" ".join(rng.choice(FILLER, size=100)) for _ in range(2))
+    middle = " ".join(rng.choice(SIGNAL[label], size=30))
+    return f"report {rng.integers(1000)}\n\n{before}\n\n{middle}\n\n{after}"
+
+
+def rows(n: int, seed: int, make=long_text) -> LabelledTexts:
     rng = np.random.default_rng(seed)
     names = sorted(SIGNAL)
     idx = np.arange(n) % 2
-    texts = [long_text(names[i], rng) for i in idx]
+    texts = [make(names[i], rng) for i in idx]
     return LabelledTexts(texts, np.eye(2, dtype=np.int64)[idx], names, False)
 
 
@@ -172,6 +181,47 @@ def test_encoder_inputs_head_tail_keeps_the_end(encoder):
     assert encoder_inputs(tok, ["the crash"], 16, "head_tail") == encoder_inputs(
         tok, ["the crash"], 16
     )
+
+
+def test_encoder_windows_read_the_whole_text(encoder):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(encoder))
+    text = " ".join(["the"] * 50 + ["crash"] + ["the"] * 50)
+    crash = tok.convert_tokens_to_ids("crash")
+    (wins,) = encoder_windows(tok, [text], 12, max_chunks=20)
+    assert len(wins) == 11  # 101 tokens in windows of 10 (+ [CLS], [SEP])
+    assert all(
+        len(w) == 12 and w[0] == tok.cls_token_id and w[-1] == tok.sep_token_id for w in wins
+    )
+    assert sum(w.count(crash) for w in wins) == 1
+    (few,) = encoder_windows(tok, [text], 12, max_chunks=3)
+    assert len(few) == 3 and few[0] == wins[0] and few[-1] == wins[-1]
+    assert encoder_windows(tok, ["the crash"], 12, 4) == [encoder_inputs(tok, ["the crash"], 12)]
+
+
+@pytest.mark.slow
+def test_finetune_chunks_read_the_middle_of_a_long_text(encoder, tmp_path):
+    """The class words sit in the middle of 200 filler words: the first and last tokens
+    (``head_tail``) miss them, windows over the whole text (``chunks``) find them; the
+    saved model gives the same probabilities after reload."""
+    train, test = rows(32, 6, middle_text), rows(32, 7, middle_text)
+    ctx = FitContext(device=CPU, seed=0, encoder=str(encoder))
+    params = dict(epochs=12, patience=0, lr=3e-3, head_lr=3e-3, batch_size=8, max_length=32)
+    ends = get_method("finetune")(truncation="head_tail", **params).fit(train, None, ctx)
+    chunks = get_method("finetune")(
+        truncation="chunks", max_chunks=16, chunk_pooling="max", **params
+    ).fit(train, None, ctx)
+    assert accuracy(ends, test) <= 0.7
+    assert accuracy(chunks, test) >= 0.9
+    chunks.save(tmp_path / "m")
+    again = get_method("finetune").load(tmp_path / "m", device=CPU)
+    assert again.truncation == "chunks" and again.max_chunks == 16
+    np.testing.assert_allclose(
+        again.predict_proba(test.texts), chunks.predict_proba(test.texts), atol=1e-5
+    )
+    with pytest.raises(ConfigError, match="max_chunks"):
+        get_method("finetune")(truncation="chunks", max_chunks=0).fit(train, None, ctx)
 
 
 @pytest.mark.slow
