@@ -61,7 +61,7 @@ from label_pipeline.zeroshot.selection import (
 )
 
 STAGE = "zero_shot"
-VERSION = "2"
+VERSION = "3"
 SCORED_SPLITS = ("valid", "test", "unlabeled")
 SHARD_DONE = "shard.json"
 
