@@ -12,7 +12,7 @@ is the true one. Then ``--final-method`` is fitted on the clean labels, on the n
 with the flagged rows relabelled (``relabel``), and scored on the full test.csv (accuracy,
 macro-F1). ``recovered`` = (drop - noisy) / (clean - noisy) of the accuracy.
 
-    .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2
+    .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2          # hybrid, the stage's default
     .venv/bin/python bench/bench_label_issues.py --seeds 0 --quality-method setfit
 
 Prints one line per seed, the precision/recall of other cleanlab rules and margins on the
@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flip", type=float, default=0.1, help="share of training labels flipped")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--quality-method", default="embed_lr")
+    parser.add_argument(
+        "--quality-method", default=QualityConfig().method, help="default: the stage's"
+    )
     parser.add_argument("--quality-params", default="{}", help="JSON constructor arguments")
     parser.add_argument("--filter-by", default="prune_by_noise_rate", choices=RULES)
     parser.add_argument("--min-margin", type=float, default=0.0)

@@ -5,7 +5,7 @@ model more than anything else. This module checks them four ways:
 
 1. **Out-of-fold probabilities** (:func:`out_of_fold_probs`): the labelled rows are split into
    K stratified folds (multi-label: iterative stratification); a fast registered method
-   (default ``embed_lr``) is fitted on K-1 folds and predicts the held-out one, so no row is
+   (default ``hybrid``) is fitted on K-1 folds and predicts the held-out one, so no row is
    scored by a model that saw it.
 2. **Mislabelled rows** (:func:`find_mislabelled`): cleanlab's confident learning on those
    probabilities (``cleanlab.filter.find_label_issues``; multi-label
