@@ -419,7 +419,7 @@ def _agreement_lines(agreement: float | None) -> list[str]:
         line += (
             ": a weak model for these labels, so many flags are its own errors; read the "
             "flags as rows to look at first, and prefer train.label_issues `keep` or a "
-            "stronger quality.method"
+            "stronger quality.method (finetune: K fine-tunes, best on a GPU worker)"
         )
     return [line]
 
