@@ -126,6 +126,13 @@ class BuildContext:
     stage: str
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
+    #: where ``dir`` will be once the build succeeds (``dir`` is a temporary directory):
+    #: the path to name in messages
+    final_dir: Path | None = None
+
+    def final(self, name: str) -> Path:
+        """``name`` inside the stage directory as the user will find it."""
+        return (self.final_dir or self.dir) / name
 
 
 class StageStore:
@@ -287,7 +294,7 @@ class StageStore:
             tmp.mkdir(parents=True)
             started = time.time()
             try:
-                ctx = BuildContext(dir=tmp, stage=stage, fingerprint=fp)
+                ctx = BuildContext(dir=tmp, stage=stage, fingerprint=fp, final_dir=final)
                 facts = builder(ctx) or {}
                 manifest = {
                     "stage": stage,

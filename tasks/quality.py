@@ -390,7 +390,7 @@ def _builder(
                 "quality: %d of %d labelled rows are probably mislabelled; see %s",
                 by_kind[MISLABELLED],
                 n,
-                ctx.dir / ISSUES_CSV,
+                ctx.final(ISSUES_CSV),
             )
         return facts
 

@@ -58,11 +58,15 @@ def _csv_rows(ref):
         return list(csv.DictReader(f))
 
 
-def test_planted_mislabelled_row_is_flagged_with_its_true_label(tmp_path):
+def test_planted_mislabelled_row_is_flagged_with_its_true_label(tmp_path, caplog):
     # train-4 is a "feature" row (4 % 3 = 1) labelled "question"
     split_dir, truth = _planted_split(tmp_path, plant={"train-4": ["question"]})
     store = StageStore(tmp_path / "store")
-    ref = run_quality(store, QualityConfig(**FAST), splits_ref(split_dir))
+    with caplog.at_level("INFO"):
+        ref = run_quality(store, QualityConfig(**FAST), splits_ref(split_dir))
+    # the log names the file where it is once the stage is built, not the temporary build
+    (named,) = [r.getMessage() for r in caplog.records if "probably mislabelled" in r.getMessage()]
+    assert named.endswith(str(ref.dir / ISSUES_CSV)) and (ref.dir / ISSUES_CSV).is_file()
     rows = _csv_rows(ref)
     flagged = {r["id"]: r for r in rows if "mislabelled" in r["issue"]}
     assert "train-4" in flagged
