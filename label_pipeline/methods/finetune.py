@@ -107,12 +107,10 @@ def inference_batches(
     max_length: int,
     batch_size: int,
     device: DeviceChoice,
-    truncation: Literal["head", "head_tail"] = "head",
-    head_fraction: float = 0.5,
 ) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-    """Length-sorted inference batches: (row indices, padded model inputs on the device).
-    ``truncation``: a long text's first tokens or its first and last (``head_tail``)."""
-    ids = encoder_inputs(tokenizer, texts, max_length, truncation, head_fraction)
+    """Length-sorted inference batches of each text's first ``max_length`` tokens: (row
+    indices, padded model inputs on the device)."""
+    ids = encoder_inputs(tokenizer, texts, max_length)
     for idx in sorted_batches([len(x) for x in ids], batch_size):
         batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
         yield idx, {k: v.to(device.device) for k, v in batch.items()}
