@@ -14,6 +14,13 @@ macro-F1). ``recovered`` = (drop - noisy) / (clean - noisy) of the accuracy.
 
     .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2          # hybrid, the stage's default
     .venv/bin/python bench/bench_label_issues.py --seeds 0 --quality-method setfit
+    .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2 --reference-rows 0 500 2000
+
+``--reference-rows M ...`` is a yardstick, not something a user can do: how good must the
+out-of-fold model be? For each M it adds M correctly labelled emotion rows (from train.csv,
+outside the sample) to every fold's training rows, so the out-of-fold model grows stronger
+while the rows it scores stay the same, and prints its out-of-fold accuracy beside the
+precision and recall of the flags (``--quality-method``; the final-model fits are skipped).
 
 Prints one line per seed, the precision/recall of other cleanlab rules and margins on the
 same out-of-fold probabilities, the means, and writes
@@ -77,6 +84,54 @@ def _scores(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
         "accuracy": round(100 * accuracy_score(y, pred), 2),
         "macro_f1": round(100 * f1_score(y, pred, average="macro", zero_division=0), 2),
     }
+
+
+def reference_curve(args, seed: int, frames) -> list[dict]:
+    """Flag precision/recall against the out-of-fold model's accuracy, each fold's model
+    also trained on M correctly labelled rows from outside the sample (see the docstring)."""
+    from label_pipeline.label_quality import find_mislabelled, stratified_folds
+    from label_pipeline.methods import FitContext, LabelledTexts, get_method
+
+    train_all = frames[0]
+    eye = np.eye(len(LABELS), dtype=np.int64)
+    tr = sample_per_label(train_all, args.n, seed, keep_index=True)
+    texts, truth = list(tr["text"]), tr["labels"].to_numpy()
+    noisy, flipped = flip_labels(truth, args.flip, len(LABELS), seed)
+    outside = train_all.drop(index=tr["index"]).sample(frac=1.0, random_state=seed)
+    splits, how = stratified_folds(eye[noisy], False, args.folds, seed)
+    params = json.loads(args.quality_params)
+    cap = None if args.max_share <= 0 else args.max_share
+    out = []
+    for m in args.reference_rows:
+        extra = outside.iloc[:m]
+        extra_y = extra["labels"].to_numpy().astype(np.int64)
+        probs = np.zeros((len(texts), len(LABELS)))
+        t0 = time.time()
+        for fit_idx, held in splits:
+            rows = LabelledTexts(
+                [texts[i] for i in fit_idx] + list(extra["text"]),
+                eye[np.concatenate([noisy[fit_idx], extra_y])],
+                LABELS,
+                False,
+            )
+            model = get_method(args.quality_method)(**params).fit(rows, None, FitContext(seed=seed))
+            probs[held] = model.predict_proba([texts[i] for i in held])
+        verdict = find_mislabelled(eye[noisy], probs, False, args.filter_by, args.min_margin, cap)
+        row = {
+            "seed": seed,
+            "reference_rows": m,
+            "folds": how,
+            "oof_accuracy_vs_true": round(100 * float(np.mean(probs.argmax(1) == truth)), 2),
+            "oof_s": round(time.time() - t0, 1),
+            **detection(verdict.flagged, flipped),
+        }
+        out.append(row)
+        print(
+            f"seed={seed} reference_rows={m} oof_acc={row['oof_accuracy_vs_true']} "
+            f"flagged={row['flagged']} precision={row['precision']} recall={row['recall']}",
+            flush=True,
+        )
+    return out
 
 
 def run_seed(args, seed: int, frames) -> dict:
@@ -219,6 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-rows", type=int, default=0, help="0 = the full test set")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--tag", default="", help="suffix of the results file")
+    parser.add_argument(
+        "--reference-rows",
+        type=int,
+        nargs="*",
+        default=[],
+        help="yardstick only: add this many correctly labelled outside rows to every fold "
+        "(one run per value) and print out-of-fold accuracy against flag precision/recall",
+    )
     args = parser.parse_args(argv)
     if not (EMOTION / "train.csv").is_file():
         print(f"skipped: {EMOTION} not found (set LABEL_PIPELINE_DATASETS)")
@@ -231,6 +294,22 @@ def main(argv: list[str] | None = None) -> None:
     if args.test_rows:
         test_df = test_df.sample(n=args.test_rows, random_state=0)
     frames = (train_all, dev, test_df)
+    if args.reference_rows:
+        curve = [row for seed in args.seeds for row in reference_curve(args, seed, frames)]
+        print("\nmean over seeds (out-of-fold accuracy, precision, recall of the flags):")
+        for m in args.reference_rows:
+            cells = [r for r in curve if r["reference_rows"] == m]
+            print(
+                f"  reference_rows={m:5d} oof_acc="
+                f"{np.mean([r['oof_accuracy_vs_true'] for r in cells]):.2f} precision="
+                f"{np.mean([r['precision'] for r in cells]):.3f} recall="
+                f"{np.mean([r['recall'] for r in cells]):.3f}"
+            )
+        out = ROOT / "bench" / "results" / f"bench_label_issues_reference{args.tag}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"args": vars(args), "curve": curve}, indent=2, default=str))
+        print(f"wrote {out}")
+        return
     results = []
     for seed in args.seeds:
         r = run_seed(args, seed, frames)

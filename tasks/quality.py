@@ -63,7 +63,7 @@ from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "quality"
-VERSION = "1"
+VERSION = "2"
 ISSUES_CSV = "label_issues.csv"
 CSV_COLUMNS = [
     "id",

@@ -45,7 +45,7 @@ from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "train"
-VERSION = "4"
+VERSION = "5"
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
 MODIFIERS = {"aug": "augmented rows", "pseudo": "pseudo-labelled rows"}

@@ -17,6 +17,15 @@ scores at the chosen ``C``, on which the probabilities are calibrated: Platt sca
 label (multi-label, for labels with enough positives) or temperature scaling (single-label).
 When the slice is too small for CV, ``default_C`` and the regression's own probabilities
 are used; ``ctx.info["calibration"]`` says which.
+
+The zero-shot prior: with a handful of rows the regression cannot learn how much to trust
+the zero-shot block, so the label names also act as a prior outside the model. Each text's
+cosine with each label name's embedding, minus that label's mean cosine over the training
+texts, times a weight ``b`` is added to the regression's scores (a product of the model and
+a zero-shot expert). ``b`` is chosen from ``prior_weights`` on the same out-of-fold scores
+as ``C`` (ties go to the smaller weight, and a weight must beat no prior by
+``prior_min_gain``), before calibration; where the rows say more than the label names, CV
+picks 0. ``ctx.info["zero_shot_prior"]`` reports the weight and the CV scores.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ from label_pipeline.methods.baselines import (
 
 #: inverse regularisation strengths tried by the cross-validation
 C_GRID = (1.0, 3.0, 10.0, 30.0)
+#: weights of the zero-shot prior tried by CV (0 = no prior)
+PRIOR_WEIGHTS = (0.0, 2.5, 5.0, 10.0, 20.0, 40.0)
 #: blocks a hybrid may use
 BLOCKS = ("word", "char", "embed", "zero_shot")
 
@@ -86,6 +97,10 @@ class Hybrid(_SklearnTextMethod):
             temperature for single-label); ``none``: the regression's own probabilities.
         min_calibration_positives: fewest positive (and negative) training rows a label
             needs for its own Platt scaling.
+        prior_weights: weights of the zero-shot prior tried by CV (see the module docstring);
+            ``[0]`` turns the prior off. Used only with the ``zero_shot`` block.
+        prior_min_gain: how much a prior weight must raise the CV score (macro-F1 or mean
+            average precision) over no prior to be used.
         encoder: sentence encoder reference; default the training context's encoder, else
             all-MiniLM-L6-v2.
         embed_options: how long texts are read, keyword options of
@@ -110,6 +125,8 @@ class Hybrid(_SklearnTextMethod):
         class_weight: Literal["balanced", "none"] = "balanced",
         calibrate: Literal["auto", "none"] = "auto",
         min_calibration_positives: int = 5,
+        prior_weights: list[float] | tuple[float, ...] = PRIOR_WEIGHTS,
+        prior_min_gain: float = 0.03,
         encoder: str | None = None,
         embed_options: dict[str, Any] | None = None,
         batch_size: int | None = None,
@@ -136,6 +153,12 @@ class Hybrid(_SklearnTextMethod):
             raise ConfigError(
                 f"train.method_params.hybrid.Cs and default_C must be > 0, got {list(Cs)} "
                 f"and {default_C}"
+            )
+        if not prior_weights or min(prior_weights) < 0 or prior_min_gain < 0:
+            raise ConfigError(
+                f"train.method_params.hybrid.prior_weights must be a non-empty list of weights "
+                f">= 0 (e.g. [0] for no zero-shot prior) and prior_min_gain >= 0, got "
+                f"{list(prior_weights)} and {prior_min_gain}"
             )
         if folds < 2:
             raise ConfigError(f"train.method_params.hybrid.folds must be >= 2, got {folds}")
@@ -165,6 +188,8 @@ class Hybrid(_SklearnTextMethod):
         self.class_weight = class_weight
         self.calibrate = calibrate
         self.min_calibration_positives = int(min_calibration_positives)
+        self.prior_weights = sorted({float(b) for b in prior_weights} | {0.0})
+        self.prior_min_gain = float(prior_min_gain)
         self.encoder = encoder
         self.embed_options = dict(embed_options or {})
         from label_pipeline.embeddings import long_text_options
@@ -187,6 +212,8 @@ class Hybrid(_SklearnTextMethod):
             "class_weight": self.class_weight,
             "calibrate": self.calibrate,
             "min_calibration_positives": self.min_calibration_positives,
+            "prior_weights": self.prior_weights,
+            "prior_min_gain": self.prior_min_gain,
             "encoder": self.encoder,
             "embed_options": self.embed_options,
             "batch_size": self.batch_size,
@@ -248,6 +275,48 @@ class Hybrid(_SklearnTextMethod):
                     sparse.csr_matrix(_row_normalise(Z) * self.weights.get("zero_shot", 1.0))
                 )
         return sparse.hstack(parts, format="csr")
+
+    def _prior(self, texts: list[str]) -> np.ndarray:
+        """Cosine of each text with each label name, minus the label's training mean
+        (rows x labels); zeros when the prior is off."""
+        if not self._uses_prior():
+            return np.zeros((len(texts), self.n_labels_))
+        Z = self._embed(texts).astype(np.float64) @ self.label_vectors_.T.astype(np.float64)
+        return Z - self.prior_mean_
+
+    def _uses_prior(self) -> bool:
+        return "zero_shot" in self.blocks and any(b > 0 for b in self.prior_weights)
+
+    def _choose_prior(
+        self, train: LabelledTexts, y: np.ndarray, oof: np.ndarray | None, ctx: FitContext
+    ) -> np.ndarray | None:
+        """Set ``prior_mean_`` and ``prior_weight_`` (chosen on the out-of-fold scores);
+        return the out-of-fold scores with the chosen prior added."""
+        self.prior_weight_ = 0.0
+        self.prior_mean_ = np.zeros(self.n_labels_)
+        if not self._uses_prior():
+            return oof
+        Z = self._prior(train.texts)
+        self.prior_mean_ = Z.mean(axis=0)
+        Z = Z - self.prior_mean_
+        if oof is None:
+            ctx.info["zero_shot_prior"] = {
+                "weight": 0.0,
+                "why": "the slice is too small for CV, so no prior weight could be chosen",
+            }
+            return oof
+        cv = {b: self._cv_score(y, oof + b * Z) for b in self.prior_weights}
+        floor = cv[0.0] + self.prior_min_gain
+        better = {b: v for b, v in cv.items() if b == 0.0 or v > floor + 1e-12}
+        best = max(better.values())
+        self.prior_weight_ = min(
+            b for b, v in better.items() if math.isclose(v, best, abs_tol=1e-9)
+        )
+        ctx.info["zero_shot_prior"] = {
+            "weight": self.prior_weight_,
+            "cv_scores": {f"{b:g}": round(v, 4) for b, v in cv.items()},
+        }
+        return oof + self.prior_weight_ * Z
 
     # ------------------------------------------------------------ linear models
 
@@ -347,7 +416,8 @@ class Hybrid(_SklearnTextMethod):
             ctx.info["C_cv"] = {"folds": "none", "fallback": f"{how}; C={self.default_C}"}
         ctx.info["C"] = self.C_
         self.models_ = self._fit_linear(X, y, w, self.C_, ctx.seed)
-        self._calibrate(y, oof.get(self.C_), how if splits else None, ctx)
+        scores = self._choose_prior(train, y, oof.get(self.C_), ctx)
+        self._calibrate(y, scores, how if splits else None, ctx)
         return self
 
     def _calibrate(
@@ -390,6 +460,8 @@ class Hybrid(_SklearnTextMethod):
         if not texts:
             return np.zeros((0, self.n_labels_))
         scores = self._scores(self.models_, self._features(texts), self.train_rate_)
+        if getattr(self, "prior_weight_", 0.0):
+            scores = scores + self.prior_weight_ * self._prior(texts)
         if not self.multi_label_:
             t = self.temperature_ or 1.0
             return _softmax(scores / t)
