@@ -278,7 +278,8 @@ class SetFit(Method):
         from transformers import AutoModel, AutoTokenizer
 
         seed_everything(ctx.seed)
-        with model_loading():
+        # quiet: an adapted encoder's masked-LM head and the pooler are unused here
+        with model_loading(quiet=True):
             tokenizer = AutoTokenizer.from_pretrained(str(start))
             encoder = AutoModel.from_pretrained(str(start)).to(self.device_.device)
         self.tokenizer_, self.encoder_ = tokenizer, encoder

@@ -194,7 +194,8 @@ class Prototype(Method):
         start = encoder_dir(ctx)
         ctx.info.setdefault("encoder", str(start))
         ctx.info.setdefault("device", self.device_.describe())
-        with model_loading():
+        # quiet: an adapted encoder's masked-LM head and the pooler are unused here
+        with model_loading(quiet=True):
             self.tokenizer_ = AutoTokenizer.from_pretrained(str(start))
             self.encoder_ = AutoModel.from_pretrained(str(start)).to(self.device_.device)
         texts = [
