@@ -255,7 +255,17 @@ class Hybrid(_SklearnTextMethod):
         if "zero_shot" in self.blocks:
             self.label_vectors_ = self._embed([n.replace("_", " ") for n in train.label_names])
 
-    def _features(self, texts: list[str]) -> Any:
+    def _encode(self, texts: list[str]) -> np.ndarray | None:
+        """The texts' sentence embeddings when a block uses the encoder (computed once per
+        call site and shared by the features and the prior), else None."""
+        return self._embed(texts).astype(np.float64) if self._uses_encoder() else None
+
+    def _label_cosine(self, E: np.ndarray) -> np.ndarray:  # noqa: N803
+        """Cosine of each embedded text with each label name (rows x labels)."""
+        return E @ self.label_vectors_.T.astype(np.float64)
+
+    def _features(self, texts: list[str], E: np.ndarray | None) -> Any:  # noqa: N803
+        """Feature matrix of ``texts``; ``E``: their embeddings from ``_encode``."""
         from scipy import sparse
 
         parts = []
@@ -263,12 +273,11 @@ class Hybrid(_SklearnTextMethod):
             if name in self.vectorizers_:
                 X = self.vectorizers_[name].transform(texts)
                 parts.append(_row_normalise(X) * self.weights.get(name, 1.0))
-        if self._uses_encoder():
-            E = self._embed(texts).astype(np.float64)
+        if E is not None:
             if "embed" in self.blocks:
                 parts.append(sparse.csr_matrix(_row_normalise(E) * self.weights.get("embed", 1.0)))
             if "zero_shot" in self.blocks:
-                Z = E @ self.label_vectors_.T.astype(np.float64)
+                Z = self._label_cosine(E)
                 # centred per row: which label the text is closest to, not how long it is
                 Z = Z - Z.mean(axis=1, keepdims=True)
                 parts.append(
@@ -276,29 +285,26 @@ class Hybrid(_SklearnTextMethod):
                 )
         return sparse.hstack(parts, format="csr")
 
-    def _prior(self, texts: list[str]) -> np.ndarray:
-        """Cosine of each text with each label name, minus the label's training mean
-        (rows x labels); zeros when the prior is off."""
-        if not self._uses_prior():
-            return np.zeros((len(texts), self.n_labels_))
-        Z = self._embed(texts).astype(np.float64) @ self.label_vectors_.T.astype(np.float64)
-        return Z - self.prior_mean_
+    def _prior(self, E: np.ndarray) -> np.ndarray:  # noqa: N803
+        """Cosine of each embedded text with each label name, minus the label's mean over
+        the training texts (rows x labels)."""
+        return self._label_cosine(E) - self.prior_mean_
 
     def _uses_prior(self) -> bool:
         return "zero_shot" in self.blocks and any(b > 0 for b in self.prior_weights)
 
     def _choose_prior(
-        self, train: LabelledTexts, y: np.ndarray, oof: np.ndarray | None, ctx: FitContext
+        self, E: np.ndarray | None, y: np.ndarray, oof: np.ndarray | None, ctx: FitContext
     ) -> np.ndarray | None:
         """Set ``prior_mean_`` and ``prior_weight_`` (chosen on the out-of-fold scores);
-        return the out-of-fold scores with the chosen prior added."""
+        return the out-of-fold scores with the chosen prior added. ``E``: the training
+        texts' embeddings."""
         self.prior_weight_ = 0.0
         self.prior_mean_ = np.zeros(self.n_labels_)
         if not self._uses_prior():
             return oof
-        Z = self._prior(train.texts)
-        self.prior_mean_ = Z.mean(axis=0)
-        Z = Z - self.prior_mean_
+        self.prior_mean_ = self._label_cosine(E).mean(axis=0)
+        Z = self._prior(E)
         if oof is None:
             ctx.info["zero_shot_prior"] = {
                 "weight": 0.0,
@@ -391,7 +397,8 @@ class Hybrid(_SklearnTextMethod):
 
         splits, how = _cv_folds(train, self.folds, ctx.seed)
         self._fit_features(train)
-        X = self._features(train.texts)
+        E = self._encode(train.texts)
+        X = self._features(train.texts, E)
         ctx.info["features"] = {
             **{n: len(v.vocabulary_) for n, v in self.vectorizers_.items()},
             "total": int(X.shape[1]),
@@ -416,7 +423,7 @@ class Hybrid(_SklearnTextMethod):
             ctx.info["C_cv"] = {"folds": "none", "fallback": f"{how}; C={self.default_C}"}
         ctx.info["C"] = self.C_
         self.models_ = self._fit_linear(X, y, w, self.C_, ctx.seed)
-        scores = self._choose_prior(train, y, oof.get(self.C_), ctx)
+        scores = self._choose_prior(E, y, oof.get(self.C_), ctx)
         self._calibrate(y, scores, how if splits else None, ctx)
         return self
 
@@ -459,9 +466,10 @@ class Hybrid(_SklearnTextMethod):
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.n_labels_))
-        scores = self._scores(self.models_, self._features(texts), self.train_rate_)
+        E = self._encode(texts)
+        scores = self._scores(self.models_, self._features(texts, E), self.train_rate_)
         if getattr(self, "prior_weight_", 0.0):
-            scores = scores + self.prior_weight_ * self._prior(texts)
+            scores = scores + self.prior_weight_ * self._prior(E)
         if not self.multi_label_:
             t = self.temperature_ or 1.0
             return _softmax(scores / t)
