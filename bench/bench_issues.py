@@ -258,8 +258,13 @@ def run_dataset(
 
             n_valid = len(load_splits(Path(refs["split"]["path"]))["valid"])
             own = [r for r in runs if r["method"] in default_methods]
+            # the train stage's average may hold an extra method: left out with them
             chosen = chosen_per_slice(
-                own, cfg.evaluate.select_by, cfg.evaluate.select_tolerance, n_valid
+                own,
+                cfg.evaluate.select_by,
+                cfg.evaluate.select_tolerance,
+                n_valid,
+                cfg.evaluate.prefer_average,
             )
         rows = [
             {

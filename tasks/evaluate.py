@@ -42,8 +42,10 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "evaluate"
-VERSION = "3"
+VERSION = "4"
 
+#: the train stage's run averaging a slice's best runs (``tasks.train.AVERAGE``)
+AVERAGE = "average"
 #: the baselines the final model must not be worse than on valid
 BASELINES = ("naive_bayes", "tfidf_nb", "embed_lr", "knn")
 #: preference among models whose valid scores are within the tolerance: simplest first
@@ -61,6 +63,11 @@ class EvaluateConfig(BaseModel):
             tied and the simplest of them is chosen (baselines, then ``hybrid``, then the
             others); on a small valid split the tolerance is at least one valid row's worth
             (``1 / valid rows``). Never below the best baseline's valid score.
+        prefer_average: ship the train stage's ``average`` run of a slice (the mean of its
+            best runs on valid, ``train.average_top``) whenever its valid score is not below
+            the best baseline's, instead of the single run the rule above picks: on a small
+            valid split the best single run is partly luck, the average of the best few is
+            steadier.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -68,6 +75,7 @@ class EvaluateConfig(BaseModel):
     enabled: bool = True
     select_by: Literal["micro_f1", "macro_f1"] = "micro_f1"
     select_tolerance: float = Field(0.005, ge=0.0, le=0.2)
+    prefer_average: bool = True
 
 
 def zero_shot_line(zero_shot_dir: Path | None) -> dict[str, Any] | None:
@@ -211,6 +219,15 @@ def plot_learning_curve(
     plt.close(fig)
 
 
+def _average_members(run: dict[str, Any]) -> list[str]:
+    """The methods an ``average`` run averages (from its ``fit.json``)."""
+    fit = Path(run.get("run_dir", "")) / "fit.json"
+    if not fit.is_file():
+        return ["the best runs"]
+    members = json.loads(fit.read_text()).get("info", {}).get("members", [])
+    return [m["method"] for m in members] or ["the best runs"]
+
+
 def _base_name(method: str) -> str:
     return method.split("+")[0]
 
@@ -228,6 +245,7 @@ def choose_final(
     tolerance: float = 0.005,
     n_valid: int | None = None,
     slice_name: str | None = None,
+    prefer_average: bool = False,
 ) -> dict[str, Any] | None:
     """The final model among ``runs`` (at ``slice_name``, default the largest slice) and why.
 
@@ -236,7 +254,9 @@ def choose_final(
     the final model is never worse on valid than the best baseline trained beside it. Of
     the rest, those within ``tolerance`` of the best score (at least ``1 / n_valid`` on a
     small valid split) are tied, and the simplest wins (``SIMPLICITY``), then the higher
-    score, then the earlier run.
+    score, then the earlier run. With ``prefer_average``, the slice's ``average`` run (see
+    ``tasks.train.average_run``) is chosen instead whenever it is healthy and not below the
+    best baseline.
 
     Returns ``{"run", "reason", "candidates", "best_baseline", "tolerance"}`` or None when
     there are no runs.
@@ -263,6 +283,9 @@ def choose_final(
     top_baseline = max(baselines, key=lambda r: (score(r), -r["order"])) if baselines else None
     eligible = [r for r in healthy if score(r) >= floor - 1e-12 and score(r) >= best_score - tol]
     chosen = min(eligible, key=lambda r: (_simplicity(r), -score(r), r["order"]))
+    average = [r for r in healthy if r["method"] == AVERAGE and score(r) >= floor - 1e-12]
+    if prefer_average and average:
+        chosen = average[0]
     name = metric.replace("_f1", "-F1")
     ranked = sorted(healthy, key=lambda r: (-score(r), r["order"]))
     candidates = [{"method": r["method"], "valid": score(r)} for r in ranked]
@@ -277,7 +300,12 @@ def choose_final(
             f" vs best baseline {top_baseline['method']} {_f(score(top_baseline))} ({gap:+.3f})"
         )
     best_run = ranked[0]
-    if best_run is not chosen:
+    if chosen["method"] == AVERAGE:
+        reason += (
+            f"; the average of {', '.join(_average_members(chosen))} is preferred to a single "
+            "run when it is not below the best baseline (evaluate.prefer_average)"
+        )
+    elif best_run is not chosen:
         reason += (
             f"; within {tol:.3f} of the best ({best_run['method']} {_f(best_score)}), "
             "so the simpler model"
@@ -302,13 +330,17 @@ def choose_best(runs: list[dict[str, Any]], metric: str, **kwargs: Any) -> dict[
 
 
 def chosen_per_slice(
-    runs: list[dict[str, Any]], metric: str, tolerance: float, n_valid: int | None
+    runs: list[dict[str, Any]],
+    metric: str,
+    tolerance: float,
+    n_valid: int | None,
+    prefer_average: bool = False,
 ) -> list[dict[str, Any]]:
     """:func:`choose_final` at every slice, smallest first: ``slice``, ``size``, ``method``,
     test micro/macro-F1 (and accuracy), ``reason``."""
     out = []
     for name in sorted({r["slice"] for r in runs}, key=lambda s: _slice_size(runs, s)):
-        c = choose_final(runs, metric, tolerance, n_valid, slice_name=name)
+        c = choose_final(runs, metric, tolerance, n_valid, name, prefer_average)
         if c is None:
             continue
         r = c["run"]
@@ -364,9 +396,13 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
             log.warning("evaluate: %s has no usable test metrics; no zero-shot line", zs.dir)
         curves = learning_curves(runs)
         n_valid = len(ys["valid"])
-        choice = choose_final(runs, cfg.select_by, cfg.select_tolerance, n_valid)
+        choice = choose_final(
+            runs, cfg.select_by, cfg.select_tolerance, n_valid, prefer_average=cfg.prefer_average
+        )
         best = choice and choice["run"]
-        per_slice = chosen_per_slice(runs, cfg.select_by, cfg.select_tolerance, n_valid)
+        per_slice = chosen_per_slice(
+            runs, cfg.select_by, cfg.select_tolerance, n_valid, cfg.prefer_average
+        )
         unlearnable = {tr["slice"]: tr["unlearnable"] for tr in train_runs if tr.get("unlearnable")}
         for metric in ("micro_f1", "macro_f1"):
             short = metric.split("_")[0]

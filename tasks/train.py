@@ -45,9 +45,11 @@ from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "train"
-VERSION = "5"
+VERSION = "6"
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
+#: the run that averages the best runs of a slice (``TrainConfig.average_top``)
+AVERAGE = "average"
 MODIFIERS = {"aug": "augmented rows", "pseudo": "pseudo-labelled rows"}
 #: every slice listed in the split stage's slices.json
 ALL_SLICES = "*"
@@ -97,6 +99,13 @@ class TrainConfig(BaseModel):
             suggested labels, without their augmented copies). Needs the quality stage
             unless ``keep``; the rows affected are counted in ``fit.json``, ``runs.json`` and
             the summary.
+        average_top: after each slice's runs, one more run, ``average``: the mean of the
+            probabilities of the ``average_top`` runs best on valid (valid micro-F1, then
+            macro-F1; fallback runs left out, one run per base method), calibrated and decided
+            on valid like every run, saved as an ``ensemble`` model of the members' saved
+            models (nothing is refitted). The evaluate stage may ship it
+            (``evaluate.prefer_average``). 0 or 1: no average; never with
+            ``label_shift: pool``.
         seed: random seed handed to every method.
         device: device, precision and batch sizes.
     """
@@ -122,6 +131,7 @@ class TrainConfig(BaseModel):
     calibration: Literal["auto", "temperature", "platt", "isotonic", "none"] = "auto"
     calibration_min_rows: int = Field(30, ge=2)
     label_issues: Literal["keep", "drop", "relabel"] = "keep"
+    average_top: int = Field(3, ge=0)
     seed: int = 0
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
@@ -462,42 +472,6 @@ def _builder(
                     if "fallback" in facts:
                         log.warning("train: %s / %s: %s", spec, slice_name, facts["fallback"])
                         warnings.append(f"{spec} / slice {slice_name}: {facts['fallback']}")
-                    decision = tune_decision(
-                        valid_probs,
-                        va_y,
-                        multi_label,
-                        cfg.threshold,
-                        cfg.min_valid_rows,
-                        min_label_positives=cfg.min_label_positives,
-                    )
-                    decision.label_shift = facts.get("label_shift")
-                    if decision.fallback:
-                        log.warning("train: %s / %s: %s", spec, slice_name, decision.note)
-                    np.save(run_dir / "valid_probs.npy", valid_probs.astype(np.float32))
-                    np.save(run_dir / "test_probs.npy", test_probs.astype(np.float32))
-                    cal_facts = facts.get("calibration")
-                    if cal_facts is not None and len(va_y):
-                        for split, probs in uncalibrated.items():
-                            np.save(
-                                run_dir / f"{split}_probs_uncalibrated.npy",
-                                probs.astype(np.float32),
-                            )
-                        cal_facts["valid_before"] = calibration_scores(
-                            va_y, uncalibrated["valid"], multi_label
-                        )
-                        cal_facts["valid_after"] = calibration_scores(
-                            va_y, valid_probs, multi_label
-                        )
-                        for note in cal_facts["notes"]:
-                            if note.startswith("no calibrator"):
-                                continue
-                            warnings.append(f"{spec} / slice {slice_name}: calibration: {note}")
-                    (run_dir / "decision.json").write_text(json.dumps(decision.to_json(), indent=2))
-                    valid_f1 = (
-                        f1_micro_macro(va_y, apply_decision(valid_probs, decision))
-                        if len(va_y)
-                        else {"micro_f1": None, "macro_f1": None}
-                    )
                     fit_facts = {
                         "method": spec,
                         "base_method": base,
@@ -512,25 +486,31 @@ def _builder(
                         "info": fit_ctx.info,
                         **facts,
                     }
-                    (run_dir / "fit.json").write_text(json.dumps(_jsonable(fit_facts), indent=2))
                     runs.append(
-                        {
-                            **{k: fit_facts[k] for k in ("method", "base_method", "slice")},
-                            "slice_size": len(ids),
-                            "train_rows": len(train),
-                            "dir": f"runs/{spec}/{slice_name}",
-                            "valid_micro_f1": valid_f1["micro_f1"],
-                            "valid_macro_f1": valid_f1["macro_f1"],
-                            "decision": decision.describe(),
-                            "decision_fallback": decision.note if decision.fallback else "",
-                            "fallback": facts.get("fallback", ""),
-                            "fit_seconds": facts.get("fit_seconds"),
-                            "label_issue_rows": len(issue_ids),
-                            "unlearnable": absent,
-                            "calibration": _calibration_entry(cal_facts),
-                        }
+                        _record_run(
+                            run_dir,
+                            fit_facts,
+                            {"valid": valid_probs, "test": test_probs},
+                            uncalibrated,
+                            va_y,
+                            cfg,
+                            multi_label,
+                            warnings,
+                        )
                     )
                     progress.update(1)
+                if shift_pool is None:
+                    average = average_run(
+                        ctx.dir,
+                        [r for r in runs if r["slice"] == slice_name],
+                        cfg,
+                        va_y,
+                        labels,
+                        multi_label,
+                        warnings,
+                    )
+                    if average is not None:
+                        runs.append(average)
 
         write_label_info(ctx.dir, labels, multi_label)
         (ctx.dir / "runs.json").write_text(json.dumps(_jsonable(runs), indent=2))
@@ -547,6 +527,181 @@ def _builder(
         }
 
     return build
+
+
+def _record_run(
+    run_dir: Path,
+    fit_facts: dict[str, Any],
+    probs: dict[str, np.ndarray],
+    uncalibrated: dict[str, np.ndarray],
+    va_y: np.ndarray,
+    cfg: TrainConfig,
+    multi_label: bool,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """Tune a fitted run's decision rule on valid, write its probabilities, ``decision.json``
+    and ``fit.json`` into ``run_dir`` and return its ``runs.json`` entry."""
+    spec, slice_name = fit_facts["method"], fit_facts["slice"]
+    valid_probs, test_probs = probs["valid"], probs["test"]
+    decision = tune_decision(
+        valid_probs,
+        va_y,
+        multi_label,
+        cfg.threshold,
+        cfg.min_valid_rows,
+        min_label_positives=cfg.min_label_positives,
+    )
+    decision.label_shift = fit_facts.get("label_shift")
+    if decision.fallback:
+        stage_logger().warning("train: %s / %s: %s", spec, slice_name, decision.note)
+    np.save(run_dir / "valid_probs.npy", valid_probs.astype(np.float32))
+    np.save(run_dir / "test_probs.npy", test_probs.astype(np.float32))
+    cal_facts = fit_facts.get("calibration")
+    if cal_facts is not None and len(va_y):
+        for split, raw in uncalibrated.items():
+            np.save(run_dir / f"{split}_probs_uncalibrated.npy", raw.astype(np.float32))
+        cal_facts["valid_before"] = calibration_scores(va_y, uncalibrated["valid"], multi_label)
+        cal_facts["valid_after"] = calibration_scores(va_y, valid_probs, multi_label)
+        for note in cal_facts["notes"]:
+            if not note.startswith("no calibrator"):
+                warnings.append(f"{spec} / slice {slice_name}: calibration: {note}")
+    (run_dir / "decision.json").write_text(json.dumps(decision.to_json(), indent=2))
+    valid_f1 = (
+        f1_micro_macro(va_y, apply_decision(valid_probs, decision))
+        if len(va_y)
+        else {"micro_f1": None, "macro_f1": None}
+    )
+    (run_dir / "fit.json").write_text(json.dumps(_jsonable(fit_facts), indent=2))
+    return {
+        **{k: fit_facts[k] for k in ("method", "base_method", "slice", "slice_size")},
+        "train_rows": fit_facts["train_rows"],
+        "dir": str(run_dir.relative_to(run_dir.parents[2])),
+        "valid_micro_f1": valid_f1["micro_f1"],
+        "valid_macro_f1": valid_f1["macro_f1"],
+        "decision": decision.describe(),
+        "decision_fallback": decision.note if decision.fallback else "",
+        "fallback": fit_facts.get("fallback", ""),
+        "fit_seconds": fit_facts.get("fit_seconds"),
+        "label_issue_rows": fit_facts["label_issues"]["rows"],
+        "unlearnable": fit_facts["labels_without_examples"],
+        "calibration": _calibration_entry(cal_facts),
+    }
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy the directory ``src`` to ``dst``, hard-linking the files where the file system
+    allows (a trained model is not copied byte by byte into the same store)."""
+    import os
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def average_members(slice_runs: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+    """The runs an ``average`` of one slice averages: the ``top`` best on valid (micro-F1, then
+    macro-F1, then training order), leaving out fallback runs and a second run of a base
+    method already in (``naive_bayes+aug`` after ``naive_bayes``). Fewer than two: none."""
+    eligible = [
+        r
+        for r in slice_runs
+        if not r["fallback"] and r["valid_micro_f1"] is not None and r["method"] != AVERAGE
+    ]
+    ranked = sorted(
+        eligible, key=lambda r: (-float(r["valid_micro_f1"]), -float(r["valid_macro_f1"] or 0.0))
+    )
+    members: list[dict[str, Any]] = []
+    for r in ranked:
+        if len(members) < top and r["base_method"] not in {m["base_method"] for m in members}:
+            members.append(r)
+    return members if len(members) >= 2 else []
+
+
+def average_run(
+    stage_dir: Path,
+    slice_runs: list[dict[str, Any]],
+    cfg: TrainConfig,
+    va_y: np.ndarray,
+    labels: list[str],
+    multi_label: bool,
+    warnings: list[str],
+) -> dict[str, Any] | None:
+    """The ``average`` run of one slice (see ``TrainConfig.average_top``), or None.
+
+    Its probabilities are the mean of the members' saved (calibrated) ones, calibrated again
+    on valid like every run (cross-fitted on valid, the calibrator fitted on all of valid for
+    test) and decided on valid. ``model/`` is an ``ensemble`` directory holding the members'
+    saved models, so ``load_saved("ensemble", model)`` gives the same probabilities."""
+    from label_pipeline.methods.ensemble import MEMBERS_DIR, Ensemble
+    from label_pipeline.methods.finetune import write_method_meta
+
+    if cfg.average_top < 2 or not len(va_y):
+        return None
+    members = average_members(slice_runs, cfg.average_top)
+    if not members:
+        return None
+    started = time.time()
+    first = members[0]
+    run_dir = stage_dir / "runs" / AVERAGE / first["slice"]
+    run_dir.mkdir(parents=True)
+    raw = {
+        split: np.mean(
+            [
+                np.load(stage_dir / m["dir"] / f"{split}_probs.npy").astype(np.float64)
+                for m in members
+            ],
+            axis=0,
+        )
+        for split in ("valid", "test")
+    }
+    cal = fit_calibration(
+        raw["valid"],
+        va_y,
+        multi_label,
+        cfg.calibration,
+        min_rows=cfg.calibration_min_rows,
+        seed=cfg.seed,
+        labels=labels,
+        what=f"valid ({AVERAGE})",
+    )
+    model_dir = run_dir / "model"
+    model_dir.mkdir()
+    ensemble = Ensemble(members=[m["base_method"] for m in members])
+    ensemble.label_names_, ensemble.multi_label_ = list(labels), multi_label
+    ensemble.history_ = {"averaged_runs": [m["dir"] for m in members]}
+    write_method_meta(ensemble, model_dir)
+    for m in members:
+        _link_tree(stage_dir / m["dir"] / "model", model_dir / MEMBERS_DIR / m["base_method"])
+    if cal.method != "none":
+        save_calibrator(cal.calibrator, model_dir, cal.facts())
+    facts: dict[str, Any] = {
+        "method": AVERAGE,
+        "base_method": Ensemble.name,
+        "params": {"members": ensemble.members},
+        "slice": first["slice"],
+        "slice_size": first["slice_size"],
+        "train_rows": max(m["train_rows"] for m in members),
+        "augmented_rows": 0,
+        "pseudo_rows": 0,
+        "labels_without_examples": first["unlearnable"],
+        "label_issues": {"policy": cfg.label_issues, "rows": first["label_issue_rows"]},
+        "info": {
+            "members": [
+                {k: m[k] for k in ("method", "dir", "valid_micro_f1", "valid_macro_f1")}
+                for m in members
+            ]
+        },
+        "fit_seconds": round(time.time() - started, 3),
+    }
+    if cfg.calibration != "none":
+        facts["calibration"] = cal.facts()
+    probs = {"valid": cal.valid_probs, "test": cal.calibrator.apply(raw["test"])}
+    probs = {k: np.clip(v, 0.0, 1.0) for k, v in probs.items()}
+    return _record_run(run_dir, facts, probs, raw, va_y, cfg, multi_label, warnings)
 
 
 def _calibration_entry(cal: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -119,3 +119,20 @@ def test_unlearnable_label_is_reported_by_train_evaluate_and_report(tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Why: chose" in report and "Unlearnable labels" in report
     assert "Chosen per slice" in report
+
+
+@pytest.mark.parametrize("average_valid, chosen", [(0.80, "average"), (0.79, "finetune")])
+def test_average_is_preferred_when_not_below_the_best_baseline(average_valid, chosen):
+    runs = [
+        _run("tfidf_nb", 0.80, order=0),
+        _run("finetune", 0.85, order=1),
+        _run("average", average_valid, order=2),
+    ]
+    choice = choose_final(runs, "micro_f1", tolerance=0.0, prefer_average=True)
+    assert choice["run"]["method"] == chosen
+    if chosen == "average":
+        assert "is preferred to a single run when it is not below the best baseline" in (
+            choice["reason"]
+        )
+    # without the preference the average competes like any run
+    assert choose_final(runs, "micro_f1", tolerance=0.0)["run"]["method"] == "finetune"

@@ -91,7 +91,7 @@ def test_evaluate_stage_outputs(tmp_path):
     zs_ref = StageRef(stage="zero_shot", fingerprint="z", path=str(zs))
     ref = run_evaluate(store, EvaluateConfig(), splits_ref(split_dir), trained, zero_shot=zs_ref)
     metrics = json.loads((ref.dir / "metrics.json").read_text())
-    assert len(metrics["runs"]) == 6 and metrics["zero_shot"]["test"]["micro_f1"] == 0.41
+    assert len(metrics["runs"]) == 9 and metrics["zero_shot"]["test"]["micro_f1"] == 0.41
     for f in ("figures/learning_curve_micro.png", "figures/learning_curve_macro.png"):
         assert (ref.dir / f).stat().st_size > 1000
     curves = json.loads((ref.dir / "learning_curves.json").read_text())

@@ -34,7 +34,7 @@ def _train(tmp_path, multi_label=True, **cfg):
 def test_runs_beat_a_trivial_baseline_and_write_their_files(tmp_path, multi_label):
     ref, runs = _train(tmp_path, multi_label, slices=["*"])
     assert [(r["method"], r["slice"]) for r in runs] == [
-        (m, s) for s in ("8", "16", "all") for m in FAST
+        (m, s) for s in ("8", "16", "all") for m in [*FAST, "average"]
     ]
     # trivial baseline: always predict the most frequent label -> micro-F1 about 1/3
     for r in runs:
@@ -171,3 +171,73 @@ def test_cached_second_run(tmp_path):
     first = run_train(store, cfg, splits_ref(split_dir))
     second = run_train(store, cfg, splits_ref(split_dir))
     assert not first.cached and second.cached and first.path == second.path
+
+
+class _Constant(Method):
+    """Every text gets the same probabilities: a run that ranks last on valid."""
+
+    name = "test_constant"
+
+    def fit(self, train, valid, ctx):
+        self.multi_label_ = train.multi_label
+        return self
+
+    def predict_proba(self, texts):
+        row = [0.5, 0.3, 0.2]
+        return np.tile(row, (len(texts), 1))
+
+    def save(self, path: Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def load(cls, path):
+        return cls()
+
+
+@pytest.fixture
+def constant_method():
+    register(_Constant)
+    yield
+    REGISTRY.pop(_Constant.name, None)
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+@pytest.mark.parametrize("calibration", ["none", "auto"])
+def test_average_run_is_the_mean_of_the_best_runs_and_reloads(
+    tmp_path, constant_method, multi_label, calibration
+):
+    from label_pipeline.data import load_splits
+    from label_pipeline.methods.base import load_saved
+
+    ref, runs = _train(
+        tmp_path,
+        multi_label,
+        methods=[*FAST, "test_constant"],
+        average_top=2,
+        calibration=calibration,
+        calibration_min_rows=10,
+    )
+    assert [r["method"] for r in runs] == [*FAST, "test_constant", "average"]
+    average = runs[-1]
+    assert average["base_method"] == "ensemble" and average["dir"] == "runs/average/all"
+    fit = json.loads((ref.dir / average["dir"] / "fit.json").read_text())
+    # the constant run is the worst on valid: the two best are averaged
+    assert sorted(m["method"] for m in fit["info"]["members"]) == sorted(FAST)
+    member_probs = [np.load(ref.dir / f"runs/{m}/all/test_probs.npy") for m in FAST]
+    test_probs = np.load(ref.dir / average["dir"] / "test_probs.npy")
+    if calibration == "none":
+        np.testing.assert_allclose(test_probs, np.mean(member_probs, axis=0), atol=1e-6)
+    if not multi_label:
+        np.testing.assert_allclose(test_probs.sum(axis=1), 1.0, atol=1e-5)
+    texts = [str(t) for t in load_splits(tmp_path / "split")["test"]["text"]]
+    reloaded = load_saved("ensemble", ref.dir / average["dir"] / "model").predict_proba(texts)
+    np.testing.assert_allclose(reloaded, test_probs, atol=1e-5)
+    assert average["valid_micro_f1"] >= 0.9
+    assert "| average | all |" in (ref.dir / "summary.md").read_text()
+
+
+def test_no_average_when_switched_off_or_one_run(tmp_path):
+    _, runs = _train(tmp_path / "a", average_top=0)
+    assert [r["method"] for r in runs] == FAST
+    _, runs = _train(tmp_path / "b", methods=["naive_bayes"])
+    assert [r["method"] for r in runs] == ["naive_bayes"]
