@@ -131,8 +131,9 @@ def test_average_is_preferred_when_not_below_the_best_baseline(average_valid, ch
     choice = choose_final(runs, "micro_f1", tolerance=0.0, prefer_average=True)
     assert choice["run"]["method"] == chosen
     if chosen == "average":
-        assert "is preferred to a single run when it is not below the best baseline" in (
-            choice["reason"]
+        assert (
+            "is preferred to a single run when it is not below the best baseline"
+            in (choice["reason"])
         )
     # without the preference the average competes like any run
     assert choose_final(runs, "micro_f1", tolerance=0.0)["run"]["method"] == "finetune"
