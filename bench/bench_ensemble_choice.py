@@ -49,6 +49,7 @@ def analyse(store: Path) -> dict:
     from label_pipeline.decision import apply_decision, tune_decision
     from label_pipeline.metrics import classification_metrics
     from tasks.evaluate import BASELINES
+    from tasks.train import AVERAGE
 
     train_dir = _only(store, "train/*/runs.json", "train stage").parent
     eval_dir = _only(store, "evaluate/*/metrics.json", "evaluate stage").parent
@@ -91,7 +92,10 @@ def analyse(store: Path) -> dict:
             return {"members": members, "valid": metrics(v, vy), "test": metrics(t, ty)}
 
         single = {m: score([m]) for m in probs}
-        by_valid = sorted(probs, key=lambda m: -single[m]["valid"][key])
+        # the train stage's own average run is a row of its own, never a member here
+        by_valid = sorted(
+            (m for m in probs if m != AVERAGE), key=lambda m: -single[m]["valid"][key]
+        )
         floor = max((single[m]["valid"][key] for m in probs if m in BASELINES), default=-1.0)
         c = chosen.get(name, {})
         pick = c.get("method")
