@@ -15,6 +15,10 @@ macro-F1). ``recovered`` = (drop - noisy) / (clean - noisy) of the accuracy.
     .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2          # hybrid, the stage's default
     .venv/bin/python bench/bench_label_issues.py --seeds 0 --quality-method setfit
     .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2 --reference-rows 0 500 2000
+    .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2 --valid-use fit --tag _fitvalid
+
+``--valid-use fit`` (``quality.valid_use: fit``): the validation rows join every fold's
+training rows (correctly labelled, as a user's valid split is meant to be).
 
 ``--reference-rows M ...`` is a yardstick, not something a user can do: how good must the
 out-of-fold model be? For each M it adds M correctly labelled emotion rows (from train.csv,
@@ -152,6 +156,7 @@ def run_seed(args, seed: int, frames) -> dict:
     valid = rows(va["text"], va["labels"].to_numpy())
     params = json.loads(args.quality_params)
     t0 = time.time()
+    fit_valid = args.valid_use == "fit"  # as quality.valid_use
     oof = out_of_fold_probs(
         rows(texts, noisy),
         args.quality_method,
@@ -159,7 +164,8 @@ def run_seed(args, seed: int, frames) -> dict:
         args.folds,
         seed,
         lambda: FitContext(seed=seed),
-        valid,
+        None if fit_valid or args.valid_use == "none" else valid,
+        extra=valid if fit_valid else None,
     )
     oof_s = round(time.time() - t0, 1)
     cap = None if args.max_share <= 0 else args.max_share
@@ -221,6 +227,7 @@ def run_seed(args, seed: int, frames) -> dict:
         "flipped": len(flipped),
         "quality_method": args.quality_method,
         "quality_params": params,
+        "valid_use": args.valid_use,
         "folds": oof.folds,
         "oof_s": oof_s,
         "oof_accuracy_vs_true": round(100 * float(np.mean(oof.probs.argmax(1) == truth)), 2),
@@ -253,6 +260,13 @@ def main(argv: list[str] | None = None) -> None:
         "--quality-method", default=QualityConfig().method, help="default: the stage's"
     )
     parser.add_argument("--quality-params", default="{}", help="JSON constructor arguments")
+    parser.add_argument(
+        "--valid-use",
+        default=QualityConfig().valid_use,
+        choices=["fit", "early_stopping", "none"],
+        help="quality.valid_use: the valid rows (N per label, correctly labelled) join every "
+        "fold's training rows (fit) or are handed to the method for early stopping",
+    )
     parser.add_argument("--filter-by", default="prune_by_noise_rate", choices=RULES)
     parser.add_argument("--min-margin", type=float, default=0.0)
     parser.add_argument(

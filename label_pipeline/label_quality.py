@@ -112,12 +112,14 @@ def out_of_fold_probs(
     context: Callable[[], FitContext],
     valid: LabelledTexts | None = None,
     on_fold: Callable[[], None] | None = None,
+    extra: LabelledTexts | None = None,
 ) -> OutOfFold:
     """Probabilities of every row of ``rows`` from a ``method`` model fitted without it.
 
     ``context`` makes a fresh :class:`FitContext` for each fold (device, encoder, seed);
     ``valid`` (never the rows themselves) is handed to the method for early stopping or
-    tuning; ``on_fold`` is called after each fold (progress).
+    tuning; ``extra`` rows (never the rows themselves) join every fold's training rows and
+    are not scored; ``on_fold`` is called after each fold (progress).
     """
     splits, how = stratified_folds(rows.y, rows.multi_label, folds, seed)
     n_labels = rows.y.shape[1]
@@ -137,6 +139,8 @@ def out_of_fold_probs(
             multi_label=rows.multi_label,
             sample_weight=None if w is None else w[tr],
         )
+        if extra is not None and len(extra):
+            part = _joined(part, extra)
         ctx = context()
         with np.errstate(all="ignore"):
             model = cls(**params).fit(part, valid, ctx)
@@ -147,7 +151,7 @@ def out_of_fold_probs(
                 f"expected {(len(te), n_labels)}"
             )
         probs[te] = p
-        info.append({"train_rows": len(tr), "held_out": len(te), **ctx.info})
+        info.append({"train_rows": len(part), "held_out": len(te), **ctx.info})
         if on_fold is not None:
             on_fold()
     if not np.isfinite(probs).all():
@@ -160,6 +164,25 @@ def out_of_fold_probs(
     if not rows.multi_label:
         probs = probs / np.maximum(probs.sum(axis=1, keepdims=True), 1e-12)
     return OutOfFold(probs, how, round(time.time() - started, 3), info)
+
+
+def _joined(a: LabelledTexts, b: LabelledTexts) -> LabelledTexts:
+    """The rows of ``a`` followed by those of ``b`` (weights 1 where a side has none)."""
+    weights = None
+    if a.sample_weight is not None or b.sample_weight is not None:
+        weights = np.concatenate(
+            [
+                np.ones(len(x)) if x.sample_weight is None else np.asarray(x.sample_weight)
+                for x in (a, b)
+            ]
+        )
+    return LabelledTexts(
+        texts=list(a.texts) + list(b.texts),
+        y=np.concatenate([a.y, b.y]),
+        label_names=a.label_names,
+        multi_label=a.multi_label,
+        sample_weight=weights,
+    )
 
 
 # ---------------------------------------------------------------- mislabelled rows

@@ -109,6 +109,11 @@ class QualityConfig(BaseModel):
             counts the out-of-fold model's own errors as label noise, so with a weak model
             (few rows, hard labels) it flags a large part of the rows; the cap keeps the flags
             to the most suspicious ones.
+        valid_use: what the out-of-fold models do with the valid split when its rows are not
+            checked (``splits``): ``early_stopping`` (handed to the method for early stopping
+            or tuning), ``fit`` (its rows join every fold's training rows: more correctly
+            labelled rows make a stronger check, see ``bench/bench_label_issues.py
+            --valid-use``; no early stopping on valid) or ``none``.
         encoder: encoder of the embedding methods: ``base`` (all-MiniLM-L6-v2) or a model
             reference.
         zero_shot_min_auc: a label whose zero-shot score separates its rows from the others
@@ -131,6 +136,7 @@ class QualityConfig(BaseModel):
     )
     min_margin: float = Field(0.0, ge=0.0, le=1.0)
     max_flagged_share: float | None = Field(0.1, gt=0.0, le=1.0)
+    valid_use: Literal["fit", "early_stopping", "none"] = "early_stopping"
     encoder: str = "base"
     zero_shot_min_auc: float = Field(0.6, ge=0.0, le=1.0)
     label_separator: str = ";"
@@ -243,10 +249,13 @@ def _builder(
         rows, origin = _labelled_rows(
             splits, list(dict.fromkeys(cfg.splits)), labels, multi_label, splits_ref.dir
         )
-        # the methods may tune or stop early on valid, unless its rows are being checked
-        valid = None
-        if "valid" not in cfg.splits and "valid" in splits:
+        # the methods may tune or stop early on valid, or fit on it, unless its rows are
+        # being checked
+        valid = extra = None
+        if "valid" not in cfg.splits and "valid" in splits and cfg.valid_use != "none":
             valid = _valid_rows(splits["valid"], labels, multi_label)
+        if cfg.valid_use == "fit":
+            valid, extra = None, valid
         device = choose_device(cfg.device)
         encoder = _encoder(cfg)
         work = tempfile.TemporaryDirectory(prefix="lp-quality-")
@@ -266,6 +275,7 @@ def _builder(
                 context,
                 valid,
                 on_fold=lambda: prog.update(1),
+                extra=extra,
             )
         n = len(rows)
         if oof.ok:
@@ -358,6 +368,8 @@ def _builder(
             "rows_by_split": {s: origin.count(s) for s in dict.fromkeys(origin)},
             "method": cfg.method,
             "folds": oof.folds,
+            "valid_use": cfg.valid_use,
+            "valid_rows_fitted": len(extra) if extra is not None else 0,
             "fit_seconds": oof.fit_seconds,
             "issues": len(issue_rows),
             "issues_by_kind": by_kind,
@@ -441,7 +453,12 @@ def _summary(
         f"- labelled rows checked: **{facts['rows_checked']}** "
         f"({', '.join(f'{k} {v}' for k, v in facts['rows_by_split'].items())})",
         f"- out-of-fold model: `{cfg.method}`, {facts['folds']}"
-        + (f", {facts['fit_seconds']:.1f} s" if scored else " (no mislabel check)"),
+        + (f", {facts['fit_seconds']:.1f} s" if scored else " (no mislabel check)")
+        + (
+            f"; every fold also fitted on the {facts['valid_rows_fitted']} valid rows"
+            if facts["valid_rows_fitted"]
+            else ""
+        ),
         f"- probably mislabelled (cleanlab `{cfg.filter_by}`"
         + (f", margin >= {cfg.min_margin:g}" if cfg.min_margin else "")
         + (

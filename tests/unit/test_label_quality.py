@@ -111,6 +111,30 @@ def test_out_of_fold_probs_never_come_from_a_model_that_saw_the_row():
     assert len(oof.fold_info) == 5 and sum(f["held_out"] for f in oof.fold_info) == 30
 
 
+def test_extra_rows_join_every_fold_and_are_not_scored():
+    # the extra rows teach each scored text's own word with its label: the held-out rows,
+    # unknowable from the other folds alone, become certain
+    texts = [f"token{i}" for i in range(30)]
+    y = np.eye(3, dtype=np.int64)[[i % 3 for i in range(30)]]
+    rows = LabelledTexts(texts, y, LABELS, False)
+    extra = LabelledTexts([f"{t} {t}" for t in texts], y.copy(), LABELS, False)
+    oof = out_of_fold_probs(rows, "naive_bayes", {}, 5, 0, lambda: FitContext(seed=0), extra=extra)
+    assert oof.probs.shape == (30, 3)
+    assert (oof.probs.argmax(axis=1) == y.argmax(axis=1)).all() and oof.probs.max() > 0.5
+    assert [f["train_rows"] for f in oof.fold_info] == [24 + 30] * 5
+
+
+def test_quality_stage_fits_on_the_valid_rows_when_asked(tmp_path):
+    split_dir, _ = _planted_split(tmp_path, plant={"train-4": ["question"]})
+    store = StageStore(tmp_path / "store")
+    ref = run_quality(store, QualityConfig(**FAST, valid_use="fit"), splits_ref(split_dir))
+    facts = json.loads((ref.dir / "quality.json").read_text())
+    assert facts["valid_use"] == "fit" and facts["valid_rows_fitted"] == 30
+    assert facts["rows_checked"] == 60  # the valid rows are fitted on, not checked
+    assert "every fold also fitted on the 30 valid rows" in (ref.dir / "summary.md").read_text()
+    assert "train-4" in {r["id"] for r in _csv_rows(ref) if "mislabelled" in r["issue"]}
+
+
 def test_folds_shrink_to_the_smallest_label_and_stop_below_two():
     y = np.eye(3, dtype=np.int64)[[0] * 10 + [1] * 10 + [2] * 3]
     splits, how = stratified_folds(y, False, 5, 0)
