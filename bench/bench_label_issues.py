@@ -15,10 +15,12 @@ macro-F1). ``recovered`` = (drop - noisy) / (clean - noisy) of the accuracy.
     .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2          # hybrid, the stage's default
     .venv/bin/python bench/bench_label_issues.py --seeds 0 --quality-method setfit
     .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2 --reference-rows 0 500 2000
-    .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2 --valid-use fit --tag _fitvalid
+    .venv/bin/python bench/bench_label_issues.py --seeds 0 1 2 --valid-use early_stopping
 
-``--valid-use fit`` (``quality.valid_use: fit``): the validation rows join every fold's
-training rows (correctly labelled, as a user's valid split is meant to be).
+``--valid-use`` is ``quality.valid_use`` (default: the stage's, ``fit``): the validation rows
+(correctly labelled, as a user's valid split is meant to be) join every fold's training rows,
+or (``early_stopping``) are only handed to the method. ``--reference-rows`` runs fit the folds
+without them.
 
 ``--reference-rows M ...`` is a yardstick, not something a user can do: how good must the
 out-of-fold model be? For each M it adds M correctly labelled emotion rows (from train.csv,

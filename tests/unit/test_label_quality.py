@@ -124,10 +124,15 @@ def test_extra_rows_join_every_fold_and_are_not_scored():
     assert [f["train_rows"] for f in oof.fold_info] == [24 + 30] * 5
 
 
-def test_quality_stage_fits_on_the_valid_rows_when_asked(tmp_path):
+def test_quality_stage_fits_on_the_valid_rows_by_default(tmp_path):
     split_dir, _ = _planted_split(tmp_path, plant={"train-4": ["question"]})
     store = StageStore(tmp_path / "store")
-    ref = run_quality(store, QualityConfig(**FAST, valid_use="fit"), splits_ref(split_dir))
+    other = run_quality(
+        store, QualityConfig(**FAST, valid_use="early_stopping"), splits_ref(split_dir)
+    )
+    assert json.loads((other.dir / "quality.json").read_text())["valid_rows_fitted"] == 0
+    assert "fitted on the" not in (other.dir / "summary.md").read_text()
+    ref = run_quality(store, QualityConfig(**FAST), splits_ref(split_dir))
     facts = json.loads((ref.dir / "quality.json").read_text())
     assert facts["valid_use"] == "fit" and facts["valid_rows_fitted"] == 30
     assert facts["rows_checked"] == 60  # the valid rows are fitted on, not checked
