@@ -137,3 +137,39 @@ def test_average_is_preferred_when_not_below_the_best_baseline(average_valid, ch
         )
     # without the preference the average competes like any run
     assert choose_final(runs, "micro_f1", tolerance=0.0)["run"]["method"] == "finetune"
+
+
+def test_an_average_chosen_on_valid_labels_the_pool(tmp_path):
+    """train (two baselines and their average) -> evaluate (prefers the average when it is
+    not below the best baseline) -> label: the pool's probabilities are the average's."""
+    import datasets
+    import numpy as np
+
+    from label_pipeline.data import load_splits
+    from label_pipeline.methods.base import load_saved
+    from tasks.label import LabelConfig, run_label
+
+    split_dir = make_splits_dir(tmp_path / "split", multi_label=False)
+    store = StageStore(tmp_path / "store")
+    cfg = TrainConfig(methods=["naive_bayes", "tfidf_nb"], slices=["all"])
+    trained = run_train(store, cfg, splits_ref(split_dir))
+    ev = run_evaluate(store, EvaluateConfig(), splits_ref(split_dir), trained)
+    metrics = json.loads((ev.dir / "metrics.json").read_text())
+    valid = {r["method"]: r["valid"]["micro_f1"] for r in metrics["runs"]}
+    best = json.loads((ev.dir / "best.json").read_text())
+    assert valid["average"] >= max(valid["naive_bayes"], valid["tfidf_nb"])  # separable rows
+    assert best["method"] == "average"
+    assert "is preferred to a single run" in best["reason"]
+    assert "naive_bayes" in best["reason"] and "tfidf_nb" in best["reason"]
+    # without the preference the simplest of the tied runs wins
+    ev2 = run_evaluate(store, EvaluateConfig(prefer_average=False), splits_ref(split_dir), trained)
+    assert json.loads((ev2.dir / "best.json").read_text())["method"] == "naive_bayes"
+
+    labelled = run_label(store, LabelConfig(), splits_ref(split_dir), trained, ev)
+    ds = datasets.load_from_disk(str(labelled.dir / "labelled"))
+    probs = np.array([ds[f"prob_{n}"] for n in ("bug", "feature", "question")]).T
+    pool = [str(t) for t in load_splits(split_dir)["unlabeled"]["text"]]
+    model = load_saved("ensemble", trained.dir / "runs/average/all/model")
+    np.testing.assert_allclose(probs, model.predict_proba(pool), atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (labelled.dir / "model" / "members" / "tfidf_nb").is_dir()
