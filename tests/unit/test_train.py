@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -91,11 +92,19 @@ class _Diverges(Method):
         return cls()
 
 
+@contextmanager
+def _registered(cls):
+    register(cls)
+    try:
+        yield
+    finally:
+        REGISTRY.pop(cls.name, None)
+
+
 @pytest.fixture
 def diverging_method():
-    register(_Diverges)
-    yield
-    REGISTRY.pop(_Diverges.name, None)
+    with _registered(_Diverges):
+        yield
 
 
 @pytest.mark.parametrize("raise_in_fit", [False, True])
@@ -173,32 +182,19 @@ def test_cached_second_run(tmp_path):
     assert not first.cached and second.cached and first.path == second.path
 
 
-class _Constant(Method):
+class _Constant(_Diverges):
     """Every text gets the same probabilities: a run that ranks last on valid."""
 
     name = "test_constant"
 
-    def fit(self, train, valid, ctx):
-        self.multi_label_ = train.multi_label
-        return self
-
     def predict_proba(self, texts):
-        row = [0.5, 0.3, 0.2]
-        return np.tile(row, (len(texts), 1))
-
-    def save(self, path: Path) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-
-    @classmethod
-    def load(cls, path):
-        return cls()
+        return np.tile([0.5, 0.3, 0.2], (len(texts), 1))
 
 
 @pytest.fixture
 def constant_method():
-    register(_Constant)
-    yield
-    REGISTRY.pop(_Constant.name, None)
+    with _registered(_Constant):
+        yield
 
 
 @pytest.mark.parametrize("multi_label", [True, False])
