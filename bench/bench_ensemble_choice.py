@@ -9,7 +9,11 @@ at every training slice, compares on valid and test:
   when its valid score is not below the best baseline's (else ``chosen``);
 - ``mean_above_baselines``: the average of every run whose valid score is not below the best
   baseline's;
-- ``mean_all``: the average of every run.
+- ``mean_all``: the average of every run;
+- ``chosen_now``: the choice the current code makes from the same kept runs (the train
+  stage's ``average`` of the slice, ``train.average_top``, and the evaluate stage's
+  ``prefer_average``; see :func:`rechoose`), so a store kept before either existed shows
+  what the default config now ships.
 
 Nothing is refitted: the train stage's saved probabilities are averaged (``valid_probs.npy``
 are cross-fitted, ``test_probs.npy`` from the calibrator fitted on all of valid), and every row,
@@ -106,7 +110,78 @@ def analyse(store: Path) -> dict:
         rules["mean_above_baselines"] = score(above)
         rules["mean_all"] = score(by_valid)
         out.append({"slice": name, "rows": c.get("size"), "runs": single, "rules": rules})
+    now = rechoose(train_dir, split_dir, vy, ty, labels, multi_label)
+    for entry in out:
+        entry["rules"]["chosen_now"] = now.get(entry["slice"])
     return {"labels": labels, "multi_label": multi_label, "metric": key, "slices": out}
+
+
+def rechoose(
+    train_dir: Path,
+    split_dir: Path,
+    vy: np.ndarray,
+    ty: np.ndarray,
+    labels: list[str],
+    multi_label: bool,
+) -> dict[str, dict]:
+    """The choice per slice that the current train and evaluate code makes from the kept
+    runs: ``tasks.train.average_run`` adds each slice's ``average`` (``TrainConfig()``
+    defaults, the kept run's seed and calibration), ``tasks.evaluate.chosen_per_slice`` picks
+    with ``EvaluateConfig()`` defaults. Nothing is refitted: the kept runs are linked into a
+    temporary stage directory beside the averages. Without a valid split, none."""
+    import tempfile
+
+    from tasks.evaluate import EvaluateConfig, chosen_per_slice, evaluate_run
+    from tasks.train import AVERAGE, TrainConfig, average_run
+
+    kept_cfg = json.loads((train_dir / "manifest.json").read_text()).get("config", {})
+    cfg = TrainConfig(
+        seed=kept_cfg.get("seed", 0),
+        calibration=kept_cfg.get("calibration", "auto"),
+        threshold=kept_cfg.get("threshold", "global"),
+    )
+    ev = EvaluateConfig()
+    kept = [r for r in json.loads((train_dir / "runs.json").read_text()) if r["method"] != AVERAGE]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="rechoose-") as tmp:
+        stage = Path(tmp)
+        for r in kept:
+            (stage / r["dir"]).parent.mkdir(parents=True, exist_ok=True)
+            (stage / r["dir"]).symlink_to(train_dir / r["dir"], target_is_directory=True)
+        rows = list(kept)
+        for name in dict.fromkeys(r["slice"] for r in kept):
+            here = [r for r in kept if r["slice"] == name]
+            avg = average_run(stage, here, cfg, vy, labels, multi_label, [])
+            if avg is not None:
+                rows.append(avg)
+        for order, r in enumerate(rows):
+            m = evaluate_run(stage / r["dir"], vy, ty, labels, multi_label)
+            runs.append(
+                {
+                    **{k: r[k] for k in ("method", "slice", "slice_size")},
+                    "run_dir": str(stage / r["dir"]),
+                    "fallback": r.get("fallback", ""),
+                    "order": order,
+                    **m,
+                }
+            )
+        per_slice = chosen_per_slice(
+            runs, ev.select_by, ev.select_tolerance, len(vy), ev.prefer_average
+        )
+        key = "micro_f1" if multi_label else "accuracy"
+        out = {}
+        for c in per_slice:
+            run = next(r for r in runs if r["slice"] == c["slice"] and r["method"] == c["method"])
+            members = [c["method"]]
+            if c["method"] == AVERAGE:
+                fit = json.loads((Path(run["run_dir"]) / "fit.json").read_text())
+                members = [f"average of {'+'.join(m['method'] for m in fit['info']['members'])}"]
+            out[c["slice"]] = {
+                "members": members,
+                "valid": {k: run["valid"][k] for k in (key, "macro_f1")},
+                "test": {k: run["test"][k] for k in (key, "macro_f1")},
+            }
+    return out
 
 
 def table(result: dict) -> str:
