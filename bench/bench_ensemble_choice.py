@@ -131,7 +131,12 @@ def rechoose(
     temporary stage directory beside the averages. Without a valid split, none."""
     import tempfile
 
-    from tasks.evaluate import EvaluateConfig, chosen_per_slice, evaluate_run
+    from tasks.evaluate import (
+        EvaluateConfig,
+        average_members_of,
+        chosen_per_slice,
+        evaluate_run,
+    )
     from tasks.train import AVERAGE, TrainConfig, average_run
 
     kept_cfg = json.loads((train_dir / "manifest.json").read_text()).get("config", {})
@@ -174,8 +179,7 @@ def rechoose(
             run = next(r for r in runs if r["slice"] == c["slice"] and r["method"] == c["method"])
             members = [c["method"]]
             if c["method"] == AVERAGE:
-                fit = json.loads((Path(run["run_dir"]) / "fit.json").read_text())
-                members = [f"average of {'+'.join(m['method'] for m in fit['info']['members'])}"]
+                members = [f"average of {'+'.join(average_members_of(run))}"]
             out[c["slice"]] = {
                 "members": members,
                 "valid": {k: run["valid"][k] for k in (key, "macro_f1")},

@@ -40,12 +40,11 @@ from label_pipeline.metrics import classification_metrics
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
+from tasks.train import AVERAGE
 
 STAGE = "evaluate"
 VERSION = "4"
 
-#: the train stage's run averaging a slice's best runs (``tasks.train.AVERAGE``)
-AVERAGE = "average"
 #: the baselines the final model must not be worse than on valid
 BASELINES = ("naive_bayes", "tfidf_nb", "embed_lr", "knn")
 #: preference among models whose valid scores are within the tolerance: simplest first
@@ -219,7 +218,7 @@ def plot_learning_curve(
     plt.close(fig)
 
 
-def _average_members(run: dict[str, Any]) -> list[str]:
+def average_members_of(run: dict[str, Any]) -> list[str]:
     """The methods an ``average`` run averages (from its ``fit.json``)."""
     fit = Path(run.get("run_dir", "")) / "fit.json"
     if not fit.is_file():
@@ -302,7 +301,7 @@ def choose_final(
     best_run = ranked[0]
     if chosen["method"] == AVERAGE:
         reason += (
-            f"; the average of {', '.join(_average_members(chosen))} is preferred to a single "
+            f"; the average of {', '.join(average_members_of(chosen))} is preferred to a single "
             "run when it is not below the best baseline (evaluate.prefer_average)"
         )
     elif best_run is not chosen:
