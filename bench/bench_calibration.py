@@ -23,6 +23,11 @@ compared with the precision measured on the hidden labels.
 
     .venv/bin/python bench/bench_calibration.py                # both
     .venv/bin/python bench/bench_calibration.py --datasets default
+    .venv/bin/python bench/bench_calibration.py --zero-shot-split-seeds 0 1 2 3 4 5 6 7 8 9
+
+The last runs only the default data's zero-shot stage, once per draw of the split (no
+training, about 30 s per seed): how far the precision it states for its pseudo-labels is from
+the one measured, over ten validation / test draws instead of one.
 
 Prints a table and writes ``bench/results/bench_calibration.json``. Goals: test ECE <= 0.05
 for the final model; stated expected precision within 5 points of the measured one.
@@ -286,6 +291,98 @@ def emotion_dataset(store_root: Path, args) -> dict[str, Any] | None:
     return out
 
 
+def zero_shot_split_seeds(store_root: Path, seeds: list[int]) -> dict[str, Any]:
+    """The default data's zero-shot stage alone over several draws of the split: for each
+    split seed, ingest → clean → split (that seed) → zero_shot on the test-as-pool copy; the
+    precision it states for its pseudo-labels (and what per-label calibration alone would
+    state) against the precision measured on the hidden labels."""
+    import datasets
+
+    from label_pipeline.config import PipelineConfig
+    from label_pipeline.data import load_splits, read_label_info
+    from label_pipeline.store import StageStore
+    from tasks.clean import run_clean
+    from tasks.ingest import run_ingest
+    from tasks.split import run_split
+    from tasks.zero_shot import run_zero_shot
+
+    rows = []
+    for seed in seeds:
+        t0 = time.time()
+        cfg = PipelineConfig()
+        cfg.split.seed = seed
+        store = StageStore(store_root / f"split-seed-{seed}")
+        split = run_split(
+            store, cfg.split, run_clean(store, cfg.clean, run_ingest(store, cfg.ingest))
+        )
+        labels, _ = read_label_info(split.dir)
+        pool_ref = test_as_pool(split.dir, store.root / "test-as-pool", f"default-seed-{seed}")
+        zs = run_zero_shot(store, cfg.zero_shot, pool_ref)
+        test = load_splits(split.dir)["test"]
+        gold = {str(i): list(x) for i, x in zip(test["id"], test["labels"], strict=True)}
+        pool = datasets.load_from_disk(str(zs.dir / "unlabeled"))
+        measured = measured_precision(
+            [str(i) for i in pool["id"]], [list(x) for x in pool["labels"]], gold, labels
+        )
+        stated = json.loads((zs.dir / "expected_precision.json").read_text())
+        calibration = json.loads((zs.dir / "calibration.json").read_text())
+        selection = json.loads((zs.dir / "selection.json").read_text())
+        c = compare(stated, measured)
+        plain = (calibration.get("picked") or {}).get(
+            "expected_precision_per_label_calibration_only"
+        )
+        rows.append(
+            {
+                "split_seed": seed,
+                "rule": f"{selection['rule']} {selection['value']:g}",
+                "calibration": calibration["describe"],
+                "picked": (calibration.get("picked") or {}).get("describe"),
+                "per_label_only": plain,
+                "per_label_only_gap_points": None
+                if plain is None
+                else round(100 * (plain - c["measured"]), 2),
+                **{k: v for k, v in c.items() if k != "per_label"},
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
+        r = rows[-1]
+        print(
+            f"  split seed {seed}: {r['rule']}, stated {_f(r['stated'], True)} % "
+            f"(per-label calibration only {_f(plain, True)} %), measured "
+            f"{_f(r['measured'], True)} %, gap {r.get('gap_points')} points",
+            flush=True,
+        )
+    gaps = [abs(r["gap_points"]) for r in rows if r.get("gap_points") is not None]
+    plain_gaps = [
+        abs(r["per_label_only_gap_points"])
+        for r in rows
+        if r.get("per_label_only_gap_points") is not None
+    ]
+    return {
+        "seeds": rows,
+        "mean_abs_gap_points": round(float(np.mean(gaps)), 2) if gaps else None,
+        "max_abs_gap_points": round(float(np.max(gaps)), 2) if gaps else None,
+        "within_goal": sum(g <= 100 * PRECISION_GOAL for g in gaps),
+        "in_interval": sum(bool(r.get("measured_in_interval")) for r in rows),
+        "per_label_only_mean_abs_gap_points": round(float(np.mean(plain_gaps)), 2)
+        if plain_gaps
+        else None,
+        "per_label_only_within_goal": sum(g <= 100 * PRECISION_GOAL for g in plain_gaps),
+    }
+
+
+def print_split_seeds(res: dict[str, Any]) -> None:
+    n = len(res["seeds"])
+    print(
+        f"\nzero-shot pseudo-labels of the embedded default over {n} split seeds: "
+        f"|stated - measured| mean {res['mean_abs_gap_points']} points, max "
+        f"{res['max_abs_gap_points']}; within 5 points {res['within_goal']}/{n}; measured "
+        f"inside the stated interval {res['in_interval']}/{n}. Per-label calibration alone: "
+        f"mean {res['per_label_only_mean_abs_gap_points']} points, within 5 points "
+        f"{res['per_label_only_within_goal']}/{n}"
+    )
+
+
 def _f(v: Any, pct: bool = False) -> str:
     if v is None:
         return "–"
@@ -339,12 +436,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--keep-store", default="", help="keep the stage store in this directory")
     parser.add_argument("--tag", default="", help="suffix of the results file")
+    parser.add_argument(
+        "--zero-shot-split-seeds",
+        nargs="+",
+        type=int,
+        default=[],
+        help="only the default data's zero-shot stage, once per split seed (no training)",
+    )
     args = parser.parse_args(argv)
     os.chdir(ROOT)
     results = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="lp-bench-cal-") as tmp:
         root = Path(args.keep_store) if args.keep_store else Path(tmp)
+        if args.zero_shot_split_seeds:
+            res = zero_shot_split_seeds(root / "zero-shot-seeds", args.zero_shot_split_seeds)
+            print_split_seeds(res)
+            out = ROOT / "bench" / "results" / f"bench_calibration_zero_shot{args.tag}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            res["seconds"] = round(time.time() - started, 1)
+            out.write_text(json.dumps(res, indent=2, default=str))
+            print(f"wrote {out}")
+            return
         for name in args.datasets:
             print(f"== {name}", flush=True)
             fn = {"default": default_dataset, "emotion": emotion_dataset}[name]

@@ -13,14 +13,27 @@ standard error of the precision the same rule reaches on the validation rows). T
 the validation rows (Wilson interval), and the expected precision the calibrated validation
 probabilities state for those rows (cross-fitted, so honest): their gap shows any calibration
 bias in the selected region.
+
+Per-label calibration makes ``P(label | its own score)`` right. A rule that picks a label by its
+own score (a threshold) keeps that right on the labels it picks. A rule that picks a label by its
+*rank* among the row's labels (top-k, argmax on a multi-label task) does not: a label that beats
+the row's other labels is more often right than its own score says, and the per-label
+probabilities understate the precision of what the rule picks.
+:func:`fit_selected_calibration` fits a second calibrator (Platt scaling, a slope and an
+intercept) on the probabilities of the labels the rule picks on the validation split,
+cross-fitted, and :meth:`SelectedCalibration.apply` applies it to the picked labels of the pool.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+#: multi-label selection rules that pick a label by its rank among the row's labels
+RANK_RULES = ("top_k", "argmax")
 
 Z_95 = 1.959964
 
@@ -155,6 +168,76 @@ def expected_precision(
     acc = PrecisionAccumulator(len(labels))
     acc.add(pool_probs, pool_pred)
     return acc.result(labels, valid_probs, valid_pred, valid_y, z)
+
+
+@dataclass
+class SelectedCalibration:
+    """A calibrator of the probabilities of the labels a rule picks (see the module docstring).
+
+    Attributes:
+        fit: the calibration fitted on the picked validation labels, as one column.
+        cells: how many picked (row, label) pairs of valid it was fitted on.
+    """
+
+    fit: Any
+    cells: int
+
+    def apply(self, probs: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """``probs`` with the picked labels' (``pred`` = 1) probabilities recalibrated."""
+        out = np.array(probs, dtype=np.float64, copy=True)
+        mask = np.asarray(pred).astype(bool)
+        if mask.any():
+            out[mask] = self.fit.calibrator.apply(out[mask].reshape(-1, 1)).ravel()
+        return out
+
+    def facts(self) -> dict[str, Any]:
+        """Plain JSON: what was fitted, on how many picked valid labels, with notes."""
+        return {**self.fit.facts(), "cells": self.cells}
+
+
+def fit_selected_calibration(
+    valid_probs: np.ndarray,
+    valid_pred: np.ndarray,
+    valid_y: np.ndarray,
+    min_cells: int,
+    min_cells_param: str,
+) -> tuple[SelectedCalibration, np.ndarray]:
+    """Fit Platt scaling on the (cross-fitted, calibrated) probabilities of the labels that the
+    rule picks on valid (``valid_pred`` = 1) against whether the row carries them.
+
+    Returns the calibrator and ``valid_probs`` with the picked labels' probabilities replaced by
+    their cross-fitted recalibrated values. Fewer than ``min_cells`` picked labels (named by
+    ``min_cells_param``), or picked labels that are all right or all wrong: the identity, with a
+    note that says why.
+    """
+    from label_pipeline.calibration import fit_calibration
+
+    P = np.asarray(valid_probs, dtype=np.float64)
+    mask = np.asarray(valid_pred).astype(bool)
+    p, y = P[mask].reshape(-1, 1), np.asarray(valid_y, dtype=np.float64)[mask].reshape(-1, 1)
+    right = int(y.sum())
+    if p.size >= min_cells and right in (0, p.size):
+        from label_pipeline.calibration import CalibrationFit, Calibrator
+
+        note = (
+            f"all {p.size} labels the rule picks on valid are {'wrong' if right == 0 else 'right'}"
+            ": nothing to recalibrate them on (identity)"
+        )
+        fit = CalibrationFit(Calibrator("none", True), p, {}, "platt", True, [note])
+        return SelectedCalibration(fit, int(p.size)), P.copy()
+    fit = fit_calibration(
+        p,
+        y,
+        True,
+        "platt",
+        min_rows=min_cells,
+        labels=["picked labels"],
+        what="the labels the rule picks on valid",
+        min_rows_param=min_cells_param,
+    )
+    out = P.copy()
+    out[mask] = fit.valid_probs.ravel()
+    return SelectedCalibration(fit, int(mask.sum())), out
 
 
 def _pct(v: Any) -> str:

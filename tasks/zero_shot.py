@@ -23,7 +23,8 @@ Output directory:
   ``figures/selection_curve.png``, ``labels.json``, ``summary.md``, ``sample.json``;
 - ``calibration.json``: the scores are not probabilities, so a calibrator
   (``label_pipeline.calibration``) is fitted on the valid scores (``calibration``), with its
-  cross-fitted valid ECE / Brier / log loss before and after;
+  cross-fitted valid ECE / Brier / log loss before and after, and for a multi-label top-k rule
+  the second calibrator of the labels the rule picks (``picked``, ``picked_calibration``);
 - ``expected_precision.json``: from the calibrated pool scores, the expected precision and
   expected number of wrong pseudo-labels of the selected rule, per label and overall, with an
   interval, beside the precision the rule reaches on valid
@@ -61,7 +62,7 @@ from label_pipeline.zeroshot.selection import (
 )
 
 STAGE = "zero_shot"
-VERSION = "3"
+VERSION = "4"
 SCORED_SPLITS = ("valid", "test", "unlabeled")
 SHARD_DONE = "shard.json"
 
@@ -95,6 +96,11 @@ class ZeroShotConfig(BaseModel):
             the pseudo-labels: ``auto`` (lowest cross-fitted log loss), ``temperature``,
             ``platt``, ``isotonic`` or ``none``.
         calibration_min_rows: fewer valid rows than this: no calibration (identity, reported).
+        picked_calibration: multi-label top-k rule: the per-label calibrated probabilities of
+            the labels the rule picks are calibrated once more on the labels it picks on valid
+            (a label that outranks the row's other labels is more often right than its own
+            score says; ``label_pipeline.expected_precision``). At least
+            ``calibration_min_rows`` picked valid labels, otherwise skipped (reported).
         label_shift: single-label only. ``pool``: the valid rows were collected as N per label
             from a pool whose labels are not balanced, so the expected precision reweights the
             calibrated pool probabilities to the pool's label frequencies, estimated from the
@@ -127,6 +133,7 @@ class ZeroShotConfig(BaseModel):
     confidence_floor: float = Field(0.0, ge=0.0, le=1.0)
     calibration: Literal["auto", "temperature", "platt", "isotonic", "none"] = "auto"
     calibration_min_rows: int = Field(30, ge=2)
+    picked_calibration: bool = True
     label_shift: Literal["none", "pool"] = "none"
     label_shift_pool_rows: int = Field(4000, ge=1)
     shard_size: int = Field(2048, ge=1)
@@ -682,7 +689,11 @@ def pseudo_label_precision(
     pseudo-labels on the pool (read ``chunk`` rows at a time). Returns (calibration facts,
     expected precision; see ``label_pipeline.expected_precision``)."""
     from label_pipeline.calibration import calibration_scores, fit_calibration
-    from label_pipeline.expected_precision import PrecisionAccumulator
+    from label_pipeline.expected_precision import (
+        RANK_RULES,
+        PrecisionAccumulator,
+        fit_selected_calibration,
+    )
 
     fit = fit_calibration(
         valid_scores,
@@ -701,16 +712,44 @@ def pseudo_label_precision(
     shift = _pool_label_shift(cfg, fit, valid_true, pool, labels, multi_label)
     if shift is not None:
         calibration["label_shift"] = shift.to_json()
+    valid_probs = fit.valid_probs
+    valid_pred = apply_selection(sel, valid_scores, labels) if len(valid_true) else None
+    picked = None
+    if (
+        cfg.picked_calibration
+        and multi_label
+        and sel.rule in RANK_RULES
+        and valid_pred is not None
+        and cfg.calibration != "none"
+        and not fit.fallback
+    ):
+        picked, valid_probs = fit_selected_calibration(
+            fit.valid_probs,
+            valid_pred,
+            valid_true,
+            cfg.calibration_min_rows,
+            "zero_shot.calibration_min_rows",
+        )
+        calibration["picked"] = picked.facts()
+        calibration["notes"] += picked.fit.notes
     acc = PrecisionAccumulator(len(labels))
+    plain = PrecisionAccumulator(len(labels)) if picked is not None else None
     for start in range(0, len(pool), chunk):
         scores = _score_matrix(pool.select(range(start, min(start + chunk, len(pool)))), labels)
         probs = fit.calibrator.apply(scores)
-        acc.add(
-            probs if shift is None else shift.apply(probs), apply_selection(sel, scores, labels)
-        )
-    if len(valid_true):
-        valid_pred = apply_selection(sel, valid_scores, labels)
-        expected = acc.result(labels, fit.valid_probs, valid_pred, valid_true)
+        if shift is not None:
+            probs = shift.apply(probs)
+        pred = apply_selection(sel, scores, labels)
+        if picked is not None:
+            plain.add(probs, pred)
+            probs = picked.apply(probs, pred)
+        acc.add(probs, pred)
+    if plain is not None:
+        calibration["picked"]["expected_precision_per_label_calibration_only"] = plain.result(
+            labels
+        )["overall"]["expected_precision"]
+    if valid_pred is not None:
+        expected = acc.result(labels, valid_probs, valid_pred, valid_true)
     else:
         expected = acc.result(labels)
     return calibration, expected
@@ -760,6 +799,18 @@ def _precision_summary(calibration: dict[str, Any], expected: dict[str, Any]) ->
             f"{before['log_loss']:.3f} → {after['log_loss']:.3f})"
         )
     lines.append(cal)
+    picked = calibration.get("picked")
+    if (
+        picked
+        and not picked["fallback"]
+        and picked.get("expected_precision_per_label_calibration_only") is not None
+    ):
+        lines.append(
+            f"- the top-k rule picks labels by rank: their probabilities recalibrated on the "
+            f"{picked['cells']} labels it picks on valid ({picked['describe']}); per-label "
+            "calibration alone would state "
+            f"{100 * picked['expected_precision_per_label_calibration_only']:.1f} %"
+        )
     lines += [f"- {n}" for n in calibration["notes"]]
     if calibration.get("label_shift"):
         q = calibration["label_shift"]["target_prior"]

@@ -13,6 +13,7 @@ from label_pipeline.calibration import fit_calibration
 from label_pipeline.expected_precision import (
     PrecisionAccumulator,
     expected_precision,
+    fit_selected_calibration,
     precision_rows,
     wilson,
 )
@@ -25,6 +26,66 @@ def _overconfident(n: int, seed: int):
     z = rng.normal(-0.5, 1.5, size=(n, 3))
     y = (rng.random((n, 3)) < 1 / (1 + np.exp(-z))).astype(np.int64)
     return 1 / (1 + np.exp(-3 * z)), y
+
+
+def _ranked(n: int, seed: int, n_labels: int = 5):
+    """Rows with one true label among ``n_labels``. Every label's score carries a strong
+    per-row offset (some texts score high on every label), the true label 1.5 logits more: on
+    its own a score says little, its rank in the row says much."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, n_labels, size=n)
+    y = np.eye(n_labels, dtype=np.int64)[truth]
+    z = rng.normal(0, 2.0, size=(n, 1)) + rng.normal(0, 0.6, size=(n, n_labels)) + 1.5 * y
+    return 1 / (1 + np.exp(-z)), y
+
+
+def _top1(p: np.ndarray) -> np.ndarray:
+    out = np.zeros(p.shape, dtype=np.int64)
+    out[np.arange(len(p)), p.argmax(axis=1)] = 1
+    return out
+
+
+def test_labels_picked_by_rank_get_the_precision_they_reach():
+    valid_s, valid_y = _ranked(600, seed=0)
+    pool_s, pool_y = _ranked(6000, seed=1)  # labels hidden from the estimate
+    names = [f"l{j}" for j in range(5)]
+    fit = fit_calibration(valid_s, valid_y, True, "platt")
+    pool_p, pool_pred = fit.calibrator.apply(pool_s), _top1(pool_s)
+    valid_pred = _top1(valid_s)
+    measured = (pool_y * pool_pred).sum() / pool_pred.sum()
+    # per-label calibration is right about each label's own score, not about the top label
+    plain = expected_precision(pool_p, pool_pred, names, fit.valid_probs, valid_pred, valid_y)
+    assert measured - plain["overall"]["expected_precision"] > 0.15
+    picked, valid_probs = fit_selected_calibration(
+        fit.valid_probs, valid_pred, valid_y, 30, "zero_shot.calibration_min_rows"
+    )
+    assert picked.cells == 600 and not picked.fit.fallback
+    est = expected_precision(
+        picked.apply(pool_p, pool_pred), pool_pred, names, valid_probs, valid_pred, valid_y
+    )
+    o = est["overall"]
+    assert abs(o["expected_precision"] - measured) < 0.03, (o, measured)
+    assert o["interval"][0] <= measured <= o["interval"][1]
+    # the cross-fitted valid statement agrees with the valid precision
+    assert abs(o["valid_expected_precision"] - o["valid_precision"]) < 0.03
+    # labels the rule did not pick keep their probabilities
+    unpicked = pool_pred == 0
+    assert np.array_equal(picked.apply(pool_p, pool_pred)[unpicked], pool_p[unpicked])
+
+
+def test_picked_calibration_with_too_few_or_uniform_picks_says_so():
+    valid_s, valid_y = _ranked(20, seed=2)
+    picked, probs = fit_selected_calibration(
+        valid_s, _top1(valid_s), valid_y, 30, "zero_shot.calibration_min_rows"
+    )
+    assert picked.fit.fallback and picked.fit.method == "none"
+    assert "at least 30 (zero_shot.calibration_min_rows)" in picked.fit.notes[0]
+    assert np.array_equal(probs, valid_s)
+    # every picked label right: nothing to fit on
+    right = _top1(valid_s)
+    picked, _ = fit_selected_calibration(valid_s, right, right, 10, "x")
+    assert picked.fit.fallback and "are right" in picked.fit.notes[0]
+    assert np.array_equal(picked.apply(valid_s, right), valid_s)
 
 
 def test_wilson_interval():
@@ -172,6 +233,34 @@ def test_zero_shot_states_the_expected_precision_of_its_pseudo_labels(tmp_path):
     summary = (ref.dir / "summary.md").read_text()
     assert "Expected precision of the pseudo-labels" in summary
     assert ref.manifest()["expected_precision"] == pytest.approx(o["expected_precision"])
+
+
+def test_zero_shot_top_k_recalibrates_the_labels_it_picks(tmp_path):
+    from label_pipeline.store import StageStore
+    from tasks.zero_shot import ZeroShotConfig, run_zero_shot
+
+    split_dir = make_splits_dir(tmp_path / "split", multi_label=True, n_valid=90, n_unlabeled=60)
+    store = StageStore(tmp_path / "store")
+    ref = run_zero_shot(
+        store, ZeroShotConfig(backend="embedding", rule="top_k"), splits_ref(split_dir)
+    )
+    cal = json.loads((ref.dir / "calibration.json").read_text())
+    picked = cal["picked"]
+    sel = json.loads((ref.dir / "selection.json").read_text())
+    assert sel["rule"] == "top_k"
+    assert picked["cells"] == 90 * int(sel["value"]) and not picked["fallback"]
+    assert picked["describe"] == "Platt scaling"
+    assert "picks labels by rank" in (ref.dir / "summary.md").read_text()
+    off = run_zero_shot(
+        store,
+        ZeroShotConfig(backend="embedding", rule="top_k", picked_calibration=False),
+        splits_ref(split_dir),
+    )
+    assert "picked" not in json.loads((off.dir / "calibration.json").read_text())
+    plain = json.loads((off.dir / "expected_precision.json").read_text())["overall"]
+    assert picked["expected_precision_per_label_calibration_only"] == pytest.approx(
+        plain["expected_precision"]
+    )
 
 
 def test_zero_shot_with_too_few_valid_rows_says_so(tmp_path):
