@@ -50,7 +50,7 @@ from _paths import ROOT, setup_project  # noqa: E402
 
 setup_project()
 
-from tasks.quality import QualityConfig  # noqa: E402
+from tasks.quality import QualityConfig, resolve_method  # noqa: E402
 
 RULES = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning")
 MARGINS = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument(
-        "--quality-method", default=QualityConfig().method, help="default: the stage's"
+        "--quality-method",
+        default=resolve_method(QualityConfig()).method,
+        help="default: what the stage's default (auto) uses on this machine",
     )
     parser.add_argument("--quality-params", default="{}", help="JSON constructor arguments")
     parser.add_argument(

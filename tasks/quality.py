@@ -64,6 +64,10 @@ from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "quality"
 VERSION = "2"
+#: ``quality.method: auto``: the out-of-fold method on a GPU and on a CPU
+AUTO = "auto"
+AUTO_GPU_METHOD = "prototype"
+AUTO_CPU_METHOD = "hybrid"
 ISSUES_CSV = "label_issues.csv"
 CSV_COLUMNS = [
     "id",
@@ -85,9 +89,11 @@ class QualityConfig(BaseModel):
 
     Attributes:
         enabled: run the stage.
-        method: registered method (``label_pipeline.methods``) fitted on each fold; a fast
-            one: ``hybrid`` (TF-IDF word and character n-grams with sentence embeddings, one
-            linear model; the default), ``embed_lr``, ``tfidf_nb``, ``knn``; ``finetune`` or
+        method: registered method (``label_pipeline.methods``) fitted on each fold, or
+            ``auto`` (the default): ``prototype`` when the stage runs on a GPU, ``hybrid`` on
+            a CPU (the stage's summary names the method used). Fast ones:
+            ``hybrid`` (TF-IDF word and character n-grams with sentence embeddings, one
+            linear model), ``embed_lr``, ``tfidf_nb``, ``knn``; ``finetune`` or
             ``setfit`` are stronger and K times slower. The check is only as good as this
             model: on emotion (64 rows per label, 10 % of the labels flipped, three seeds,
             ``bench/bench_label_issues.py``) the out-of-fold ``hybrid`` fitted with the valid
@@ -97,7 +103,8 @@ class QualityConfig(BaseModel):
             instead of 11-46 s on two CPU cores). ``prototype`` with the valid rows is right
             on 74 % and its flags find 66 % of the flipped rows at a precision of 0.66, in
             1,067-1,308 s per seed on one CPU thread: the choice on a GPU worker.
-        method_params: constructor keyword arguments of ``method``.
+        method_params: constructor keyword arguments of ``method`` (with ``auto``: of the
+            method it resolves to).
         folds: at most this many folds (fewer when a label has fewer rows).
         splits: labelled splits whose rows are checked, scored together in the folds
             (``train``, ``valid``, ``test``). The train stage acts on the training rows only.
@@ -132,7 +139,7 @@ class QualityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    method: str = "hybrid"
+    method: str = AUTO
     method_params: dict[str, Any] = Field(default_factory=dict)
     folds: int = Field(5, ge=2, le=20)
     splits: list[Literal["train", "valid", "test"]] = Field(default_factory=lambda: ["train"])
@@ -236,7 +243,11 @@ def _join(names: list[str], sep: str) -> str:
 
 
 def _builder(
-    cfg: QualityConfig, splits_ref: StageRef, clean: StageRef | None, zero_shot: StageRef | None
+    cfg: QualityConfig,
+    splits_ref: StageRef,
+    clean: StageRef | None,
+    zero_shot: StageRef | None,
+    requested: str,
 ):
     def build(ctx: BuildContext) -> dict[str, Any]:
         import datasets
@@ -372,6 +383,8 @@ def _builder(
             "rows_checked": n,
             "rows_by_split": {s: origin.count(s) for s in dict.fromkeys(origin)},
             "method": cfg.method,
+            "method_requested": requested,
+            "device": device.device,
             "folds": oof.folds,
             "valid_use": cfg.valid_use,
             "valid_rows_fitted": len(extra) if extra is not None else 0,
@@ -457,7 +470,14 @@ def _summary(
     lines = [
         f"- labelled rows checked: **{facts['rows_checked']}** "
         f"({', '.join(f'{k} {v}' for k, v in facts['rows_by_split'].items())})",
-        f"- out-of-fold model: `{cfg.method}`, {facts['folds']}"
+        f"- out-of-fold model: `{cfg.method}`"
+        + (
+            f" (`quality.method: auto` on {facts['device']}: {AUTO_GPU_METHOD} on a GPU, "
+            f"{AUTO_CPU_METHOD} on a CPU)"
+            if facts.get("method_requested") == AUTO
+            else ""
+        )
+        + f", {facts['folds']}"
         + (f", {facts['fit_seconds']:.1f} s" if scored else " (no mislabel check)")
         + (
             f"; every fold also fitted on the {facts['valid_rows_fitted']} valid rows"
@@ -533,6 +553,20 @@ def _summary(
     return "\n".join(lines) + "\n"
 
 
+def resolve_method(cfg: QualityConfig, device: str | None = None) -> QualityConfig:
+    """``cfg`` with ``method: auto`` replaced by the method it stands for on ``device``
+    (``cuda``, ``mps`` or ``cpu``; None: the device ``cfg.device`` chooses here):
+    ``prototype`` on a GPU, where its five out-of-fold fits take minutes and its flags are the
+    most precise (``bench/bench_label_issues.py``), ``hybrid`` on a CPU, where they would take
+    20 minutes or more."""
+    if cfg.method != AUTO:
+        return cfg
+    if device is None:
+        device = choose_device(cfg.device).device
+    method = AUTO_GPU_METHOD if device in ("cuda", "mps") else AUTO_CPU_METHOD
+    return cfg.model_copy(update={"method": method})
+
+
 def run_quality(
     store: StageStore,
     cfg: QualityConfig,
@@ -542,13 +576,15 @@ def run_quality(
     refresh: bool = False,
 ) -> StageRef:
     """Check the labelled rows of the split stage; see the module docstring."""
+    requested = cfg.method
+    cfg = resolve_method(cfg)
     get_method(cfg.method)  # fail before any work, listing the available methods
     splits = store.localize(splits)
     clean = store.localize(clean) if clean is not None else None
     zero_shot = store.localize(zero_shot) if zero_shot is not None else None
     inputs = stage_inputs({"splits": splits, "clean": clean, "zero_shot": zero_shot})
     return store.build(
-        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, clean, zero_shot), refresh
+        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, clean, zero_shot, requested), refresh
     )
 
 

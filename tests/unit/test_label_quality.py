@@ -26,7 +26,14 @@ from label_pipeline.label_quality import (
 from label_pipeline.methods.base import FitContext, LabelledTexts
 from label_pipeline.methods.baselines import NaiveBayes
 from label_pipeline.store import StageRef, StageStore
-from tasks.quality import CSV_COLUMNS, ISSUES_CSV, QualityConfig, load_issues, run_quality
+from tasks.quality import (
+    CSV_COLUMNS,
+    ISSUES_CSV,
+    QualityConfig,
+    load_issues,
+    resolve_method,
+    run_quality,
+)
 from tasks.train import TrainConfig, run_train
 
 FAST = {"method": "naive_bayes"}
@@ -86,6 +93,21 @@ def test_planted_mislabelled_row_is_flagged_with_its_true_label(tmp_path, caplog
     summary = (ref.dir / "summary.md").read_text()
     assert "probably mislabelled" in summary and "train-4" in summary
     assert json.loads((ref.dir / "sample.json").read_text())[0]["id"] == "train-4"
+
+
+def test_auto_method_is_prototype_on_a_gpu_and_hybrid_on_a_cpu(tmp_path):
+    assert QualityConfig().method == "auto"
+    assert resolve_method(QualityConfig(), "cuda").method == "prototype"
+    assert resolve_method(QualityConfig(), "cpu").method == "hybrid"
+    assert resolve_method(QualityConfig(method="knn"), "cuda").method == "knn"
+    # this machine has no GPU: the default runs hybrid, and says why
+    split_dir, _ = _planted_split(tmp_path, plant={"train-4": ["question"]})
+    ref = run_quality(StageStore(tmp_path / "store"), QualityConfig(), splits_ref(split_dir))
+    facts = json.loads((ref.dir / "quality.json").read_text())
+    assert facts["method"] == "hybrid" and facts["method_requested"] == "auto"
+    assert facts["device"] == "cpu"
+    assert "`quality.method: auto` on cpu" in (ref.dir / "summary.md").read_text()
+    assert "train-4" in {r["id"] for r in _csv_rows(ref) if "mislabelled" in r["issue"]}
 
 
 def test_planted_multi_label_error_is_flagged(tmp_path):
