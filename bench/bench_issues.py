@@ -9,7 +9,10 @@ Datasets:
   label × repository) are drawn once (seed 0) and never trained on; the other 1,050 rows are
   train. Training slices: K = 8, 16, 32, 64 rows per label (nested, drawn per seed) and all
   1,050. Text = title + body (ingest ``text_columns: [title, body]``). Every row is
-  labelled, so there is no unlabeled pool: the adapt stage (which needs one) is off.
+  labelled, so there is no unlabeled pool: the adapt stage (which needs one) is off. With
+  ``--nlbse-pool`` the 858 training rows outside the K=64 slice are written without their
+  labels as the unlabeled pool (as a user with a pile of unlabelled issues has): the adapt
+  stage runs on it, the methods that self-train use it, and the largest slice is K=64.
 
 The augment stage is off for both: no default method reads its rows (``train.use_augmented``
 is off), so it changes no figure, but it back-translates every training row.
@@ -76,8 +79,10 @@ ABLATION: dict[str, dict[str, Any]] = {
 }
 
 
-def nlbse_input(out_dir: Path, seed: int) -> tuple[Path, Path, dict[str, int]]:
+def nlbse_input(out_dir: Path, seed: int, pool: bool = False) -> tuple[Path, Path, dict[str, int]]:
     """Write the NLBSE rows with a fixed split column and the nested per-label slices.
+    ``pool``: the training rows outside the largest slice are written without their label
+    as the unlabeled pool (the largest slice is then the whole training split).
 
     Returns (csv path, slice JSON path, slice name -> K per label)."""
     csv.field_size_limit(1 << 30)
@@ -108,26 +113,35 @@ def nlbse_input(out_dir: Path, seed: int) -> tuple[Path, Path, dict[str, int]]:
         ]
         for k in NLBSE_K
     }
+    label = [r["label"] for r in rows]
+    if pool:
+        kept = {int(x.split("-")[1]) for x in slices[str(max(NLBSE_K) * len(NLBSE_LABELS))]}
+        for i in range(len(rows)):
+            if split[i] == "train" and i not in kept:
+                split[i], label[i] = "unlabeled", ""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "nlbse.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["id", "repo", "title", "body", "labels", "split"])
         for i, r in enumerate(rows):
-            w.writerow([f"nlbse-{i}", r["repo"], r["title"], r["body"], r["label"], split[i]])
+            w.writerow([f"nlbse-{i}", r["repo"], r["title"], r["body"], label[i], split[i]])
     slice_path = out_dir / "slices.json"
     slice_path.write_text(json.dumps(slices))
     return path, slice_path, {str(k * len(NLBSE_LABELS)): k for k in NLBSE_K}
 
 
-def dataset_config(name: str, store: Path, work: Path, seed: int, extra: list[str]):
-    """The pipeline config: defaults, plus the input description only."""
+def dataset_config(
+    name: str, store: Path, work: Path, seed: int, extra: list[str], pool: bool = False
+):
+    """The pipeline config: defaults, plus the input description only (``pool``: NLBSE with
+    an unlabeled pool, see :func:`nlbse_input`)."""
     from label_pipeline.config import PipelineConfig
 
     cfg = PipelineConfig()
     update: dict[str, Any] = {"store": str(store), "reports_dir": str(work / "reports")}
     if name == "nlbse":
-        path, slice_path, per_label = nlbse_input(work / "input", seed)
+        path, slice_path, per_label = nlbse_input(work / "input", seed, pool)
         update["ingest"] = cfg.ingest.model_copy(
             update={
                 "path": str(path),
@@ -138,10 +152,11 @@ def dataset_config(name: str, store: Path, work: Path, seed: int, extra: list[st
                 "slice_file": str(slice_path),
             }
         )
-        update["run_name"] = f"bench-issues-nlbse-seed{seed}"
-        # every NLBSE row carries a label: there is no unlabeled pool to adapt the encoder
-        # on, and the adapt stage says to switch it off in that case
-        update["adapt"] = cfg.adapt.model_copy(update={"enabled": False})
+        update["run_name"] = f"bench-issues-nlbse{'-pool' if pool else ''}-seed{seed}"
+        if not pool:
+            # every NLBSE row carries a label: there is no unlabeled pool to adapt the
+            # encoder on, and the adapt stage says to switch it off in that case
+            update["adapt"] = cfg.adapt.model_copy(update={"enabled": False})
     else:
         per_label = {}
         update["run_name"] = f"bench-issues-goemotions-seed{seed}"
@@ -232,19 +247,25 @@ def ablation(split_dir: Path, train_dir: Path, multi_label: bool, cfg: Any) -> l
 
 
 def run_dataset(
-    name: str, seed: int, extra: list[str], do_ablation: bool, keep: str | None = None
+    name: str,
+    seed: int,
+    extra: list[str],
+    do_ablation: bool,
+    keep: str | None = None,
+    pool: bool = False,
 ) -> dict[str, Any]:
     from flows.label_bench import label_bench
     from tasks.evaluate import chosen_per_slice
 
-    kept = Path(keep) / f"{name}-{seed}" if keep else None
+    tag = f"{name}-pool" if pool and name == "nlbse" else name
+    kept = Path(keep) / f"{tag}-{seed}" if keep else None
     place = (
         nullcontext(kept) if kept else tempfile.TemporaryDirectory(prefix=f"bench-issues-{name}-")
     )
     with place as tmp:
         work = Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        cfg, per_label = dataset_config(name, work / "store", work, seed, extra)
+        cfg, per_label = dataset_config(name, work / "store", work, seed, extra, pool)
         default_methods = list(type(cfg.train)().methods)
         t0 = time.time()
         refs = label_bench(config=cfg)
@@ -293,7 +314,7 @@ def run_dataset(
             )
             abl_seconds = round(time.time() - t1, 1)
         return {
-            "dataset": name,
+            "dataset": tag,
             "seed": seed,
             "multi_label": metrics["multi_label"],
             "labels": metrics["labels"],
@@ -360,6 +381,12 @@ def main(argv: list[str] | None = None) -> None:
         help="keep each run's stage store and reports under KEEP/<dataset>-<seed> "
         "(default: a temporary directory, deleted)",
     )
+    parser.add_argument(
+        "--nlbse-pool",
+        action="store_true",
+        help="nlbse: the training rows outside the K=64 slice become the unlabeled pool "
+        "(labels hidden), so the adapt stage and the self-training methods run on it",
+    )
     args = parser.parse_args(argv)
     results = []
     for name in args.datasets:
@@ -367,7 +394,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"skipping nlbse: {NLBSE} not found (set LABEL_PIPELINE_DATASETS)")
             continue
         for seed in args.seeds:
-            res = run_dataset(name, seed, args.extra_methods, not args.no_ablation, args.keep)
+            res = run_dataset(
+                name, seed, args.extra_methods, not args.no_ablation, args.keep, args.nlbse_pool
+            )
             results.append(res)
             print(f"\n## {name}, seed {seed} ({res['wall_seconds']:.0f} s pipeline", end="")
             if res["ablation_seconds"] is not None:
