@@ -184,6 +184,13 @@ def calibration_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[str,
         if o.get("expected_precision") is None:
             lines += ["", f"## Expected precision of the {what}", "", "No label was written."]
             continue
+        picked = (_read_json(ref.dir / "calibration.json") or {}).get("picked") or {}
+        how = (
+            f" (the top-k rule's picks calibrated once more on the {picked['cells']} labels it "
+            "picks on valid)"
+            if picked and not picked.get("fallback")
+            else ""
+        )
         lines += [
             "",
             f"## Expected precision of the {what}",
@@ -191,7 +198,8 @@ def calibration_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[str,
             f"{o['assigned']} labels, about {o['expected_wrong']:.0f} expected to be wrong: "
             f"expected precision {100 * o['expected_precision']:.1f} % (95 % interval "
             f"{100 * o['interval'][0]:.1f}–{100 * o['interval'][1]:.1f} %), from the calibrated "
-            "probabilities; `valid precision` is the same rule measured on the validation split.",
+            f"probabilities{how}; `valid precision` is the same rule measured on the validation "
+            "split.",
             "",
             md_table(precision_rows(est)),
         ]

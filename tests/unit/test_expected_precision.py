@@ -251,6 +251,10 @@ def test_zero_shot_top_k_recalibrates_the_labels_it_picks(tmp_path):
     assert picked["cells"] == 90 * int(sel["value"]) and not picked["fallback"]
     assert picked["describe"] == "Platt scaling"
     assert "picks labels by rank" in (ref.dir / "summary.md").read_text()
+    from tasks.report import calibration_section
+
+    lines, _ = calibration_section({"zero_shot": ref})
+    assert f"calibrated once more on the {picked['cells']} labels" in "\n".join(lines)
     off = run_zero_shot(
         store,
         ZeroShotConfig(backend="embedding", rule="top_k", picked_calibration=False),
