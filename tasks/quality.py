@@ -449,7 +449,8 @@ def _agreement_lines(agreement: float | None) -> list[str]:
         line += (
             ": a weak model for these labels, so many flags are its own errors; read the "
             "flags as rows to look at first, and prefer train.label_issues `keep` or a "
-            "stronger quality.method (finetune: K fine-tunes, best on a GPU worker)"
+            f"stronger quality.method ({AUTO_GPU_METHOD}, what `auto` runs on a GPU worker: "
+            "K fits of the encoder, 20 minutes or more on a CPU)"
         )
     return [line]
 
