@@ -130,6 +130,42 @@ def compare(stated: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def hidden_gold(split_dir: Path) -> dict[str, list[str]]:
+    """The test split's labels by row id: the labels hidden from the test-as-pool copy."""
+    from label_pipeline.data import load_splits
+
+    test = load_splits(split_dir)["test"]
+    return {str(i): list(x) for i, x in zip(test["id"], test["labels"], strict=True)}
+
+
+def stated_vs_measured(
+    stage_dir: Path, written: str, column: str, gold: dict[str, list[str]], labels: list[str]
+) -> dict[str, Any]:
+    """:func:`compare` of what a stage states in its ``expected_precision.json`` with the
+    precision of the labels it wrote (dataset ``written``, column ``column``) on the hidden
+    gold labels."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(stage_dir / written))
+    measured = measured_precision(
+        [str(i) for i in ds["id"]], [list(x) for x in ds[column]], gold, labels
+    )
+    return compare(json.loads((stage_dir / "expected_precision.json").read_text()), measured)
+
+
+def default_split(store: Any, seed: int = 0) -> Any:
+    """ingest → clean → split of the embedded default data with the default config (the
+    split drawn with ``seed``)."""
+    from label_pipeline.config import PipelineConfig
+    from tasks.clean import run_clean
+    from tasks.ingest import run_ingest
+    from tasks.split import run_split
+
+    cfg = PipelineConfig()
+    split_cfg = cfg.split.model_copy(update={"seed": seed})
+    return run_split(store, split_cfg, run_clean(store, cfg.clean, run_ingest(store, cfg.ingest)))
+
+
 def run_dataset(
     name: str, store_root: Path, split_ref, train_cfg, zs_cfg, adapt_cfg=None
 ) -> dict[str, Any]:
@@ -163,21 +199,8 @@ def run_dataset(
 
     best = json.loads((evaluated.dir / "best.json").read_text())
     metrics = json.loads((evaluated.dir / "metrics.json").read_text())
-    test = load_splits(split_ref.dir)["test"]
-    gold = {str(i): list(x) for i, x in zip(test["id"], test["labels"], strict=True)}
-
-    import datasets
-
-    zs_pool = datasets.load_from_disk(str(zs.dir / "unlabeled"))
-    zs_stated = json.loads((zs.dir / "expected_precision.json").read_text())
-    zs_measured = measured_precision(
-        [str(i) for i in zs_pool["id"]], [list(x) for x in zs_pool["labels"]], gold, labels
-    )
-    lab = datasets.load_from_disk(str(labelled.dir / "labelled"))
+    gold = hidden_gold(split_ref.dir)
     lab_stated = json.loads((labelled.dir / "expected_precision.json").read_text())
-    lab_measured = measured_precision(
-        [str(i) for i in lab["id"]], [list(x) for x in lab["predicted_labels"]], gold, labels
-    )
     runs = [
         {
             "method": r["method"],
@@ -203,9 +226,12 @@ def run_dataset(
         "runs": runs,
         "zero_shot": {
             "calibration": json.loads((zs.dir / "calibration.json").read_text())["describe"],
-            **compare(zs_stated, zs_measured),
+            **stated_vs_measured(zs.dir, "unlabeled", "labels", gold, labels),
         },
-        "label": {"calibration": lab_stated["calibration"], **compare(lab_stated, lab_measured)},
+        "label": {
+            "calibration": lab_stated["calibration"],
+            **stated_vs_measured(labelled.dir, "labelled", "predicted_labels", gold, labels),
+        },
         "seconds": timings,
     }
 
@@ -213,15 +239,9 @@ def run_dataset(
 def default_dataset(store_root: Path, args) -> dict[str, Any]:
     from label_pipeline.config import PipelineConfig
     from label_pipeline.store import StageStore
-    from tasks.clean import run_clean
-    from tasks.ingest import run_ingest
-    from tasks.split import run_split
 
     cfg = PipelineConfig()
-    store = StageStore(store_root)
-    rows = run_ingest(store, cfg.ingest)
-    cleaned = run_clean(store, cfg.clean, rows)
-    split = run_split(store, cfg.split, cleaned)
+    split = default_split(StageStore(store_root))
     adapt = cfg.adapt if cfg.adapt.enabled and not args.no_adapt else None
     train = cfg.train if adapt else cfg.train.model_copy(update={"encoder": "base"})
     return run_dataset("default", store_root, split, train, cfg.zero_shot, adapt)
@@ -296,38 +316,23 @@ def zero_shot_split_seeds(store_root: Path, seeds: list[int]) -> dict[str, Any]:
     split seed, ingest → clean → split (that seed) → zero_shot on the test-as-pool copy; the
     precision it states for its pseudo-labels (and what per-label calibration alone would
     state) against the precision measured on the hidden labels."""
-    import datasets
-
     from label_pipeline.config import PipelineConfig
-    from label_pipeline.data import load_splits, read_label_info
+    from label_pipeline.data import read_label_info
     from label_pipeline.store import StageStore
-    from tasks.clean import run_clean
-    from tasks.ingest import run_ingest
-    from tasks.split import run_split
     from tasks.zero_shot import run_zero_shot
 
+    zs_cfg = PipelineConfig().zero_shot
     rows = []
     for seed in seeds:
         t0 = time.time()
-        cfg = PipelineConfig()
-        cfg.split.seed = seed
         store = StageStore(store_root / f"split-seed-{seed}")
-        split = run_split(
-            store, cfg.split, run_clean(store, cfg.clean, run_ingest(store, cfg.ingest))
-        )
+        split = default_split(store, seed)
         labels, _ = read_label_info(split.dir)
         pool_ref = test_as_pool(split.dir, store.root / "test-as-pool", f"default-seed-{seed}")
-        zs = run_zero_shot(store, cfg.zero_shot, pool_ref)
-        test = load_splits(split.dir)["test"]
-        gold = {str(i): list(x) for i, x in zip(test["id"], test["labels"], strict=True)}
-        pool = datasets.load_from_disk(str(zs.dir / "unlabeled"))
-        measured = measured_precision(
-            [str(i) for i in pool["id"]], [list(x) for x in pool["labels"]], gold, labels
-        )
-        stated = json.loads((zs.dir / "expected_precision.json").read_text())
+        zs = run_zero_shot(store, zs_cfg, pool_ref)
+        c = stated_vs_measured(zs.dir, "unlabeled", "labels", hidden_gold(split.dir), labels)
         calibration = json.loads((zs.dir / "calibration.json").read_text())
         selection = json.loads((zs.dir / "selection.json").read_text())
-        c = compare(stated, measured)
         plain = (calibration.get("picked") or {}).get(
             "expected_precision_per_label_calibration_only"
         )
