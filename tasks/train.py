@@ -45,7 +45,7 @@ from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "train"
-VERSION = "6"
+VERSION = "7"
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
 #: the run that averages the best runs of a slice (``TrainConfig.average_top``)
@@ -231,7 +231,9 @@ def load_pseudo(ref: StageRef, min_confidence: float) -> Any:
 
 
 def slice_names(cfg: TrainConfig, slices: dict[str, list[str]], path: Path) -> list[str]:
-    """The configured slices, smallest first; ``*`` expands to every slice in slices.json."""
+    """The configured slices, smallest first; ``*`` expands to every slice in slices.json
+    that does not hold the same rows as a smaller one (e.g. ``all`` when the largest slice
+    of the user's slice file is the whole training split)."""
     names = list(slices) if ALL_SLICES in cfg.slices else list(dict.fromkeys(cfg.slices))
     unknown = [s for s in names if s not in slices]
     if unknown:
@@ -239,7 +241,28 @@ def slice_names(cfg: TrainConfig, slices: dict[str, list[str]], path: Path) -> l
             f"train.slices: {unknown} not in {path} (available: {', '.join(slices)}); "
             "set train.slices to those names or ['*'] for all"
         )
-    return sorted(names, key=lambda s: (len(slices[s]), s))
+    names = sorted(names, key=lambda s: (len(slices[s]), s))
+    if ALL_SLICES in cfg.slices:
+        seen: set[frozenset[str]] = set()
+        unique = []
+        for name in names:
+            ids = frozenset(slices[name])
+            if ids not in seen:
+                seen.add(ids)
+                unique.append(name)
+        names = unique
+    return names
+
+
+def repeated_slices(slices: dict[str, list[str]], names: list[str]) -> dict[str, str]:
+    """Slices of slices.json left out because they hold the same rows as a trained one
+    (``*`` expands to distinct slices only): ``{left out: trained instead}``."""
+    trained = {frozenset(slices[n]): n for n in names}
+    return {
+        n: trained[frozenset(ids)]
+        for n, ids in slices.items()
+        if n not in names and frozenset(ids) in trained
+    }
 
 
 # ---------------------------------------------------------------- one run
@@ -377,6 +400,10 @@ def _builder(
         splits = load_splits(splits_ref.dir)
         slices = load_slices(splits_ref.dir)
         names = slice_names(cfg, slices, splits_ref.dir / "slices.json")
+        warnings: list[str] = [
+            f"slice {left!r} holds the same rows as slice {kept!r}: trained once, as {kept!r}"
+            for left, kept in repeated_slices(slices, names).items()
+        ]
         for split in ("train", "valid", "test"):
             if split not in splits:
                 raise InputDataError(f"{splits_ref.dir / 'splits'} has no {split!r} split")
@@ -388,7 +415,6 @@ def _builder(
         te_texts, _, _ = _texts_and_y(splits["test"], labels)
         valid = LabelledTexts(va_texts, va_y, labels, multi_label)
         unlabeled = [str(t) for t in splits["unlabeled"]["text"]] if "unlabeled" in splits else []
-        warnings: list[str] = []
         shift_pool = _label_shift_pool(cfg, multi_label, unlabeled, warnings)
 
         specs = [(spec, *parse_method(spec)) for spec in cfg.methods]

@@ -237,3 +237,27 @@ def test_no_average_when_switched_off_or_one_run(tmp_path):
     assert [r["method"] for r in runs] == FAST
     _, runs = _train(tmp_path / "b", methods=["naive_bayes"])
     assert [r["method"] for r in runs] == ["naive_bayes"]
+
+
+def test_a_slice_with_the_same_rows_as_a_smaller_one_is_trained_once(tmp_path):
+    # the user's largest slice is the whole training split: "all" repeats it
+    split_dir = make_splits_dir(tmp_path / "split", n_train=48, slice_sizes=(8, 48))
+    store = StageStore(tmp_path / "store")
+    ref = run_train(
+        store, TrainConfig(methods=["naive_bayes"], slices=["*"]), splits_ref(split_dir)
+    )
+    runs = json.loads((ref.dir / "runs.json").read_text())
+    assert [(r["method"], r["slice"]) for r in runs] == [
+        ("naive_bayes", "8"),
+        ("naive_bayes", "48"),
+    ]
+    summary = (ref.dir / "summary.md").read_text()
+    assert "slice 'all' holds the same rows as slice '48'" in summary
+    # named on purpose, both are trained
+    named = run_train(
+        StageStore(tmp_path / "store2"),
+        TrainConfig(methods=["naive_bayes"], slices=["48", "all"]),
+        splits_ref(split_dir),
+    )
+    runs = json.loads((named.dir / "runs.json").read_text())
+    assert sorted(r["slice"] for r in runs) == ["48", "all"]
