@@ -12,8 +12,8 @@ at every training slice, compares on valid and test:
 - ``mean_all``: the average of every run;
 - ``chosen_now``: the choice the current code makes from the same kept runs (the train
   stage's ``average`` of the slice, ``train.average_top``, and the evaluate stage's
-  ``prefer_average``; see :func:`rechoose`), so a store kept before either existed shows
-  what the default config now ships.
+  ``prefer_average`` and ``single_over_average_p``; see :func:`rechoose`), so a store kept
+  before either existed shows what the default config now ships.
 
 Nothing is refitted: the train stage's saved probabilities are averaged (``valid_probs.npy``
 are cross-fitted, ``test_probs.npy`` from the calibrator fitted on all of valid), and every row,
@@ -171,7 +171,13 @@ def rechoose(
                 }
             )
         per_slice = chosen_per_slice(
-            runs, ev.select_by, ev.select_tolerance, len(vy), ev.prefer_average
+            runs,
+            ev.select_by,
+            ev.select_tolerance,
+            len(vy),
+            ev.prefer_average,
+            vy,
+            ev.single_over_average_p,
         )
         key = "micro_f1" if multi_label else "accuracy"
         out = {}

@@ -275,9 +275,11 @@ def run_dataset(
         runs = metrics["runs"]
         chosen = metrics["chosen_per_slice"]
         if extra:  # the default config's choice: extra methods left out
-            from label_pipeline.data import load_splits
+            from label_pipeline.data import label_matrix, load_splits
 
-            n_valid = len(load_splits(Path(refs["split"]["path"]))["valid"])
+            valid = load_splits(Path(refs["split"]["path"]))["valid"]
+            n_valid = len(valid)
+            y_valid = label_matrix([list(x) for x in valid["labels"]], metrics["labels"])
             own = [r for r in runs if r["method"] in default_methods]
             # the train stage's average may hold an extra method: left out with them
             chosen = chosen_per_slice(
@@ -286,6 +288,8 @@ def run_dataset(
                 cfg.evaluate.select_tolerance,
                 n_valid,
                 cfg.evaluate.prefer_average,
+                y_valid,
+                cfg.evaluate.single_over_average_p,
             )
         rows = [
             {

@@ -36,14 +36,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from label_pipeline.artifacts import md_table
 from label_pipeline.decision import Decision, apply_decision
 from label_pipeline.errors import InputDataError
-from label_pipeline.metrics import classification_metrics
+from label_pipeline.metrics import classification_metrics, paired_bootstrap_p
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 from tasks.train import AVERAGE
 
 STAGE = "evaluate"
-VERSION = "4"
+VERSION = "5"
 
 #: the baselines the final model must not be worse than on valid
 BASELINES = ("naive_bayes", "tfidf_nb", "embed_lr", "knn")
@@ -67,6 +67,11 @@ class EvaluateConfig(BaseModel):
             the best baseline's, instead of the single run the rule above picks: on a small
             valid split the best single run is partly luck, the average of the best few is
             steadier.
+        single_over_average_p: with ``prefer_average``, the best single run of the slice
+            still ships instead of the average when it beats the average on valid by more
+            than luck: in a paired bootstrap over the valid rows (2,000 resamples of the same
+            rows for both) it scores no higher than the average in fewer than this fraction
+            of the resamples. 0: always the average.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -75,6 +80,7 @@ class EvaluateConfig(BaseModel):
     select_by: Literal["micro_f1", "macro_f1"] = "micro_f1"
     select_tolerance: float = Field(0.005, ge=0.0, le=0.2)
     prefer_average: bool = True
+    single_over_average_p: float = Field(0.05, ge=0.0, lt=0.5)
 
 
 def zero_shot_line(zero_shot_dir: Path | None) -> dict[str, Any] | None:
@@ -121,6 +127,13 @@ def evaluate_run(
         run_dir, {"valid": y_valid, "test": y_test}, multi_label
     )
     return out
+
+
+def valid_predictions(run_dir: str | Path) -> np.ndarray:
+    """A saved run's 0/1 decisions on valid (its probabilities and decision rule)."""
+    run_dir = Path(run_dir)
+    decision = Decision.from_json(json.loads((run_dir / "decision.json").read_text()))
+    return apply_decision(np.load(run_dir / "valid_probs.npy").astype(np.float64), decision)
 
 
 def calibration_of_run(
@@ -245,6 +258,8 @@ def choose_final(
     n_valid: int | None = None,
     slice_name: str | None = None,
     prefer_average: bool = False,
+    y_valid: np.ndarray | None = None,
+    single_over_average_p: float = 0.0,
 ) -> dict[str, Any] | None:
     """The final model among ``runs`` (at ``slice_name``, default the largest slice) and why.
 
@@ -255,7 +270,10 @@ def choose_final(
     small valid split) are tied, and the simplest wins (``SIMPLICITY``), then the higher
     score, then the earlier run. With ``prefer_average``, the slice's ``average`` run (see
     ``tasks.train.average_run``) is chosen instead whenever it is healthy and not below the
-    best baseline.
+    best baseline, unless (``y_valid`` given, ``single_over_average_p`` > 0) the best single
+    run beats it on valid beyond luck: :func:`label_pipeline.metrics.paired_bootstrap_p` of
+    their valid decisions (``valid_predictions`` of each ``run_dir``) below
+    ``single_over_average_p``.
 
     Returns ``{"run", "reason", "candidates", "best_baseline", "tolerance"}`` or None when
     there are no runs.
@@ -283,8 +301,34 @@ def choose_final(
     eligible = [r for r in healthy if score(r) >= floor - 1e-12 and score(r) >= best_score - tol]
     chosen = min(eligible, key=lambda r: (_simplicity(r), -score(r), r["order"]))
     average = [r for r in healthy if r["method"] == AVERAGE and score(r) >= floor - 1e-12]
+    single_note = ""
     if prefer_average and average:
         chosen = average[0]
+        singles = [r for r in healthy if r["method"] != AVERAGE and score(r) >= floor - 1e-12]
+        best_single = max(singles, key=lambda r: (score(r), -r["order"]), default=None)
+        if (
+            best_single is not None
+            and y_valid is not None
+            and single_over_average_p > 0
+            and score(best_single) > score(chosen)
+            and "run_dir" in best_single
+            and "run_dir" in chosen
+        ):
+            p = paired_bootstrap_p(
+                y_valid,
+                valid_predictions(best_single["run_dir"]),
+                valid_predictions(chosen["run_dir"]),
+                metric,
+            )
+            verdict = "beyond" if p < single_over_average_p else "within"
+            single_note = (
+                f"; {best_single['method']} beats the average on valid "
+                f"({_f(score(best_single))} vs {_f(score(chosen))}) {verdict} luck: paired "
+                f"bootstrap p = {p:.3f} (evaluate.single_over_average_p = "
+                f"{single_over_average_p:g})"
+            )
+            if p < single_over_average_p:
+                chosen = best_single
     name = metric.replace("_f1", "-F1")
     ranked = sorted(healthy, key=lambda r: (-score(r), r["order"]))
     candidates = [{"method": r["method"], "valid": score(r)} for r in ranked]
@@ -304,6 +348,9 @@ def choose_final(
             f"; the average of {', '.join(average_members_of(chosen))} is preferred to a single "
             "run when it is not below the best baseline (evaluate.prefer_average)"
         )
+        reason += single_note
+    elif single_note:
+        reason += single_note + ", so the single run"
     elif best_run is not chosen:
         reason += (
             f"; within {tol:.3f} of the best ({best_run['method']} {_f(best_score)}), "
@@ -334,12 +381,23 @@ def chosen_per_slice(
     tolerance: float,
     n_valid: int | None,
     prefer_average: bool = False,
+    y_valid: np.ndarray | None = None,
+    single_over_average_p: float = 0.0,
 ) -> list[dict[str, Any]]:
     """:func:`choose_final` at every slice, smallest first: ``slice``, ``size``, ``method``,
     test micro/macro-F1 (and accuracy), ``reason``."""
     out = []
     for name in sorted({r["slice"] for r in runs}, key=lambda s: _slice_size(runs, s)):
-        c = choose_final(runs, metric, tolerance, n_valid, name, prefer_average)
+        c = choose_final(
+            runs,
+            metric,
+            tolerance,
+            n_valid,
+            name,
+            prefer_average,
+            y_valid,
+            single_over_average_p,
+        )
         if c is None:
             continue
         r = c["run"]
@@ -396,11 +454,23 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
         curves = learning_curves(runs)
         n_valid = len(ys["valid"])
         choice = choose_final(
-            runs, cfg.select_by, cfg.select_tolerance, n_valid, prefer_average=cfg.prefer_average
+            runs,
+            cfg.select_by,
+            cfg.select_tolerance,
+            n_valid,
+            prefer_average=cfg.prefer_average,
+            y_valid=ys["valid"],
+            single_over_average_p=cfg.single_over_average_p,
         )
         best = choice and choice["run"]
         per_slice = chosen_per_slice(
-            runs, cfg.select_by, cfg.select_tolerance, n_valid, cfg.prefer_average
+            runs,
+            cfg.select_by,
+            cfg.select_tolerance,
+            n_valid,
+            cfg.prefer_average,
+            ys["valid"],
+            cfg.single_over_average_p,
         )
         unlearnable = {tr["slice"]: tr["unlearnable"] for tr in train_runs if tr.get("unlearnable")}
         for metric in ("micro_f1", "macro_f1"):

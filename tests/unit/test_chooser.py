@@ -173,3 +173,82 @@ def test_an_average_chosen_on_valid_labels_the_pool(tmp_path):
     np.testing.assert_allclose(probs, model.predict_proba(pool), atol=1e-5)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (labelled.dir / "model" / "members" / "tfidf_nb").is_dir()
+
+
+def _saved_run(tmp_path, method, right, y, order):
+    """A run directory whose argmax decision is right on the rows in ``right``."""
+    import numpy as np
+
+    from label_pipeline.decision import Decision
+
+    d = tmp_path / method
+    d.mkdir()
+    pred = np.where(right, y.argmax(1), (y.argmax(1) + 1) % y.shape[1])
+    probs = np.full(y.shape, 0.1)
+    probs[np.arange(len(y)), pred] = 0.8
+    np.save(d / "valid_probs.npy", probs)
+    (d / "decision.json").write_text(json.dumps(Decision(rule="argmax").to_json()))
+    run = _run(method, float(np.mean(right)), order=order)
+    run["run_dir"] = str(d)
+    return run
+
+
+@pytest.mark.parametrize(
+    "single_right, p_limit, chosen",
+    [((0, 126), 0.05, "finetune"), ((20, 130), 0.05, "average"), ((0, 126), 0.0, "average")],
+)
+def test_a_single_run_beating_the_average_beyond_luck_ships_instead(
+    tmp_path, single_right, p_limit, chosen
+):
+    import numpy as np
+
+    lo, hi = single_right
+    y = np.eye(3, dtype=int)[np.arange(150) % 3]
+    rows = np.arange(150)
+    # the average is right on the first 105 rows, finetune on rows single_right[0] to [1]:
+    # 21 rows more than the average and never wrong where it is right (beyond luck), or
+    # 5 rows more with 45 rows where only one of the two is right (within luck)
+    runs = [
+        _saved_run(tmp_path, "tfidf_nb", rows < 90, y, 0),
+        _saved_run(tmp_path, "finetune", (rows >= lo) & (rows < hi), y, 1),
+        _saved_run(tmp_path, "average", rows < 105, y, 2),
+    ]
+    choice = choose_final(
+        runs,
+        "micro_f1",
+        tolerance=0.0,
+        n_valid=150,
+        prefer_average=True,
+        y_valid=y,
+        single_over_average_p=p_limit,
+    )
+    assert choice["run"]["method"] == chosen
+    if p_limit:
+        verdict = "beyond luck" if chosen == "finetune" else "within luck"
+        assert "finetune beats the average on valid" in choice["reason"]
+        assert verdict in choice["reason"]
+    per = chosen_per_slice(runs, "micro_f1", 0.0, 150, True, y, p_limit)
+    assert per[0]["method"] == chosen
+
+
+def test_paired_bootstrap_p_on_multi_label_rows():
+    import numpy as np
+
+    from label_pipeline.metrics import paired_bootstrap_p
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 4)) < 0.3).astype(int)
+    better = y.copy()
+    worse = y.copy()
+    flip = rng.random(y.shape) < 0.25  # a quarter of the cells wrong
+    worse[flip] = 1 - worse[flip]
+    for metric in ("micro_f1", "macro_f1"):
+        assert paired_bootstrap_p(y, better, worse, metric) < 0.01
+        assert paired_bootstrap_p(y, worse, better, metric) > 0.99
+        assert paired_bootstrap_p(y, worse, worse, metric) == 1.0  # a tie is not a win
+    # same seed, same answer
+    half = y.copy()
+    half[:100][flip[:100]] = 1 - half[:100][flip[:100]]
+    assert paired_bootstrap_p(y, half, worse) == paired_bootstrap_p(y, half, worse)
+    with pytest.raises(ValueError, match="micro_f1 or macro_f1"):
+        paired_bootstrap_p(y, y, y, "accuracy")
