@@ -135,7 +135,7 @@ def rechoose(
         EvaluateConfig,
         average_members_of,
         chosen_per_slice,
-        evaluate_run,
+        evaluate_runs,
     )
     from tasks.train import AVERAGE, TrainConfig, average_run
 
@@ -147,7 +147,6 @@ def rechoose(
     )
     ev = EvaluateConfig()
     kept = [r for r in json.loads((train_dir / "runs.json").read_text()) if r["method"] != AVERAGE]
-    runs = []
     with tempfile.TemporaryDirectory(prefix="rechoose-") as tmp:
         stage = Path(tmp)
         for r in kept:
@@ -159,17 +158,7 @@ def rechoose(
             avg = average_run(stage, here, cfg, vy, labels, multi_label, [])
             if avg is not None:
                 rows.append(avg)
-        for order, r in enumerate(rows):
-            m = evaluate_run(stage / r["dir"], vy, ty, labels, multi_label)
-            runs.append(
-                {
-                    **{k: r[k] for k in ("method", "slice", "slice_size")},
-                    "run_dir": str(stage / r["dir"]),
-                    "fallback": r.get("fallback", ""),
-                    "order": order,
-                    **m,
-                }
-            )
+        runs = evaluate_runs(stage, rows, vy, ty, labels, multi_label)
         per_slice = chosen_per_slice(
             runs,
             ev.select_by,

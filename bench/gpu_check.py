@@ -50,15 +50,14 @@ FILLER = (
 METHODS = ["embed_lr", "knn", "hybrid", "finetune", "prototype", "setfit"]
 
 
-def make_rows(n: int, seed: int, words: int = 400) -> tuple[list[str], np.ndarray]:
-    """Long single-label texts: filler with a few label words, mostly in the tail."""
+def make_rows(n: int, seed: int, words: int = 160) -> tuple[list[str], np.ndarray]:
+    """Single-label texts: filler with a quarter of label words, anywhere in the text."""
     rng = random.Random(seed)
     texts, y = [], np.zeros((n, len(LABELS)), dtype=int)
     for i in range(n):
         lab = i % len(LABELS)
         body = [rng.choice(FILLER) for _ in range(words)]
-        for _ in range(6):
-            pos = rng.randrange(words // 2, words)
+        for pos in rng.sample(range(words), words // 4):
             body[pos] = rng.choice(SIGNAL[LABELS[lab]])
         texts.append(f"Issue {i}: " + " ".join(body))
         y[i, lab] = 1
@@ -242,6 +241,9 @@ def main() -> int:
         help="methods also fitted on the CPU for the speed ratio",
     )
     ap.add_argument("--embed-texts", type=int, default=2000)
+    ap.add_argument(
+        "--small", action="store_true", help="a quarter of the rows (a quick run of the checks)"
+    )
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -259,7 +261,13 @@ def main() -> int:
         "chosen_device": gpu.describe(),
         "checks": {},
     }
-    data = (make_rows(48, 1), make_rows(60, 2), make_rows(150, 3), make_rows(300, 4)[0])
+    q = 4 if args.small else 1
+    data = (
+        make_rows(96 // q, 1),
+        make_rows(60 // q, 2),
+        make_rows(150 // q, 3),
+        make_rows(300 // q, 4)[0],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         corpus = data[0][0] + data[3]

@@ -129,6 +129,34 @@ def evaluate_run(
     return out
 
 
+def evaluate_runs(
+    train_dir: Path,
+    train_runs: list[dict[str, Any]],
+    y_valid: np.ndarray,
+    y_test: np.ndarray,
+    labels: list[str],
+    multi_label: bool,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_run` of each entry of a train stage's ``runs.json`` (its ``dir`` under
+    ``train_dir``), in order: the rows :func:`choose_final` picks from."""
+    runs = []
+    for order, tr in enumerate(train_runs):
+        run_dir = Path(train_dir) / tr["dir"]
+        runs.append(
+            {
+                "method": tr["method"],
+                "slice": tr["slice"],
+                "slice_size": tr["slice_size"],
+                "train_rows": tr.get("train_rows"),
+                "run_dir": str(run_dir),
+                "fallback": tr.get("fallback", ""),
+                "order": order,
+                **evaluate_run(run_dir, y_valid, y_test, labels, multi_label),
+            }
+        )
+    return runs
+
+
 def valid_predictions(run_dir: str | Path) -> np.ndarray:
     """A saved run's 0/1 decisions on valid (its probabilities and decision rule)."""
     run_dir = Path(run_dir)
@@ -432,22 +460,7 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
             s: label_matrix([list(x) for x in splits[s]["labels"]], labels)
             for s in ("valid", "test")
         }
-        runs = []
-        for order, tr in enumerate(train_runs):
-            run_dir = trained.dir / tr["dir"]
-            m = evaluate_run(run_dir, ys["valid"], ys["test"], labels, multi_label)
-            runs.append(
-                {
-                    "method": tr["method"],
-                    "slice": tr["slice"],
-                    "slice_size": tr["slice_size"],
-                    "train_rows": tr["train_rows"],
-                    "run_dir": str(run_dir),
-                    "fallback": tr.get("fallback", ""),
-                    "order": order,
-                    **m,
-                }
-            )
+        runs = evaluate_runs(trained.dir, train_runs, ys["valid"], ys["test"], labels, multi_label)
         zero = zero_shot_line(zs.dir if zs is not None else None)
         if zs is not None and zero is None:
             log.warning("evaluate: %s has no usable test metrics; no zero-shot line", zs.dir)
