@@ -52,7 +52,7 @@ from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 
 STAGE = "adapt"
-VERSION = "2"
+VERSION = "1"
 
 ELAPSED_FILE = "elapsed.json"
 
@@ -163,9 +163,6 @@ class MaskedLM:
     head_created: bool
     note: str
     new_weights: list[str] = field(default_factory=list)
-    #: checkpoint weights the masked LM has no place for (e.g. BERT's pooler): the encoder's
-    #: own are written back beside the adapted weights by :func:`save_adapted`
-    dropped: list[str] = field(default_factory=list)
 
 
 def _transformer_dir(model_dir: Path) -> Path:
@@ -235,44 +232,7 @@ def load_masked_lm(model_dir: str | Path, purpose: str = "adapt.model") -> Maske
         )
     else:
         note = f"masked-LM head loaded from the checkpoint ({type(model).__name__})"
-    dropped = sorted(info.get("unexpected_keys") or [])
-    return MaskedLM(model, tokenizer, src, head_created, note, missing, dropped)
-
-
-def save_adapted(mlm: MaskedLM, out: Path) -> list[str]:
-    """``save_pretrained`` the adapted masked LM and its tokenizer into ``out``, with the
-    encoder weights of the source checkpoint that the masked LM does not hold.
-
-    A masked LM has no pooler, so adapting a checkpoint that has one (BERT and MiniLM
-    classify from it) would otherwise hand the fine-tune a randomly initialised pooler. The
-    masked-LM training never touches those weights, so the source's are the right ones.
-    Returns the names written back (under the saved model's own prefix)."""
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModel
-
-    mlm.model.save_pretrained(str(out))
-    mlm.tokenizer.save_pretrained(str(out))
-    source, target = mlm.source_dir / "model.safetensors", out / "model.safetensors"
-    if not mlm.dropped or not source.is_file() or not target.is_file():
-        return []
-    prefix = mlm.model.base_model_prefix
-    with torch.device("meta"):  # names only, no memory
-        encoder_keys = set(AutoModel.from_config(mlm.model.config).state_dict())
-    wanted = {}
-    for key in mlm.dropped:
-        bare = key[len(prefix) + 1 :] if key.startswith(f"{prefix}.") else key
-        if bare in encoder_keys:
-            wanted[key] = f"{prefix}.{bare}"
-    if not wanted:
-        return []
-    weights = load_file(str(target))
-    with safe_open(str(source), "pt") as f:
-        for key, name in wanted.items():
-            weights[name] = f.get_tensor(key)
-    save_file(weights, str(target), metadata={"format": "pt"})
-    return sorted(wanted.values())
+    return MaskedLM(model, tokenizer, src, head_created, note, missing)
 
 
 def masked_loss(model: Any, head: Any | None, batch: dict[str, Any], reduction: str = "mean"):
@@ -818,14 +778,6 @@ def _summary(facts: dict[str, Any], mlm_note: str) -> str:
         f"Masked-LM adaptation of `{facts['model']}` ({facts['source_dir']}).",
         "",
         f"- MLM head: {'**created**' if facts['head_created'] else 'from the checkpoint'} — {mlm_note}",
-        *(
-            [
-                "- kept from the source checkpoint (no place in a masked LM, not trained here): "
-                + ", ".join(f"`{k}`" for k in facts["kept_from_source"])
-            ]
-            if facts.get("kept_from_source")
-            else []
-        ),
         f"- rows: {c['unlabeled_train_rows']} unlabeled + {c['train_rows']} train texts for training; "
         f"{c['heldout_rows']} unlabeled rows held out; {c['dropped_overlap_valid_test']} rows equal "
         "to a valid/test text dropped",
@@ -882,12 +834,12 @@ def _builder(cfg: AdaptConfig, splits: StageRef):
         after = heldout_perplexity(mlm, held, cfg, device, eval_bs)
 
         out = ctx.dir / "model"
-        kept_from_source = save_adapted(mlm, out)
+        mlm.model.save_pretrained(str(out))
+        mlm.tokenizer.save_pretrained(str(out))
         facts: dict[str, Any] = {
             "model": cfg.model,
             "source_dir": str(mlm.source_dir),
             "head_created": mlm.head_created,
-            "kept_from_source": kept_from_source,
             "counts": texts.counts,
             "tokens": blocks.tokens,
             "blocks": blocks.blocks,
