@@ -34,13 +34,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from label_pipeline.artifacts import md_table
-from label_pipeline.decision import Decision, apply_decision
+from label_pipeline.decision import apply_decision
 from label_pipeline.errors import InputDataError
 from label_pipeline.metrics import classification_metrics, paired_bootstrap_p
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
-from tasks.train import AVERAGE
+from tasks.train import AVERAGE, load_decision
 
 STAGE = "evaluate"
 VERSION = "5"
@@ -110,7 +110,7 @@ def evaluate_run(
     run_dir: Path, y_valid: np.ndarray, y_test: np.ndarray, labels: list[str], multi_label: bool
 ) -> dict[str, Any]:
     """Valid and test metrics of one saved run (probabilities + decision rule)."""
-    decision = Decision.from_json(json.loads((run_dir / "decision.json").read_text()))
+    decision = load_decision(run_dir)
     out = {}
     for split, y in (("valid", y_valid), ("test", y_test)):
         probs = np.load(run_dir / f"{split}_probs.npy").astype(np.float64)
@@ -159,9 +159,8 @@ def evaluate_runs(
 
 def valid_predictions(run_dir: str | Path) -> np.ndarray:
     """A saved run's 0/1 decisions on valid (its probabilities and decision rule)."""
-    run_dir = Path(run_dir)
-    decision = Decision.from_json(json.loads((run_dir / "decision.json").read_text()))
-    return apply_decision(np.load(run_dir / "valid_probs.npy").astype(np.float64), decision)
+    probs = np.load(Path(run_dir) / "valid_probs.npy").astype(np.float64)
+    return apply_decision(probs, load_decision(run_dir))
 
 
 def calibration_of_run(

@@ -290,13 +290,14 @@ def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: S
         import pyarrow.parquet as pq
 
         from label_pipeline.data import load_splits, read_label_info, write_label_info
-        from label_pipeline.decision import Decision, apply_decision
+        from label_pipeline.decision import apply_decision
+        from tasks.train import load_decision
 
         log = stage_logger()
         labels, multi_label = read_label_info(splits.dir)
         run = choose_run(cfg, trained.dir, evaluated.dir)
         run_dir = Path(run["run_dir"])
-        decision = Decision.from_json(json.loads((run_dir / "decision.json").read_text()))
+        decision = load_decision(run_dir)
         run_labels = labels
         if (trained.dir / "labels.json").is_file():
             run_labels, _ = read_label_info(trained.dir)
