@@ -179,6 +179,7 @@ def rechoose(
                 "members": members,
                 "valid": {k: run["valid"][k] for k in (key, "macro_f1")},
                 "test": {k: run["test"][k] for k in (key, "macro_f1")},
+                "reason": c["reason"],
             }
     return out
 
@@ -214,6 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     kept = Path(args.kept)
     result = analyse(kept / "store")
     print(table(result))
+    print("\nwhy, per slice (chosen_now):")
+    for entry in result["slices"]:
+        now = entry["rules"].get("chosen_now")
+        if now:
+            print(f"- {entry['slice']}: {now['reason']}")
     out = ROOT / "bench" / "results" / f"bench_ensemble_choice_{kept.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
