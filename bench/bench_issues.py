@@ -34,6 +34,9 @@ writes ``bench/results/bench_issues.json``.
 Usage: ``python bench/bench_issues.py [--datasets nlbse goemotions] [--seeds 0]
 [--extra-methods setfit] [--no-ablation] [--out FILE] [--keep DIR]``. ``--keep DIR`` keeps each
 run's stage store under ``DIR/<dataset>-<seed>`` for ``bench/bench_ensemble_choice.py``.
+``--summarize FILE [FILE ...]`` runs nothing: it reads results files of earlier runs (one per
+seed, say) and prints each method's and the chosen model's test score per slice as the mean
+± standard deviation over the seeds, so that a difference can be set against the spread.
 """
 
 from __future__ import annotations
@@ -372,6 +375,48 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def across_seeds(results: list[dict[str, Any]]) -> str:
+    """Markdown per dataset: each method's and the chosen model's test score (accuracy for
+    single-label, micro-F1 for multi-label) as mean ± standard deviation over the seeds of
+    ``results`` (runs of one dataset with different seeds, e.g. from several result files)."""
+    out = []
+    for tag in dict.fromkeys(r["dataset"] for r in results):
+        group = [r for r in results if r["dataset"] == tag]
+        ml, k = group[0]["multi_label"], group[0]["per_label_k"]
+        key = "micro_f1" if ml else "accuracy"
+        slices = sorted({(r["slice_size"], r["slice"]) for g in group for r in g["runs"]})
+        head = [f"K={k[s]} ({n})" if s in k else f"{s} ({n})" for n, s in slices]
+        seeds = ", ".join(str(g["seed"]) for g in group)
+        out += [
+            f"### {tag}: test {key}, mean ± sd over seeds {seeds}",
+            "",
+            "| method | " + " | ".join(head) + " |",
+            "|---" * (len(head) + 1) + "|",
+        ]
+        rows = {m: [g["runs"] for g in group] for m in group[0]["methods"]}
+
+        def cell(
+            per_seed: list[list[dict[str, Any]]], method: str | None, s: str, key: str = key
+        ) -> str:
+            vals = [
+                r[key]
+                for runs in per_seed
+                for r in runs
+                if r["slice"] == s and (method is None or r["method"] == method)
+            ]
+            if not vals:
+                return "–"
+            sd = f" ± {np.std(vals, ddof=1):.3f}" if len(vals) > 1 else ""
+            return f"{np.mean(vals):.3f}{sd} (n={len(vals)})"
+
+        for m, per_seed in rows.items():
+            out.append(f"| {m} | " + " | ".join(cell(per_seed, m, s) for _, s in slices) + " |")
+        chosen = [g["chosen"] for g in group]
+        out.append("| **chosen** | " + " | ".join(cell(chosen, None, s) for _, s in slices) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["nlbse", "goemotions"])
@@ -391,7 +436,19 @@ def main(argv: list[str] | None = None) -> None:
         help="nlbse: the training rows outside the K=64 slice become the unlabeled pool "
         "(labels hidden), so the adapt stage and the self-training methods run on it",
     )
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print the mean and spread over seeds of results files written by earlier runs "
+        "(no pipeline runs)",
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        found = [r for f in args.summarize for r in json.loads(Path(f).read_text())["results"]]
+        print(across_seeds(found))
+        return
     results = []
     for name in args.datasets:
         if name == "nlbse" and not NLBSE.is_file():
