@@ -367,6 +367,18 @@ def table(result: dict[str, Any]) -> str:
         + " | ".join(f"**{_cell(ch.get(s), ml)}**" for _, s in slices)
         + " |"
     )
+
+    def interval(c: dict[str, Any] | None) -> str:
+        iv = (c or {}).get("interval_95") or {}
+        if not iv:
+            return "–"
+        return "/".join(f"{iv[m][0]:.2f}–{iv[m][1]:.2f}" for m in ("micro_f1", "macro_f1"))
+
+    lines.append(
+        "| chosen: 95 % bootstrap interval over the test rows | "
+        + " | ".join(interval(ch.get(s)) for _, s in slices)
+        + " |"
+    )
     lines.append(
         "| chosen method | "
         + " | ".join(ch[s]["method"] if s in ch else "–" for _, s in slices)

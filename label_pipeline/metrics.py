@@ -104,6 +104,43 @@ def classification_metrics(
     return out
 
 
+def _f1_counts(y_true: np.ndarray, pred: np.ndarray, metric: str) -> np.ndarray:
+    """Per row the true positives, false positives and false negatives that ``metric`` sums
+    over resampled rows: rows x 3 for ``micro_f1`` (summed over labels), rows x labels x 3
+    for ``macro_f1``."""
+    if metric not in {"micro_f1", "macro_f1"}:
+        raise ValueError(f"bootstrap: metric must be micro_f1 or macro_f1, got {metric}")
+    y = np.asarray(y_true, dtype=bool)
+    p = np.asarray(pred, dtype=bool)
+    if p.shape != y.shape:
+        raise ValueError(f"bootstrap: predictions of shape {p.shape} for gold of shape {y.shape}")
+    counts = np.stack([p & y, p & ~y, ~p & y], axis=-1).astype(np.float64)
+    return counts.sum(axis=1) if metric == "micro_f1" else counts
+
+
+def _f1_of_totals(total: np.ndarray, metric: str) -> np.ndarray:
+    tp, fp, fn = total[..., 0], total[..., 1], total[..., 2]
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return f1 if metric == "micro_f1" else f1.mean(axis=-1)
+
+
+def _bootstrap_scores(
+    counts: list[np.ndarray], metric: str, draws: int, seed: int
+) -> list[np.ndarray]:
+    """``metric`` of each prediction (its :func:`_f1_counts`) on ``draws`` resamples of the
+    rows, the same resamples for all: one array of ``draws`` scores per prediction."""
+    n = len(counts[0])
+    rng = np.random.default_rng(seed)
+    out: list[list[np.ndarray]] = [[] for _ in counts]
+    for start in range(0, draws, 250):
+        k = min(250, draws - start)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=k).astype(np.float64)
+        for i, c in enumerate(counts):
+            out[i].append(_f1_of_totals(np.tensordot(weights, c, axes=(1, 0)), metric))
+    return [np.concatenate(o) for o in out]
+
+
 def paired_bootstrap_p(
     y_true: np.ndarray,
     pred_a: np.ndarray,
@@ -119,34 +156,31 @@ def paired_bootstrap_p(
     rows were drawn. ``y_true`` and the predictions are 0/1 (rows x labels); ``metric`` is
     ``micro_f1`` (accuracy for single-label rows) or ``macro_f1``.
     """
-    if metric not in {"micro_f1", "macro_f1"}:
-        raise ValueError(f"paired_bootstrap_p: metric must be micro_f1 or macro_f1, got {metric}")
-    y = np.asarray(y_true, dtype=bool)
-    n = len(y)
-    if n == 0:
+    ca, cb = _f1_counts(y_true, pred_a, metric), _f1_counts(y_true, pred_b, metric)
+    if len(ca) == 0:
         return 1.0
+    sa, sb = _bootstrap_scores([ca, cb], metric, draws, seed)
+    return float((sa <= sb + 1e-12).sum()) / draws
 
-    def counts(pred: np.ndarray) -> np.ndarray:
-        p = np.asarray(pred, dtype=bool)
-        # per row and label: true positives, false positives, false negatives
-        return np.stack([p & y, p & ~y, ~p & y], axis=-1).astype(np.float64)
 
-    ca, cb = counts(pred_a), counts(pred_b)
-    if metric == "micro_f1":
-        ca, cb = ca.sum(axis=1), cb.sum(axis=1)  # rows x 3
-
-    def score(total: np.ndarray) -> np.ndarray:
-        tp, fp, fn = total[..., 0], total[..., 1], total[..., 2]
-        denom = 2 * tp + fp + fn
-        f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-        return f1 if metric == "micro_f1" else f1.mean(axis=-1)
-
-    rng = np.random.default_rng(seed)
-    worse_or_equal = 0
-    for start in range(0, draws, 250):
-        k = min(250, draws - start)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=k).astype(np.float64)
-        ta = np.tensordot(weights, ca, axes=(1, 0))
-        tb = np.tensordot(weights, cb, axes=(1, 0))
-        worse_or_equal += int((score(ta) <= score(tb) + 1e-12).sum())
-    return worse_or_equal / draws
+def bootstrap_interval(
+    y_true: np.ndarray,
+    pred: np.ndarray,
+    metric: str = "micro_f1",
+    level: float = 0.95,
+    draws: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric`` (``micro_f1``, which is accuracy for
+    single-label rows, or ``macro_f1``) over resamples of the rows: how far the score of
+    these predictions could move on another draw of as many rows from the same data.
+    ``(nan, nan)`` without rows."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"bootstrap_interval: level must lie in (0, 1), got {level}")
+    counts = _f1_counts(y_true, pred, metric)
+    if len(counts) == 0:
+        return float("nan"), float("nan")
+    (scores,) = _bootstrap_scores([counts], metric, draws, seed)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(scores, [tail, 100 - tail])
+    return float(lo), float(hi)

@@ -36,14 +36,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from label_pipeline.artifacts import md_table
 from label_pipeline.decision import apply_decision
 from label_pipeline.errors import InputDataError
-from label_pipeline.metrics import classification_metrics, paired_bootstrap_p
+from label_pipeline.metrics import bootstrap_interval, classification_metrics, paired_bootstrap_p
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
 from tasks.train import AVERAGE, load_decision
 
 STAGE = "evaluate"
-VERSION = "5"
+VERSION = "6"
 
 #: the baselines the final model must not be worse than on valid
 BASELINES = ("naive_bayes", "tfidf_nb", "embed_lr", "knn")
@@ -119,14 +119,27 @@ def evaluate_run(
                 f"{run_dir / f'{split}_probs.npy'} has shape {probs.shape} but the {split} split "
                 f"has {y.shape}; the train and split stages do not match, re-run train"
             )
-        out[split] = classification_metrics(
-            y, probs, apply_decision(probs, decision), labels, multi_label
-        )
+        pred = apply_decision(probs, decision)
+        out[split] = classification_metrics(y, probs, pred, labels, multi_label)
+        out[split]["interval_95"] = score_intervals(y, pred)
     out["decision"] = decision.to_json()
     out["calibration"] = calibration_of_run(
         run_dir, {"valid": y_valid, "test": y_test}, multi_label
     )
     return out
+
+
+def score_intervals(y: np.ndarray, pred: np.ndarray) -> dict[str, list[float]]:
+    """95 % bootstrap intervals of micro-F1 (accuracy for single-label) and macro-F1 of one
+    run's 0/1 predictions on a split: ``{"micro_f1": [low, high], "macro_f1": [low, high]}``
+    (how far the score could move on another draw of as many rows)."""
+    return {m: list(bootstrap_interval(y, pred, m)) for m in ("micro_f1", "macro_f1")}
+
+
+def interval_text(r: dict[str, Any], metric: str) -> str:
+    """`` [low–high]`` for a ``test``/``valid`` entry with ``interval_95``, else ``""``."""
+    iv = (r.get("interval_95") or {}).get(metric)
+    return f" [{_f(iv[0])}–{_f(iv[1])}]" if iv else ""
 
 
 def evaluate_runs(
@@ -434,6 +447,7 @@ def chosen_per_slice(
                 "size": r["slice_size"],
                 "method": r["method"],
                 **{k: r["test"].get(k) for k in ("micro_f1", "macro_f1", "accuracy")},
+                "interval_95": r["test"].get("interval_95"),
                 "reason": c["reason"],
             }
         )
@@ -502,7 +516,7 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
                 "model_dir": str(Path(best["run_dir"]) / "model"),
                 "metric": f"valid {cfg.select_by}",
                 "valid": {k: best["valid"][k] for k in ("micro_f1", "macro_f1")},
-                "test": {k: best["test"][k] for k in ("micro_f1", "macro_f1")},
+                "test": {k: best["test"][k] for k in ("micro_f1", "macro_f1", "interval_95")},
                 "decision": best["decision"],
                 "calibration": _final_calibration(best),
                 "reason": choice["reason"],
@@ -647,6 +661,11 @@ def chosen_table(per_slice: list[dict[str, Any]], multi_label: bool) -> list[dic
         }
         if not multi_label:
             row["test accuracy"] = _f(c.get("accuracy"))
+        iv = c.get("interval_95") or {}
+        if iv:
+            first = "accuracy" if not multi_label else "micro-F1"
+            row[f"test {first} 95 % interval"] = interval_text(c, "micro_f1").strip(" []")
+            row["test macro-F1 95 % interval"] = interval_text(c, "macro_f1").strip(" []")
         rows.append(row)
     return rows
 
@@ -665,8 +684,10 @@ def _write_summary(
     if best:
         lines.append(
             f"- final model: **{best['method']}** on slice `{best['slice']}` ({best['metric']}"
-            f" {_f(best['valid'][cfg.select_by])}; test micro-F1 {_f(best['test']['micro_f1'])}, "
-            f"macro-F1 {_f(best['test']['macro_f1'])})"
+            f" {_f(best['valid'][cfg.select_by])}; test micro-F1 {_f(best['test']['micro_f1'])}"
+            f"{interval_text(best['test'], 'micro_f1')}, macro-F1 {_f(best['test']['macro_f1'])}"
+            f"{interval_text(best['test'], 'macro_f1')}; 95 % bootstrap intervals over the test "
+            "rows in brackets)"
         )
         lines.append(f"- why: {best['reason']}")
     if unlearnable:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from label_pipeline.config import PipelineConfig
 
 STAGE = "report"
-VERSION = "1"
+VERSION = "2"
 STAGE_ORDER = (
     "ingest",
     "clean",
@@ -316,7 +316,7 @@ def build_report(
     """Write ``report.md``, ``metrics.json`` and figures into ``out_dir``; return metrics.
 
     ``name`` is the run's name (default: the directory's name)."""
-    from tasks.evaluate import results_table
+    from tasks.evaluate import interval_text, results_table
 
     name = name or out_dir.name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -357,7 +357,10 @@ def build_report(
                 f"Final model: **{best['method']}** trained on slice `{best['slice']}` "
                 f"(chosen on {best['metric']} {_f(best['valid'].get('micro_f1'))} micro / "
                 f"{_f(best['valid'].get('macro_f1'))} macro); test micro-F1 "
-                f"{_f(best['test']['micro_f1'])}, macro-F1 {_f(best['test']['macro_f1'])}."
+                f"{_f(best['test']['micro_f1'])}{interval_text(best['test'], 'micro_f1')}, "
+                f"macro-F1 {_f(best['test']['macro_f1'])}{interval_text(best['test'], 'macro_f1')}"
+                " (95 % bootstrap intervals over the test rows: how far the score could move on"
+                " another draw of as many rows)."
             )
             if best.get("reason"):
                 lines += ["", f"Why: {best['reason']}."]

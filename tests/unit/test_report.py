@@ -36,6 +36,8 @@ def test_report_agrees_with_metrics(tmp_path):
         assert f"{r['test']['micro_f1']:.3f}" in md
     best = json.loads((evaluated.dir / "best.json").read_text())
     assert f"Final model: **{best['method']}**" in md
+    lo, hi = best["test"]["interval_95"]["macro_f1"]
+    assert f"macro-F1 {best['test']['macro_f1']:.3f} [{lo:.3f}–{hi:.3f}]" in md
     assert trained.fingerprint in md and "## zero_shot" not in md
     assert (out / "figures" / "evaluate-learning_curve_micro.png").is_file()
     assert "](figures/evaluate-learning_curve_micro.png)" in md
