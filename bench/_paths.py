@@ -17,3 +17,12 @@ def setup_project() -> None:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def only_one(store: Path, pattern: str, what: str) -> Path:
+    """The one path under ``store`` matching ``pattern`` (a stage's output directory in a
+    kept stage store); exits naming ``what`` when there are none or several."""
+    found = sorted(store.glob(pattern))
+    if len(found) != 1:
+        sys.exit(f"expected one {what} ({store}/{pattern}), found {len(found)}")
+    return found[0]

@@ -32,20 +32,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-from _paths import ROOT, setup_project
+from _paths import ROOT, only_one, setup_project
 
 setup_project()
-
-
-def _only(store: Path, pattern: str, what: str) -> Path:
-    found = sorted(store.glob(pattern))
-    if len(found) != 1:
-        sys.exit(f"expected one {what} ({store}/{pattern}), found {len(found)}")
-    return found[0]
 
 
 def analyse(store: Path) -> dict:
@@ -55,9 +47,9 @@ def analyse(store: Path) -> dict:
     from tasks.evaluate import BASELINES
     from tasks.train import AVERAGE
 
-    train_dir = _only(store, "train/*/runs.json", "train stage").parent
-    eval_dir = _only(store, "evaluate/*/metrics.json", "evaluate stage").parent
-    split_dir = _only(store, "split/*/splits", "split stage").parent
+    train_dir = only_one(store, "train/*/runs.json", "train stage").parent
+    eval_dir = only_one(store, "evaluate/*/metrics.json", "evaluate stage").parent
+    split_dir = only_one(store, "split/*/splits", "split stage").parent
     info = json.loads((train_dir / "labels.json").read_text())
     labels, multi_label = info["labels"], bool(info.get("multi_label"))
     splits = load_splits(split_dir)

@@ -33,16 +33,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _paths import DATASETS, ROOT, setup_project
+from _paths import DATASETS, ROOT, only_one, setup_project
 
 setup_project()
-
-
-def _only(store: Path, pattern: str, what: str) -> Path:
-    found = sorted(store.glob(pattern))
-    if len(found) != 1:
-        sys.exit(f"expected one {what} ({store}/{pattern}), found {len(found)}")
-    return found[0]
 
 
 def _nlbse_pool_gold(ids: list[str], labels: list[str]) -> np.ndarray | None:
@@ -67,8 +60,8 @@ def analyse(work: Path, students: list[str], weight: float, only_slices: list[st
     from tasks.train import AVERAGE, load_decision
 
     store = work / "store"
-    train_dir = _only(store, "train/*/runs.json", "train stage").parent
-    split_dir = _only(store, "split/*/splits", "split stage").parent
+    train_dir = only_one(store, "train/*/runs.json", "train stage").parent
+    split_dir = only_one(store, "split/*/splits", "split stage").parent
     info = json.loads((train_dir / "labels.json").read_text())
     labels, multi_label = info["labels"], bool(info.get("multi_label"))
     splits = load_splits(split_dir)
