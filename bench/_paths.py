@@ -1,5 +1,6 @@
 """Where the benchmarks find the shared datasets: ``$LABEL_PIPELINE_DATASETS``, else
-``../shared/datasets`` beside the project root (GoEmotions, emotion, NLU++)."""
+``../shared/datasets`` beside the project root (GoEmotions, emotion, NLU++); and a stage's
+directory in a stage store kept by ``bench_issues.py --keep``."""
 
 from __future__ import annotations
 
