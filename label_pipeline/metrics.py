@@ -184,3 +184,28 @@ def bootstrap_interval(
     tail = 100 * (1 - level) / 2
     lo, hi = np.percentile(scores, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+def bootstrap_difference(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    metric: str = "micro_f1",
+    level: float = 0.95,
+    draws: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``metric`` of ``pred_a`` minus that of ``pred_b`` on the same rows, with the percentile
+    interval of that difference over paired resamples of the rows (the same rows for both):
+    ``(difference, low, high)``. An interval that holds 0 says the rows cannot tell the two
+    apart. ``(nan, nan, nan)`` without rows."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"bootstrap_difference: level must lie in (0, 1), got {level}")
+    ca, cb = _f1_counts(y_true, pred_a, metric), _f1_counts(y_true, pred_b, metric)
+    if len(ca) == 0:
+        return float("nan"), float("nan"), float("nan")
+    point = float(_f1_of_totals(ca.sum(axis=0), metric) - _f1_of_totals(cb.sum(axis=0), metric))
+    sa, sb = _bootstrap_scores([ca, cb], metric, draws, seed)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(sa - sb, [tail, 100 - tail])
+    return point, float(lo), float(hi)

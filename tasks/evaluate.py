@@ -36,7 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from label_pipeline.artifacts import md_table
 from label_pipeline.decision import apply_decision
 from label_pipeline.errors import InputDataError
-from label_pipeline.metrics import bootstrap_interval, classification_metrics, paired_bootstrap_p
+from label_pipeline.metrics import (
+    bootstrap_difference,
+    bootstrap_interval,
+    classification_metrics,
+    paired_bootstrap_p,
+)
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
@@ -448,10 +453,61 @@ def chosen_per_slice(
                 "method": r["method"],
                 **{k: r["test"].get(k) for k in ("micro_f1", "macro_f1", "accuracy")},
                 "interval_95": r["test"].get("interval_95"),
+                "run_dir": r.get("run_dir"),
                 "reason": c["reason"],
             }
         )
     return out
+
+
+def label_more(per_slice: list[dict[str, Any]], y_test: np.ndarray) -> list[dict[str, Any]]:
+    """Did more labelled rows help? For each pair of consecutive slices of ``per_slice``
+    (smallest first), the chosen model's test micro-F1 (accuracy for single-label) and
+    macro-F1 at the larger slice minus those at the smaller, with the 95 % interval of the
+    difference over paired resamples of the test rows
+    (:func:`label_pipeline.metrics.bootstrap_difference`)."""
+
+    def test_pred(run_dir: str) -> np.ndarray:
+        probs = np.load(Path(run_dir) / "test_probs.npy").astype(np.float64)
+        return apply_decision(probs, load_decision(run_dir))
+
+    out = []
+    preds = [test_pred(c["run_dir"]) for c in per_slice]
+    for i in range(1, len(per_slice)):
+        small, large, a, b = per_slice[i - 1], per_slice[i], preds[i - 1], preds[i]
+        entry: dict[str, Any] = {
+            "from_slice": small["slice"],
+            "to_slice": large["slice"],
+            "from_rows": small["size"],
+            "to_rows": large["size"],
+        }
+        for metric in ("micro_f1", "macro_f1"):
+            diff, lo, hi = bootstrap_difference(y_test, b, a, metric)
+            entry[metric] = {"difference": diff, "interval_95": [lo, hi]}
+        out.append(entry)
+    return out
+
+
+def label_more_lines(more: list[dict[str, Any]], multi_label: bool) -> list[str]:
+    """Markdown lines for :func:`label_more`: micro-F1 (accuracy for single-label rows)."""
+    if not more:
+        return []
+    name = "micro-F1" if multi_label else "accuracy"
+    lines = [
+        f"Did more labels help? The chosen model's test {name} from one slice to the next "
+        "(95 % interval of the difference over paired resamples of the test rows; an "
+        "interval holding 0 means the test rows cannot tell the two apart):",
+        "",
+    ]
+    for e in more:
+        m = e["micro_f1"]
+        lo, hi = m["interval_95"]
+        verdict = "gain" if lo > 0 else "loss" if hi < 0 else "no clear change"
+        lines.append(
+            f"- {e['from_rows']} → {e['to_rows']} rows (`{e['from_slice']}` → `{e['to_slice']}`):"
+            f" {m['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], {verdict}"
+        )
+    return lines
 
 
 def _slice_size(runs: list[dict[str, Any]], name: str) -> int:
@@ -498,6 +554,7 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
             ys["valid"],
             cfg.single_over_average_p,
         )
+        more = label_more(per_slice, ys["test"])
         unlearnable = {tr["slice"]: tr["unlearnable"] for tr in train_runs if tr.get("unlearnable")}
         for metric in ("micro_f1", "macro_f1"):
             short = metric.split("_")[0]
@@ -552,6 +609,7 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
             "runs": runs,
             "zero_shot": zero,
             "chosen_per_slice": per_slice,
+            "label_more": more,
             "unlearnable": unlearnable,
         }
         (ctx.dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))
@@ -561,7 +619,9 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
                 indent=1,
             )
         )
-        _write_summary(ctx.dir, runs, zero, best_json, multi_label, cfg, per_slice, unlearnable)
+        _write_summary(
+            ctx.dir, runs, zero, best_json, multi_label, cfg, per_slice, unlearnable, more
+        )
         return {
             "runs": len(runs),
             "best": best_json and {k: best_json[k] for k in ("method", "slice", "test")},
@@ -679,6 +739,7 @@ def _write_summary(
     cfg: EvaluateConfig,
     per_slice: list[dict[str, Any]] | None = None,
     unlearnable: dict[str, list[str]] | None = None,
+    more: list[dict[str, Any]] | None = None,
 ) -> None:
     lines = []
     if best:
@@ -704,6 +765,7 @@ def _write_summary(
     if per_slice and len(per_slice) > 1:
         lines += ["", "Chosen per slice (valid, never below the best baseline):", ""]
         lines.append(md_table(chosen_table(per_slice, multi_label)))
+        lines += ["", *label_more_lines(more or [], multi_label)]
     lines += [
         "",
         "![learning curve micro](figures/learning_curve_micro.png)",

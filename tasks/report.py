@@ -374,10 +374,12 @@ def build_report(
             lines.append("")
         per_slice = ev.get("chosen_per_slice") or []
         if len(per_slice) > 1:
-            from tasks.evaluate import chosen_table
+            from tasks.evaluate import chosen_table, label_more_lines
 
             lines += ["Chosen per slice (on valid):", ""]
             lines += [md_table(chosen_table(per_slice, bool(ev.get("multi_label", True)))), ""]
+            more = label_more_lines(ev.get("label_more") or [], bool(ev.get("multi_label", True)))
+            lines += [*more, ""] if more else []
         zero = ev.get("zero_shot")
         if zero:
             lines.append(

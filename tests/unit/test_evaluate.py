@@ -123,6 +123,17 @@ def test_evaluate_stage_outputs(tmp_path):
     lo, hi = best["test"]["interval_95"]["micro_f1"]
     assert f"[{lo:.3f}–{hi:.3f}]" in (ref.dir / "summary.md").read_text()
     assert all(c["interval_95"] for c in metrics["chosen_per_slice"])
+    # did more labels help: one entry per pair of consecutive slices, in the summary too
+    more = metrics["label_more"]
+    chosen = metrics["chosen_per_slice"]
+    assert [(e["from_slice"], e["to_slice"]) for e in more] == [
+        (a["slice"], b["slice"]) for a, b in zip(chosen, chosen[1:], strict=False)
+    ]
+    for e, a, b in zip(more, chosen, chosen[1:], strict=False):
+        d = e["micro_f1"]
+        assert d["difference"] == pytest.approx(b["micro_f1"] - a["micro_f1"])
+        assert d["interval_95"][0] <= d["difference"] <= d["interval_95"][1]
+    assert "Did more labels help?" in (ref.dir / "summary.md").read_text()
 
 
 def test_bootstrap_interval_covers_the_population_score_and_narrows_with_rows():
@@ -162,3 +173,26 @@ def test_bootstrap_interval_of_perfect_predictions_and_bad_input():
     with pytest.raises(ValueError, match="shape"):
         bootstrap_interval(y, y[:, :2])
     assert all(np.isnan(bootstrap_interval(y[:0], y[:0])))
+
+
+def test_bootstrap_difference_tells_a_real_gain_from_noise():
+    """Two classifiers on 300 single-label rows: one right on 80 %, one on 60 % of the rows
+    (the same rows otherwise) differ beyond the interval; two equally good ones that err
+    on different rows give an interval holding 0."""
+    from label_pipeline.metrics import bootstrap_difference
+
+    rng = np.random.default_rng(1)
+    n = 300
+    gold = rng.integers(0, 3, n)
+    y = np.eye(3, dtype=int)[gold]
+    wrong = np.eye(3, dtype=int)[(gold + 1) % 3]
+    u = rng.random(n)
+    good = np.where((u < 0.8)[:, None], y, wrong)
+    poor = np.where((u < 0.6)[:, None], y, wrong)
+    diff, lo, hi = bootstrap_difference(y, good, poor, "micro_f1")
+    assert diff == pytest.approx(float((u < 0.8).mean() - (u < 0.6).mean()))
+    assert 0 < lo < diff < hi
+    other = np.where((rng.random(n) < 0.8)[:, None], y, wrong)
+    diff, lo, hi = bootstrap_difference(y, good, other, "macro_f1")
+    assert lo < 0 < hi
+    assert bootstrap_difference(y, good, good)[1:] == (0.0, 0.0)

@@ -38,6 +38,10 @@ def test_report_agrees_with_metrics(tmp_path):
     assert f"Final model: **{best['method']}**" in md
     lo, hi = best["test"]["interval_95"]["macro_f1"]
     assert f"macro-F1 {best['test']['macro_f1']:.3f} [{lo:.3f}–{hi:.3f}]" in md
+    (more,) = ev["label_more"]
+    assert (
+        f"- 8 → {more['to_rows']} rows (`8` → `all`): {more['micro_f1']['difference']:+.3f}" in md
+    )
     assert trained.fingerprint in md and "## zero_shot" not in md
     assert (out / "figures" / "evaluate-learning_curve_micro.png").is_file()
     assert "](figures/evaluate-learning_curve_micro.png)" in md
