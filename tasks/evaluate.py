@@ -503,8 +503,13 @@ def label_more_lines(more: list[dict[str, Any]], multi_label: bool) -> list[str]
         m = e["micro_f1"]
         lo, hi = m["interval_95"]
         verdict = "gain" if lo > 0 else "loss" if hi < 0 else "no clear change"
+        names = (
+            ""
+            if (e["from_slice"], e["to_slice"]) == (str(e["from_rows"]), str(e["to_rows"]))
+            else f" (`{e['from_slice']}` → `{e['to_slice']}`)"
+        )
         lines.append(
-            f"- {e['from_rows']} → {e['to_rows']} rows (`{e['from_slice']}` → `{e['to_slice']}`):"
+            f"- {e['from_rows']} → {e['to_rows']} rows{names}:"
             f" {m['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], {verdict}"
         )
     return lines
