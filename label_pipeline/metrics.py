@@ -141,6 +141,29 @@ def _bootstrap_scores(
     return [np.concatenate(o) for o in out]
 
 
+def _paired(
+    y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, metric: str, draws: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The two predictions' counts and their scores on the same resamples of the rows
+    (:func:`_bootstrap_scores`); None without rows."""
+    ca, cb = _f1_counts(y_true, pred_a, metric), _f1_counts(y_true, pred_b, metric)
+    if len(ca) == 0:
+        return None
+    sa, sb = _bootstrap_scores([ca, cb], metric, draws, seed)
+    return ca, cb, sa, sb
+
+
+def _check_level(level: float, who: str) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"{who}: level must lie in (0, 1), got {level}")
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def paired_bootstrap_p(
     y_true: np.ndarray,
     pred_a: np.ndarray,
@@ -156,10 +179,10 @@ def paired_bootstrap_p(
     rows were drawn. ``y_true`` and the predictions are 0/1 (rows x labels); ``metric`` is
     ``micro_f1`` (accuracy for single-label rows) or ``macro_f1``.
     """
-    ca, cb = _f1_counts(y_true, pred_a, metric), _f1_counts(y_true, pred_b, metric)
-    if len(ca) == 0:
+    paired = _paired(y_true, pred_a, pred_b, metric, draws, seed)
+    if paired is None:
         return 1.0
-    sa, sb = _bootstrap_scores([ca, cb], metric, draws, seed)
+    sa, sb = paired[2:]
     return float((sa <= sb + 1e-12).sum()) / draws
 
 
@@ -175,15 +198,12 @@ def bootstrap_interval(
     single-label rows, or ``macro_f1``) over resamples of the rows: how far the score of
     these predictions could move on another draw of as many rows from the same data.
     ``(nan, nan)`` without rows."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"bootstrap_interval: level must lie in (0, 1), got {level}")
+    _check_level(level, "bootstrap_interval")
     counts = _f1_counts(y_true, pred, metric)
     if len(counts) == 0:
         return float("nan"), float("nan")
     (scores,) = _bootstrap_scores([counts], metric, draws, seed)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(scores, [tail, 100 - tail])
-    return float(lo), float(hi)
+    return _percentile_interval(scores, level)
 
 
 def bootstrap_difference(
@@ -191,6 +211,7 @@ def bootstrap_difference(
     pred_a: np.ndarray,
     pred_b: np.ndarray,
     metric: str = "micro_f1",
+    *,
     level: float = 0.95,
     draws: int = 2000,
     seed: int = 0,
@@ -199,13 +220,10 @@ def bootstrap_difference(
     interval of that difference over paired resamples of the rows (the same rows for both):
     ``(difference, low, high)``. An interval that holds 0 says the rows cannot tell the two
     apart. ``(nan, nan, nan)`` without rows."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"bootstrap_difference: level must lie in (0, 1), got {level}")
-    ca, cb = _f1_counts(y_true, pred_a, metric), _f1_counts(y_true, pred_b, metric)
-    if len(ca) == 0:
+    _check_level(level, "bootstrap_difference")
+    paired = _paired(y_true, pred_a, pred_b, metric, draws, seed)
+    if paired is None:
         return float("nan"), float("nan"), float("nan")
+    ca, cb, sa, sb = paired
     point = float(_f1_of_totals(ca.sum(axis=0), metric) - _f1_of_totals(cb.sum(axis=0), metric))
-    sa, sb = _bootstrap_scores([ca, cb], metric, draws, seed)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(sa - sb, [tail, 100 - tail])
-    return point, float(lo), float(hi)
+    return (point, *_percentile_interval(sa - sb, level))
