@@ -7,7 +7,8 @@ Output directory:
   run_dir, fallback, test: {...}, valid: {...}}], "zero_shot": {...} | null}``; each
   ``test``/``valid`` entry is ``label_pipeline.metrics.classification_metrics`` (micro/macro-F1,
   per-label precision/recall/F1, log loss; accuracy and confusion matrix for single-label;
-  ROC-AUC and curve for two-label single-label tasks);
+  ROC-AUC and curve for two-label single-label tasks) plus ``interval_95``, the 95 % bootstrap
+  interval over the split's rows of micro-F1 (accuracy for single-label) and macro-F1;
 - ``learning_curves.json``: per method, slice sizes and test micro/macro-F1 (+ the zero-shot
   line); ``figures/learning_curve_micro.png``, ``figures/learning_curve_macro.png``;
 - ``best.json``: ``{"method", "slice", "run_dir", "metric", "valid", "test", "reason",
@@ -16,6 +17,9 @@ Output directory:
   ``metrics.json`` and ``learning_curves.json``: the same choice made at every slice (the
   ``chosen`` curve of the figures);
 - ``unlearnable`` in ``metrics.json``: per slice, the labels without a training example;
+- ``label_more`` in ``metrics.json`` (and the summary): did more labelled rows help? The
+  chosen model's test score from one slice to the next with the 95 % interval of the
+  difference over paired resamples of the test rows (see :func:`label_more`);
 - calibration: each run's ``calibration`` entry in ``metrics.json`` (the calibrator the train
   stage chose, and ``label_pipeline.calibration.calibration_scores`` — ECE with 15 equal-width
   bins, adaptive ECE, Brier, log loss — on valid (cross-fitted) and test, ``before`` and
