@@ -179,9 +179,9 @@ def evaluate_runs(
     return runs
 
 
-def valid_predictions(run_dir: str | Path) -> np.ndarray:
-    """A saved run's 0/1 decisions on valid (its probabilities and decision rule)."""
-    probs = np.load(Path(run_dir) / "valid_probs.npy").astype(np.float64)
+def run_predictions(run_dir: str | Path, split: str = "valid") -> np.ndarray:
+    """A saved run's 0/1 decisions on ``split`` (its probabilities and decision rule)."""
+    probs = np.load(Path(run_dir) / f"{split}_probs.npy").astype(np.float64)
     return apply_decision(probs, load_decision(run_dir))
 
 
@@ -321,7 +321,7 @@ def choose_final(
     ``tasks.train.average_run``) is chosen instead whenever it is healthy and not below the
     best baseline, unless (``y_valid`` given, ``single_over_average_p`` > 0) the best single
     run beats it on valid beyond luck: :func:`label_pipeline.metrics.paired_bootstrap_p` of
-    their valid decisions (``valid_predictions`` of each ``run_dir``) below
+    their valid decisions (``run_predictions`` of each ``run_dir``) below
     ``single_over_average_p``.
 
     Returns ``{"run", "reason", "candidates", "best_baseline", "tolerance"}`` or None when
@@ -365,8 +365,8 @@ def choose_final(
         ):
             p = paired_bootstrap_p(
                 y_valid,
-                valid_predictions(best_single["run_dir"]),
-                valid_predictions(chosen["run_dir"]),
+                run_predictions(best_single["run_dir"]),
+                run_predictions(chosen["run_dir"]),
                 metric,
             )
             verdict = "beyond" if p < single_over_average_p else "within"
@@ -470,13 +470,8 @@ def label_more(per_slice: list[dict[str, Any]], y_test: np.ndarray) -> list[dict
     macro-F1 at the larger slice minus those at the smaller, with the 95 % interval of the
     difference over paired resamples of the test rows
     (:func:`label_pipeline.metrics.bootstrap_difference`)."""
-
-    def test_pred(run_dir: str) -> np.ndarray:
-        probs = np.load(Path(run_dir) / "test_probs.npy").astype(np.float64)
-        return apply_decision(probs, load_decision(run_dir))
-
     out = []
-    preds = [test_pred(c["run_dir"]) for c in per_slice]
+    preds = [run_predictions(c["run_dir"], "test") for c in per_slice]
     for i in range(1, len(per_slice)):
         small, large, a, b = per_slice[i - 1], per_slice[i], preds[i - 1], preds[i]
         entry: dict[str, Any] = {
