@@ -40,10 +40,32 @@ from _paths import ROOT, only_one, setup_project
 setup_project()
 
 
-def analyse(store: Path) -> dict:
-    from label_pipeline.data import load_splits
+def decided_scores(
+    valid_probs: np.ndarray,
+    test_probs: np.ndarray,
+    vy: np.ndarray,
+    ty: np.ndarray,
+    labels: list[str],
+    multi_label: bool,
+) -> dict:
+    """One decision rule tuned on valid (``tune_decision``, one global threshold; argmax for
+    single-label) applied to both splits: ``{"valid": {...}, "test": {...}}``, each with
+    accuracy (single-label) or micro-F1, and macro-F1."""
     from label_pipeline.decision import apply_decision, tune_decision
     from label_pipeline.metrics import classification_metrics
+
+    key = "micro_f1" if multi_label else "accuracy"
+    decision = tune_decision(valid_probs, vy, multi_label, "global")
+
+    def metrics(p: np.ndarray, y: np.ndarray) -> dict:
+        m = classification_metrics(y, p, apply_decision(p, decision), labels, multi_label)
+        return {k: float(m[k]) for k in (key, "macro_f1")}
+
+    return {"valid": metrics(valid_probs, vy), "test": metrics(test_probs, ty)}
+
+
+def analyse(store: Path) -> dict:
+    from label_pipeline.data import load_splits
     from tasks.evaluate import BASELINES
     from tasks.train import AVERAGE
 
@@ -79,13 +101,7 @@ def analyse(store: Path) -> dict:
         def score(members: list[str], probs: dict = probs) -> dict:
             v = np.mean([probs[m][0] for m in members], axis=0)
             t = np.mean([probs[m][1] for m in members], axis=0)
-            decision = tune_decision(v, vy, multi_label, "global")
-
-            def metrics(p: np.ndarray, y: np.ndarray) -> dict:
-                m = classification_metrics(y, p, apply_decision(p, decision), labels, multi_label)
-                return {k: m[k] for k in (key, "macro_f1")}
-
-            return {"members": members, "valid": metrics(v, vy), "test": metrics(t, ty)}
+            return {"members": members, **decided_scores(v, t, vy, ty, labels, multi_label)}
 
         single = {m: score([m]) for m in probs}
         # the train stage's own average run is a row of its own, never a member here

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from _paths import DATASETS, ROOT, only_one, setup_project
+from bench_ensemble_choice import decided_scores
 
 setup_project()
 
@@ -52,7 +53,7 @@ def _nlbse_pool_gold(ids: list[str], labels: list[str]) -> np.ndarray | None:
 
 def analyse(work: Path, students: list[str], weight: float, only_slices: list[str] | None) -> dict:
     from label_pipeline.data import load_splits
-    from label_pipeline.decision import apply_decision, tune_decision
+    from label_pipeline.decision import apply_decision
     from label_pipeline.devices import DeviceConfig, choose_device
     from label_pipeline.methods import FitContext, LabelledTexts, get_method
     from label_pipeline.methods.base import load_saved
@@ -86,17 +87,7 @@ def analyse(work: Path, students: list[str], weight: float, only_slices: list[st
     )
 
     def score(vp: np.ndarray, tp: np.ndarray) -> dict:
-        decision = tune_decision(vp, vy, multi_label)
-        return {
-            split: {
-                k: float(v)
-                for k, v in classification_metrics(
-                    y, p, apply_decision(p, decision), labels, multi_label
-                ).items()
-                if k in (key, "macro_f1")
-            }
-            for split, y, p in (("valid", vy, vp), ("test", ty, tp))
-        }
+        return decided_scores(vp, tp, vy, ty, labels, multi_label)
 
     out = []
     names = [s for s in slices if (train_dir / "runs" / AVERAGE / s / "model").exists()]
