@@ -346,12 +346,21 @@ def _cell(r: dict[str, Any] | None, multi_label: bool) -> str:
     return f"{first:.3f}/{r['macro_f1']:.3f}"
 
 
+def _slice_columns(
+    runs: list[dict[str, Any]], per_label_k: dict[str, int]
+) -> tuple[list[tuple[int, str]], list[str]]:
+    """The slices of ``runs`` as (size, name), smallest first, and their column headings
+    (``K=<per label> (<rows>)`` where the slice has a per-label K)."""
+    slices = sorted({(r["slice_size"], r["slice"]) for r in runs})
+    return slices, [
+        f"K={per_label_k[s]} ({n})" if s in per_label_k else f"{s} ({n})" for n, s in slices
+    ]
+
+
 def table(result: dict[str, Any]) -> str:
     """Markdown: one row per method (+ the chosen model and its method per slice)."""
     ml = result["multi_label"]
-    slices = sorted({(r["slice_size"], r["slice"]) for r in result["runs"]})
-    k = result["per_label_k"]
-    head = [f"K={k[s]} ({n})" if s in k else f"{s} ({n})" for n, s in slices]
+    slices, head = _slice_columns(result["runs"], result["per_label_k"])
     what = "test micro / macro-F1" if ml else "test accuracy / macro-F1"
     lines = [f"| {what} | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for m in result["methods"]:
@@ -394,10 +403,10 @@ def across_seeds(results: list[dict[str, Any]]) -> str:
     out = []
     for tag in dict.fromkeys(r["dataset"] for r in results):
         group = [r for r in results if r["dataset"] == tag]
-        ml, k = group[0]["multi_label"], group[0]["per_label_k"]
+        ml = group[0]["multi_label"]
         key = "micro_f1" if ml else "accuracy"
-        slices = sorted({(r["slice_size"], r["slice"]) for g in group for r in g["runs"]})
-        head = [f"K={k[s]} ({n})" if s in k else f"{s} ({n})" for n, s in slices]
+        all_runs = [r for g in group for r in g["runs"]]
+        slices, head = _slice_columns(all_runs, group[0]["per_label_k"])
         seeds = ", ".join(str(g["seed"]) for g in group)
         out += [
             f"### {tag}: test {key}, mean ± sd over seeds {seeds}",
