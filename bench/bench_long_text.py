@@ -17,6 +17,9 @@ Parts:
 - ``clean``: ``tfidf_nb`` on the text cleaned by each rule variant (``CLEAN_VARIANTS``),
   ``embed_lr`` and ``hybrid`` (when the method exists) on ``--embed-variants`` with the
   ``--clean-embed`` policy (default ``truncate_<window>``);
+- ``fields``: ``--methods`` (default ``tfidf_nb``, ``embed_lr``, ``hybrid``) on the text
+  built with each set of structured fields in ``FIELD_VARIANTS`` (none, the repository, the
+  repository and the issue template's section names), default-cleaned;
 - ``finetune``: the fine-tuned classifier reading the default-cleaned text in each way of
   ``FINETUNE_READS`` (first tokens, first and last, the whole text in windows with mean or
   max pooling of their logits; ``--finetune-reads`` picks some).
@@ -24,7 +27,7 @@ Parts:
 Window vectors are cached per process (``label_pipeline.embeddings``), so policies that
 share windows (every short text) encode them once.
 
-Usage: ``python bench/bench_long_text.py [--part policies clean finetune] [--rows 600]
+Usage: ``python bench/bench_long_text.py [--part policies clean fields finetune] [--rows 600]
 [--k 8 32 64] [--seeds 0 1 2] [--window 256]``. Writes ``bench/results/bench_long_text.json``.
 """
 
@@ -122,13 +125,23 @@ def policies(window: int) -> dict[str, dict]:
     }
 
 
-def load(rows: int, seed: int) -> dict:
-    """NLBSE through ingest (config only), split into test / valid / training pool."""
+#: the structured fields written under the title (ingest ``field_columns``) compared by the
+#: ``fields`` part; ``sections`` is derived from the body's headings by the ingest stage
+FIELD_VARIANTS: dict[str, list[str]] = {
+    "none": [],
+    "repo": ["repo"],
+    "repo_sections": ["repo", "sections"],
+}
+
+
+def load(rows: int, seed: int, fields: list[str] | None = None) -> dict:
+    """NLBSE through ingest (config only; ``fields``: its ``field_columns``, default
+    ``[repo]``), split into test / valid / training pool (the same rows whatever the fields)."""
     cols, facts = ingest_rows(
         IngestConfig(
             path=str(NLBSE),
             text_columns=["title", "body"],
-            field_columns=["repo"],
+            field_columns=["repo"] if fields is None else fields,
             label_column="label",
         )
     )
@@ -261,6 +274,7 @@ def main() -> None:
     )
     ap.add_argument("--clean-embed", default=None, help="policy of the embedding methods in clean")
     ap.add_argument("--finetune-reads", nargs="*", default=None, help="names in FINETUNE_READS")
+    ap.add_argument("--fields", nargs="*", default=None, help="names in FIELD_VARIANTS")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     if not NLBSE.is_file():
@@ -309,6 +323,18 @@ def main() -> None:
                 results["clean"][f"{method}/{name}"] = {"overrides": overrides, **res, **facts}
                 print(line(f"{method}/{name}", res, ks), flush=True)
                 save(results, args.out)
+    if "fields" in args.part:
+        methods = args.methods or ["tfidf_nb", "embed_lr", "hybrid"]
+        results["fields"] = {}
+        for name, fields in FIELD_VARIANTS.items():
+            if args.fields and name not in args.fields:
+                continue
+            texts, facts = clean_texts(load(args.rows, seed=0, fields=fields), {})
+            for method in methods:
+                res = score(data, texts, method, {}, ks, seeds)
+                results["fields"][f"{method}/{name}"] = {"field_columns": fields, **res}
+                print(line(f"{method}/{name}", res, ks), flush=True)
+                save(results, args.out)
     if "finetune" in args.part:
         results["finetune"] = {}
         for name, params in FINETUNE_READS.items():
@@ -318,7 +344,7 @@ def main() -> None:
             results["finetune"][f"finetune/{name}"] = {"params": params, **res}
             print(line(f"finetune/{name}", res, ks), flush=True)
             save(results, args.out)
-    for part in ("policies", "clean", "finetune"):
+    for part in ("policies", "clean", "fields", "finetune"):
         for method in sorted({n.split("/")[0] for n in results.get(part, {})}):
             mine = [n for n in results[part] if n.startswith(method + "/")]
             best = max(mine, key=lambda n: results[part][n]["mean"]["valid_accuracy"])

@@ -125,7 +125,9 @@ class IngestConfig(BaseModel):
             the title (with a single text column: before the text), so that every method
             sees them (e.g. ``[repo]``). Empty values are left out. GitHub dumps also offer
             ``repo`` (``owner/name`` from ``repository_url``) and ``sections`` (the names of
-            the body's ``#``-headings, the issue template's sections, joined by ``, ``).
+            the body's ``#``-headings, the issue template's sections, joined by ``, ``);
+            tabular files whose text is built from ``text_columns`` offer ``sections`` too
+            (the headings of the columns after the title) unless they have such a column.
         encoding: text encoding of CSV/TSV/JSONL files.
         encoding_errors: ``replace`` undecodable bytes (logged with their line numbers) or
             ``strict`` (fail naming the first bad line).
@@ -353,6 +355,25 @@ def section_names(body: str) -> list[str]:
     each: the sections of the issue template it was written from."""
     names = _SECTION.findall(_FENCE.sub("", body))
     return list(dict.fromkeys(n.strip() for n in names if n.strip()))
+
+
+def with_derived_sections(
+    frame: pd.DataFrame, text_columns: list[str], field_columns: list[str]
+) -> pd.DataFrame:
+    """``frame`` with a ``sections`` column derived like a GitHub dump's when ``field_columns``
+    asks for one that the file does not have and the text is built from several columns: the
+    ``#``-headings of the columns after the title (the body), in order, joined by ``, ``. A
+    file's own ``sections`` column is kept as it is."""
+    if "sections" not in field_columns or "sections" in frame or len(text_columns) < 2:
+        return frame
+    missing = [c for c in text_columns[1:] if c not in frame]
+    if missing:
+        return frame  # render_texts names the missing column
+    bodies = [
+        "\n\n".join(_cell(v) for v in row)
+        for row in zip(*(frame[c] for c in text_columns[1:]), strict=True)
+    ]
+    return frame.assign(sections=[", ".join(section_names(b)) for b in bodies])
 
 
 def _github_repo(record: dict) -> str:
@@ -617,6 +638,7 @@ def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
             option = "text_columns" if cfg.text_columns else "text_column"
             _column(frame, text_cols[0], option, str(path))
             label_col = _column(frame, cfg.label_column, "label_column", str(path))
+            frame = with_derived_sections(frame, text_cols, cfg.field_columns)
         if len(text_cols) > 1 or cfg.field_columns:
             text_col = render_texts(frame, text_cols, cfg.field_columns, str(path))
         elif fmt == "github":

@@ -336,6 +336,45 @@ def test_csv_title_body_and_repo_fields_render_into_the_text(tmp_path):
         _ingest(cfg.model_copy(update={"field_columns": ["repository"]}))
 
 
+def test_a_tabular_issue_export_offers_the_template_sections_as_a_field(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "title": ["App crashes", "Add dark mode", "How to build?"],
+            "body": [
+                "## Describe the bug\nIt crashes.\n```\n# a comment, not a heading\n```\n"
+                "## Steps to reproduce\n1. open",
+                "Please add it.",
+                None,
+            ],
+            "label": ["bug", "feature", "question"],
+        }
+    )
+    p = tmp_path / "issues.csv"
+    frame.to_csv(p, index=False)
+    cfg = IngestConfig(
+        path=str(p),
+        text_columns=["title", "body"],
+        field_columns=["sections"],
+        label_column="label",
+    )
+    cols, _ = _ingest(cfg)
+    assert cols["text"][0].split("\n")[:2] == [
+        "App crashes",
+        "sections: Describe the bug, Steps to reproduce",
+    ]
+    # no heading, no body: no field line
+    assert cols["text"][1] == "Add dark mode\n\nPlease add it."
+    assert cols["text"][2] == "How to build?"
+    # a file's own sections column wins over the derived one
+    frame.assign(sections=["mine", "", ""]).to_csv(p, index=False)
+    own, _ = _ingest(cfg)
+    assert own["text"][0].split("\n")[1] == "sections: mine"
+    # with one text column there is no body to read headings from: the column must exist
+    frame.to_csv(p, index=False)
+    with pytest.raises(InputDataError, match=r"no column 'sections'.*ingest\.field_columns"):
+        _ingest(cfg.model_copy(update={"text_columns": ["title"]}))
+
+
 def test_github_dump_fields_repo_and_template_sections(tmp_path):
     body = (
         "### Describe the bug\n\nIt crashes.\n\n```\n# not a heading\n```\n\n"
