@@ -329,7 +329,9 @@ def main() -> None:
         for name, fields in FIELD_VARIANTS.items():
             if args.fields and name not in args.fields:
                 continue
-            texts, facts = clean_texts(load(args.rows, seed=0, fields=fields), {})
+            variant = load(args.rows, seed=0, fields=fields)
+            assert list(variant["ids"]) == list(data["ids"]), "fields changed the rows"
+            texts, _ = clean_texts(variant, {})
             for method in methods:
                 res = score(data, texts, method, {}, ks, seeds)
                 results["fields"][f"{method}/{name}"] = {"field_columns": fields, **res}
