@@ -48,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _paths import DATASETS  # noqa: E402
 
-from label_pipeline.devices import choose_device  # noqa: E402
-from label_pipeline.methods import REGISTRY, FitContext, LabelledTexts  # noqa: E402
+from label_pipeline.devices import DeviceChoice, choose_device  # noqa: E402
+from label_pipeline.methods import REGISTRY, FitContext, LabelledTexts, Method  # noqa: E402
 from label_pipeline.metrics import f1_micro_macro  # noqa: E402
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model  # noqa: E402
 from tasks.clean import CleanConfig, clean_rows  # noqa: E402
@@ -201,32 +201,46 @@ def draws(data: dict, ks: list[int], seeds: list[int]) -> list[tuple[int, int, n
     return out
 
 
+def labelled(data: dict, texts: list[str], idx: np.ndarray) -> LabelledTexts:
+    """The rows ``idx`` of ``data`` with their ``texts`` and one-hot labels (single-label)."""
+    eye = np.eye(len(data["labels"]), dtype=int)
+    return LabelledTexts([texts[i] for i in idx], eye[data["y"][idx]], data["labels"], False)
+
+
+def fit_method(
+    method: str,
+    params: dict,
+    train: LabelledTexts,
+    valid: LabelledTexts,
+    seed: int,
+    device: DeviceChoice,
+    encoder: str,
+) -> Method:
+    """``method`` with ``params`` fitted on ``train`` (``valid`` for its own choices) with
+    ``seed``, in a throwaway work directory; the fitted method."""
+    with tempfile.TemporaryDirectory() as work:
+        ctx = FitContext(device=device, seed=seed, encoder=encoder, work_dir=Path(work))
+        return REGISTRY[method](**params).fit(train, valid, ctx)
+
+
 def score(
     data: dict, texts: list[str], method: str, params: dict, ks: list[int], seeds: list[int]
 ) -> dict:
     """Mean valid and test accuracy / macro-F1 per K of ``method`` on ``texts``."""
-    labels, n_lab = data["labels"], len(data["labels"])
-
-    def rows(idx: np.ndarray) -> LabelledTexts:
-        return LabelledTexts(
-            [texts[i] for i in idx], np.eye(n_lab, dtype=int)[data["y"][idx]], labels, False
-        )
-
-    valid, test = rows(data["valid"]), rows(data["test"])
+    n_lab = len(data["labels"])
+    valid, test = labelled(data, texts, data["valid"]), labelled(data, texts, data["test"])
     device = choose_device()
     encoder = str(resolve_model(DEFAULT_ENCODER, purpose="bench"))
     per_k: dict[int, list[dict]] = {}
     t0 = time.time()
     for k, seed, idx in draws(data, ks, seeds):
-        with tempfile.TemporaryDirectory() as work:
-            ctx = FitContext(device=device, seed=seed, encoder=encoder, work_dir=Path(work))
-            m = REGISTRY[method](**params).fit(rows(idx), valid, ctx)
-            out = {}
-            for name, part in (("valid", valid), ("test", test)):
-                pred = np.eye(n_lab, dtype=int)[m.predict_proba(part.texts).argmax(axis=1)]
-                f = f1_micro_macro(part.y, pred)
-                out[f"{name}_accuracy"] = float((pred.argmax(1) == part.y.argmax(1)).mean())
-                out[f"{name}_macro_f1"] = f["macro_f1"]
+        m = fit_method(method, params, labelled(data, texts, idx), valid, seed, device, encoder)
+        out = {}
+        for name, part in (("valid", valid), ("test", test)):
+            pred = np.eye(n_lab, dtype=int)[m.predict_proba(part.texts).argmax(axis=1)]
+            f = f1_micro_macro(part.y, pred)
+            out[f"{name}_accuracy"] = float((pred.argmax(1) == part.y.argmax(1)).mean())
+            out[f"{name}_macro_f1"] = f["macro_f1"]
         per_k.setdefault(k, []).append(out)
     res = {
         str(k): {key: float(np.mean([r[key] for r in v])) for key in v[0]} for k, v in per_k.items()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ setup_project()
 import bench_long_text as lt  # noqa: E402
 
 from label_pipeline.devices import choose_device  # noqa: E402
-from label_pipeline.methods import REGISTRY, FitContext, LabelledTexts  # noqa: E402
+from label_pipeline.methods import REGISTRY  # noqa: E402
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "bench_seed_ensemble.json"
@@ -60,13 +59,7 @@ def main() -> None:
         sys.exit(f"--methods: unknown {unknown}; known: {sorted(REGISTRY)}")
     data = lt.load(args.rows, seed=0)
     texts, _ = lt.clean_texts(data, {})
-    labels = data["labels"]
-    eye = np.eye(len(labels), dtype=int)
-
-    def rows(idx: np.ndarray) -> LabelledTexts:
-        return LabelledTexts([texts[i] for i in idx], eye[data["y"][idx]], labels, False)
-
-    valid, test = rows(data["valid"]), rows(data["test"])
+    valid, test = lt.labelled(data, texts, data["valid"]), lt.labelled(data, texts, data["test"])
     y = {"valid": data["y"][data["valid"]], "test": data["y"][data["test"]]}
     device = choose_device()
     encoder = str(resolve_model(DEFAULT_ENCODER, purpose="bench"))
@@ -80,17 +73,14 @@ def main() -> None:
             probs: list[dict[str, np.ndarray]] = []
             for j in range(args.fits):
                 t0 = time.time()
-                with tempfile.TemporaryDirectory() as work:
-                    ctx = FitContext(
-                        device=device, seed=draw + 10 * j, encoder=encoder, work_dir=Path(work)
-                    )
-                    model = REGISTRY[method]().fit(rows(idx), valid, ctx)
-                    probs.append(
-                        {
-                            "valid": model.predict_proba(valid.texts),
-                            "test": model.predict_proba(test.texts),
-                        }
-                    )
+                train = lt.labelled(data, texts, idx)
+                model = lt.fit_method(method, {}, train, valid, draw + 10 * j, device, encoder)
+                probs.append(
+                    {
+                        "valid": model.predict_proba(valid.texts),
+                        "test": model.predict_proba(test.texts),
+                    }
+                )
                 seconds = time.time() - t0
                 fits = {s: [accuracy(p[s], y[s]) for p in probs] for s in ("valid", "test")}
                 ens = {s: accuracy(np.mean([p[s] for p in probs], axis=0), y[s]) for s in y}

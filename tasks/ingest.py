@@ -366,8 +366,7 @@ def with_derived_sections(
     file's own ``sections`` column is kept as it is."""
     if "sections" not in field_columns or "sections" in frame or len(text_columns) < 2:
         return frame
-    missing = [c for c in text_columns[1:] if c not in frame]
-    if missing:
+    if any(c not in frame for c in text_columns[1:]):
         return frame  # render_texts names the missing column
     bodies = [
         "\n\n".join(_cell(v) for v in row)
