@@ -156,7 +156,7 @@ def stated_vs_measured(
 def default_split(store: Any, seed: int = 0) -> Any:
     """ingest → clean → split of the embedded default data with the default config (the
     split drawn with ``seed``)."""
-    from label_pipeline.config import PipelineConfig
+    from flows.config import PipelineConfig
     from tasks.clean import run_clean
     from tasks.ingest import run_ingest
     from tasks.split import run_split
@@ -237,7 +237,7 @@ def run_dataset(
 
 
 def default_dataset(store_root: Path, args) -> dict[str, Any]:
-    from label_pipeline.config import PipelineConfig
+    from flows.config import PipelineConfig
     from label_pipeline.store import StageStore
 
     cfg = PipelineConfig()
@@ -316,7 +316,7 @@ def zero_shot_split_seeds(store_root: Path, seeds: list[int]) -> dict[str, Any]:
     split seed, ingest → clean → split (that seed) → zero_shot on the test-as-pool copy; the
     precision it states for its pseudo-labels (and what per-label calibration alone would
     state) against the precision measured on the hidden labels."""
-    from label_pipeline.config import PipelineConfig
+    from flows.config import PipelineConfig
     from label_pipeline.data import read_label_info
     from label_pipeline.store import StageStore
     from tasks.zero_shot import run_zero_shot

@@ -136,8 +136,8 @@ def worker(csv_path: str, store_dir: str) -> None:
 
 def flow_worker(csv_path: str, store_dir: str, reports: str) -> None:
     """Run the label-pipeline flow (ingest, clean, split only) twice; print wall times."""
+    from flows.config import PipelineConfig
     from flows.label_pipeline import label_pipeline
-    from label_pipeline.config import PipelineConfig
 
     cfg = {"store": store_dir, "reports_dir": reports, "ingest": {"path": csv_path}}
     for stage in ("augment", "zero_shot", "adapt", "train", "report"):

@@ -139,7 +139,7 @@ def dataset_config(
 ):
     """The pipeline config: defaults, plus the input description only (``pool``: NLBSE with
     an unlabeled pool, see :func:`nlbse_input`)."""
-    from label_pipeline.config import PipelineConfig
+    from flows.config import PipelineConfig
 
     cfg = PipelineConfig()
     update: dict[str, Any] = {"store": str(store), "reports_dir": str(work / "reports")}

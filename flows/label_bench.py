@@ -25,8 +25,8 @@ from typing import Any
 
 from prefect import flow
 
+from flows.config import PipelineConfig
 from flows.label_pipeline import run_stages
-from label_pipeline.config import PipelineConfig
 from label_pipeline.devices import choose_device
 from label_pipeline.errors import ConfigError
 from tasks import report as report_stage
@@ -99,7 +99,7 @@ def label_bench(
     out: dict[str, Any] = {k: v.model_dump() for k, v in refs.items()}
     out["chosen_per_slice"] = chosen_per_slice(refs.get("evaluate"))
     if cfg.report.enabled:
-        out["report"] = str(report_stage.run_report(cfg, refs))
+        out["report"] = str(report_stage.run_report(cfg.report, refs, cfg.report_dir()))
     return out
 
 

@@ -18,8 +18,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 from prefect import flow  # noqa: E402
 
+from flows.config import PipelineConfig
 from label_pipeline import review
-from label_pipeline.config import PipelineConfig
 from label_pipeline.devices import choose_device
 from label_pipeline.orchestration import stage_task
 from label_pipeline.progress import stage_logger
@@ -204,7 +204,7 @@ def label_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     refs = run_stages(cfg)
     out: dict[str, Any] = {k: v.model_dump() for k, v in refs.items()}
     if cfg.report.enabled:
-        out["report"] = str(report_stage.run_report(cfg, refs))
+        out["report"] = str(report_stage.run_report(cfg.report, refs, cfg.report_dir()))
     return out
 
 

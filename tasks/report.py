@@ -12,20 +12,16 @@ Output: ``report.md``, ``metrics.json`` (the evaluate stage's metrics plus stage
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from label_pipeline.artifacts import md_table, publish_markdown, publish_table
 from label_pipeline.data import to_jsonable
 from label_pipeline.store import StageRef
-
-if TYPE_CHECKING:
-    from label_pipeline.config import PipelineConfig
 
 STAGE = "report"
 VERSION = "2"
@@ -55,15 +51,6 @@ class ReportConfig(BaseModel):
 
     enabled: bool = True
     title: str = "label-pipeline report"
-
-
-def run_name(cfg: PipelineConfig) -> str:
-    """``cfg.run_name``, else ``<input file stem>-<timestamp>``."""
-    if cfg.run_name:
-        return re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.run_name)
-    path = getattr(cfg.ingest, "path", None) or getattr(cfg.ingest, "source", None) or "run"
-    stem = Path(str(path)).stem or "run"
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _read_json(path: Path) -> Any:
@@ -311,7 +298,7 @@ def label_quality_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[st
 
 
 def build_report(
-    cfg: PipelineConfig, refs: dict[str, StageRef], out_dir: Path, name: str | None = None
+    cfg: ReportConfig, refs: dict[str, StageRef], out_dir: Path, name: str | None = None
 ) -> dict[str, Any]:
     """Write ``report.md``, ``metrics.json`` and figures into ``out_dir``; return metrics.
 
@@ -321,7 +308,7 @@ def build_report(
     name = name or out_dir.name
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = out_dir / "figures"
-    title = getattr(cfg.report, "title", "label-pipeline report")
+    title = cfg.title
     lines = [f"# {title}: {name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}."]
     lines += ["", "## Stages", "", md_table(_stage_rows(refs))]
 
@@ -403,9 +390,10 @@ def build_report(
     return metrics
 
 
-def run_report(cfg: PipelineConfig, refs: dict[str, StageRef]) -> Path:
-    """Write ``<cfg.reports_dir>/<run name>/`` from the stage refs; returns that directory."""
-    out = Path(cfg.reports_dir) / run_name(cfg)
+def run_report(cfg: ReportConfig, refs: dict[str, StageRef], out: str | Path) -> Path:
+    """Write the report of the stage refs into the directory ``out`` (the run's name is its
+    name); returns it."""
+    out = Path(out)
     # write next to the target, then swap, so a failure never leaves a half report
     tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)

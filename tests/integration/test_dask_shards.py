@@ -228,7 +228,7 @@ def test_runner_config_and_task_runner_choice():
     from prefect.task_runners import ThreadPoolTaskRunner
     from pydantic import ValidationError
 
-    from label_pipeline.config import PipelineConfig
+    from flows.config import PipelineConfig
     from label_pipeline.runners import is_dask_runner, make_task_runner
 
     assert isinstance(make_task_runner(RunnerConfig()), ThreadPoolTaskRunner)

@@ -31,7 +31,7 @@ def _tiny_csv(path, n_labelled=72, n_unlabeled=40, seed=0):
 
 
 def _config(tmp_path, **split):
-    from label_pipeline.config import PipelineConfig
+    from flows.config import PipelineConfig
 
     data = _tiny_csv(tmp_path / "tiny.csv")
     cfg = {
@@ -146,8 +146,8 @@ def test_fully_labelled_input_runs_end_to_end_without_a_pool(
     a warning that says why, and train, evaluate, label and suggest still run."""
     import logging
 
+    from flows.config import PipelineConfig
     from flows.label_pipeline import label_pipeline
-    from label_pipeline.config import PipelineConfig
 
     seen: list[str] = []
 

@@ -26,7 +26,7 @@ def encoder(tmp_path_factory) -> Path:
 
 
 def review_config(root: Path, encoder: Path, **review):
-    from label_pipeline.config import PipelineConfig
+    from flows.config import PipelineConfig
 
     cfg = {
         "store": str(root / "store"),

@@ -92,7 +92,7 @@ def test_a_different_method_per_slice():
 
 
 def test_unlearnable_label_is_reported_by_train_evaluate_and_report(tmp_path):
-    from label_pipeline.config import PipelineConfig
+    from flows.config import PipelineConfig
     from tasks.report import build_report
 
     split_dir = make_splits_dir(tmp_path / "split", drop_label_from_small_slices="question")

@@ -78,8 +78,8 @@ def test_gpu_deployment_parameters_fail_fast_in_the_flow(tmp_path, monkeypatch):
     """The flow checks the device before any stage: a CUDA-only config on this CPU machine
     stops with the ConfigError, and no stage directory is created."""
     import label_pipeline.devices as devices
+    from flows.config import PipelineConfig
     from flows.label_pipeline import label_pipeline
-    from label_pipeline.config import PipelineConfig
 
     monkeypatch.setattr(devices, "_probe", lambda: (False, False, False))
     cfg = PipelineConfig.model_validate(

@@ -88,7 +88,7 @@ def test_extra_labels_needs_id_and_labels_columns(tmp_path):
 
 
 def _config(tmp_path, data, **ingest):
-    from label_pipeline.config import PipelineConfig
+    from flows.config import PipelineConfig
 
     cfg = {
         "store": str(tmp_path / "store"),

@@ -390,8 +390,8 @@ def test_report_section_lists_the_issues_and_the_pool_agreement(tmp_path):
 
 @pytest.mark.slow
 def test_flow_runs_quality_before_train_and_reports_it(tmp_path, prefect_server):
+    from flows.config import PipelineConfig
     from flows.label_pipeline import label_pipeline
-    from label_pipeline.config import PipelineConfig
 
     lines = ["text,labels"]
     words = {

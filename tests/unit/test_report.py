@@ -7,7 +7,7 @@ import json
 import pytest
 from train_fixtures import make_splits_dir, splits_ref
 
-from label_pipeline.config import PipelineConfig
+from flows.config import PipelineConfig
 from label_pipeline.store import StageStore
 from tasks.evaluate import EvaluateConfig, run_evaluate
 from tasks.report import run_report
@@ -25,7 +25,9 @@ def test_report_agrees_with_metrics(tmp_path):
         store=str(tmp_path / "store"), reports_dir=str(tmp_path / "reports"), run_name="toy run"
     )
     out = run_report(
-        cfg, {"split": split, "train": trained, "evaluate": evaluated, "zero_shot": None}
+        cfg.report,
+        {"split": split, "train": trained, "evaluate": evaluated, "zero_shot": None},
+        cfg.report_dir(),
     )
     assert out == tmp_path / "reports" / "toy-run"
     md = (out / "report.md").read_text()

@@ -1,4 +1,5 @@
-"""The typed pipeline configuration: one pydantic model per stage, composed here.
+"""The typed pipeline configuration: the stages' pydantic models, composed here (above the
+stages, so the library never imports a stage).
 
 The same object is the ``label-pipeline`` flow's parameter, so the Prefect UI shows
 and validates it and ``prefect.yaml`` sets it per deployment. Defaults run on the
@@ -8,6 +9,8 @@ embedded data on a CPU laptop.
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,6 +73,17 @@ class PipelineConfig(BaseModel):
 
     def refreshes(self, stage: str) -> bool:
         return "all" in self.refresh or stage in self.refresh
+
+    def report_name(self) -> str:
+        """``run_name``, else ``<input file stem>-<timestamp>`` (safe as a folder name)."""
+        if self.run_name:
+            return re.sub(r"[^A-Za-z0-9._-]+", "-", self.run_name)
+        stem = Path(str(self.ingest.path or "run")).stem or "run"
+        return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', stem)}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def report_dir(self) -> Path:
+        """Where this run's report goes: ``<reports_dir>/<report_name()>``."""
+        return Path(self.reports_dir) / self.report_name()
 
     @classmethod
     def from_file(cls, path: str | Path) -> PipelineConfig:
