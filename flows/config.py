@@ -16,13 +16,13 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from label_pipeline.devices import DeviceConfig
+from label_pipeline.reading import IngestConfig
 from label_pipeline.review import ReviewConfig
 from label_pipeline.runners import RunnerConfig
 from tasks.adapt import AdaptConfig
 from tasks.augment import AugmentConfig
 from tasks.clean import CleanConfig
 from tasks.evaluate import EvaluateConfig
-from tasks.ingest import IngestConfig
 from tasks.label import LabelConfig
 from tasks.quality import QualityConfig
 from tasks.report import ReportConfig

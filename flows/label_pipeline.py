@@ -31,6 +31,7 @@ from tasks import (
     augment,
     clean,
     evaluate,
+    extra_labels,
     ingest,
     label,
     quality,
@@ -43,7 +44,10 @@ from tasks import report as report_stage
 
 ingest_task = stage_task(ingest.run_ingest, ingest.STAGE, ingest.VERSION, ingest.source_inputs)
 extra_labels_task = stage_task(
-    ingest.run_extra_labels, ingest.EXTRA_STAGE, ingest.EXTRA_VERSION, ingest.extra_label_inputs
+    extra_labels.run_extra_labels,
+    extra_labels.STAGE,
+    extra_labels.VERSION,
+    extra_labels.extra_label_inputs,
 )
 clean_task = stage_task(clean.run_clean, clean.STAGE, clean.VERSION)
 split_task = stage_task(split.run_split, split.STAGE, split.VERSION)

@@ -40,7 +40,7 @@ def _extra(path, rows, header=("id", "labels")):
 
 
 def _read(tmp_path, rows, **cfg):
-    from tasks.ingest import IngestConfig, read_extra_labels
+    from tasks.extra_labels import IngestConfig, read_extra_labels
 
     data, truth = _tiny_csv(tmp_path / "tiny.csv")
     ids = list(truth)
@@ -79,7 +79,7 @@ def test_extra_label_errors_name_file_line_and_column(tmp_path, rows, message):
 
 
 def test_extra_labels_needs_id_and_labels_columns(tmp_path):
-    from tasks.ingest import IngestConfig, read_extra_labels
+    from tasks.extra_labels import IngestConfig, read_extra_labels
 
     path = _extra(tmp_path / "bad.csv", [["row-80", "bug"]], header=("row", "labels"))
     cfg = IngestConfig(extra_labels=path)

@@ -20,7 +20,7 @@ def _input_labels(truth):
 
 
 def _read(tmp_path, rows, name="fixes.csv", **kwargs):
-    from tasks.ingest import IngestConfig, read_label_fixes
+    from tasks.extra_labels import IngestConfig, read_label_fixes
 
     data, truth = _tiny_csv(tmp_path / "tiny.csv")
     ids, labels = _input_labels(truth)
@@ -101,7 +101,7 @@ def test_the_same_id_fixed_in_two_files_names_both(tmp_path):
 
 def test_error_lines_count_the_lines_of_multi_line_cells(tmp_path):
     """label_issues.csv quotes texts with line breaks: a record starts further down."""
-    from tasks.ingest import IngestConfig, read_label_fixes
+    from tasks.extra_labels import IngestConfig, read_label_fixes
 
     data, truth = _tiny_csv(tmp_path / "tiny.csv")
     ids, labels = _input_labels(truth)
@@ -121,7 +121,8 @@ def _stages(tmp_path, **ingest):
     """ingest -> clean -> (extra_labels) -> split in one store; returns the split's ref."""
     from label_pipeline.store import StageStore
     from tasks.clean import CleanConfig, run_clean
-    from tasks.ingest import IngestConfig, run_extra_labels, run_ingest
+    from tasks.extra_labels import run_extra_labels
+    from tasks.ingest import IngestConfig, run_ingest
     from tasks.split import SplitConfig, run_split
 
     store = StageStore(tmp_path / "store")
@@ -282,7 +283,7 @@ def test_quality_label_issues_fed_back_as_label_fixes(tmp_path, prefect_server):
 
 
 def test_a_label_named_drop_is_given_as_a_list(tmp_path):
-    from tasks.ingest import IngestConfig, read_label_fixes
+    from tasks.extra_labels import IngestConfig, read_label_fixes
 
     path = _extra(tmp_path / "fixes.csv", [["a", '["drop"]'], ["b", "Drop"]])
     cfg = IngestConfig(path=path, label_fixes=path)
@@ -296,7 +297,7 @@ def test_a_label_named_drop_is_given_as_a_list(tmp_path):
 def test_label_fixes_in_other_formats_name_the_place(tmp_path, suffix, place):
     import pandas as pd
 
-    from tasks.ingest import IngestConfig, read_label_fixes
+    from tasks.extra_labels import IngestConfig, read_label_fixes
 
     data, truth = _tiny_csv(tmp_path / "tiny.csv")
     ids, labels = _input_labels(truth)
