@@ -15,7 +15,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export TOKENIZERS_PARALLELISM ?= false
 export LABEL_PIPELINE_NLTK_DATA ?= $(CURDIR)/.cache/nltk_data
 
-.PHONY: env resources run test test-fast lint format bench quality clean-store help
+.PHONY: env resources run test test-fast lint format bench quality clean-store help config-doc
 
 # deployment, server, worker and Dask targets
 -include deploy.mk
@@ -26,6 +26,7 @@ help:
 	@echo "make bench   - speed and memory benchmarks (prints figures)"
 	@echo "make quality - quality benchmarks against baselines (prints figures)"
 	@echo "make lint    - ruff"
+	@echo "make config-doc - rebuild docs/config.md from the config models"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +65,10 @@ test: $(RES)
 
 test-fast: $(RES)
 	$(PY) -m pytest -q -m "not slow"
+
+# docs/config.md, generated from the pydantic config models (a test checks it is current)
+config-doc: $(STAMP)
+	$(PY) scripts/config_reference.py
 
 lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
