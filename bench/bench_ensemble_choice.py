@@ -65,9 +65,8 @@ def decided_scores(
 
 
 def analyse(store: Path) -> dict:
+    from label_pipeline.choice import AVERAGE, BASELINES
     from label_pipeline.data import load_splits
-    from tasks.evaluate import BASELINES
-    from tasks.train import AVERAGE
 
     train_dir = only_one(store, "train/*/runs.json", "train stage").parent
     eval_dir = only_one(store, "evaluate/*/metrics.json", "evaluate stage").parent
@@ -139,13 +138,9 @@ def rechoose(
     temporary stage directory beside the averages. Without a valid split, none."""
     import tempfile
 
-    from tasks.evaluate import (
-        EvaluateConfig,
-        average_members_of,
-        chosen_per_slice,
-        evaluate_runs,
-    )
-    from tasks.train import AVERAGE, TrainConfig, average_run
+    from label_pipeline.choice import AVERAGE, average_members_of, chosen_per_slice
+    from tasks.evaluate import EvaluateConfig, evaluate_runs
+    from tasks.train import TrainConfig, average_run
 
     kept_cfg = json.loads((train_dir / "manifest.json").read_text()).get("config", {})
     cfg = TrainConfig(

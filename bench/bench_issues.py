@@ -258,7 +258,7 @@ def run_dataset(
     pool: bool = False,
 ) -> dict[str, Any]:
     from flows.label_bench import label_bench
-    from tasks.evaluate import chosen_per_slice
+    from label_pipeline.choice import chosen_per_slice
 
     tag = f"{name}-pool" if pool and name == "nlbse" else name
     kept = Path(keep) / f"{tag}-{seed}" if keep else None

@@ -52,13 +52,13 @@ def _nlbse_pool_gold(ids: list[str], labels: list[str]) -> np.ndarray | None:
 
 
 def analyse(work: Path, students: list[str], weight: float, only_slices: list[str] | None) -> dict:
+    from label_pipeline.choice import AVERAGE
     from label_pipeline.data import load_splits
-    from label_pipeline.decision import apply_decision
+    from label_pipeline.decision import apply_decision, load_decision
     from label_pipeline.devices import DeviceConfig, choose_device
     from label_pipeline.methods import FitContext, LabelledTexts, get_method
     from label_pipeline.methods.base import load_saved
     from label_pipeline.metrics import classification_metrics
-    from tasks.train import AVERAGE, load_decision
 
     store = work / "store"
     train_dir = only_one(store, "train/*/runs.json", "train stage").parent

@@ -109,6 +109,11 @@ def publish_stage(
     publish_link(stage, ref_path)
 
 
+def num(v: Any, digits: int = 3) -> str:
+    """A score for tables and summaries: ``digits`` decimals, "–" when missing or NaN."""
+    return "–" if v is None or (isinstance(v, float) and v != v) else f"{v:.{digits}f}"
+
+
 def md_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
     """A small markdown table from a list of dicts."""
     if not rows:

@@ -14,7 +14,9 @@ argmax, and the reweighted probabilities are the ones exported.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -233,3 +235,8 @@ def tune_decision(
 def _tp_fp_fn(pred: np.ndarray, y: np.ndarray) -> tuple[int, int, int]:
     p, t = pred.astype(bool), y.astype(bool)
     return int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+
+
+def load_decision(run_dir: str | Path) -> Decision:
+    """The decision rule saved with a run."""
+    return Decision.from_json(json.loads((Path(run_dir) / "decision.json").read_text()))

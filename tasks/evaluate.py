@@ -38,27 +38,31 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from label_pipeline.artifacts import md_table
-from label_pipeline.decision import apply_decision
+from label_pipeline.artifacts import num as _f
+from label_pipeline.choice import (
+    calibration_table,
+    choose_final,
+    chosen_curve,
+    chosen_per_slice,
+    chosen_table,
+    final_calibration,
+    interval_text,
+    label_more,
+    label_more_lines,
+    results_table,
+)
+from label_pipeline.decision import apply_decision, load_decision
 from label_pipeline.errors import InputDataError
 from label_pipeline.metrics import (
-    bootstrap_difference,
     bootstrap_interval,
     classification_metrics,
-    paired_bootstrap_p,
 )
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageStore
-from tasks.train import AVERAGE, load_decision
 
 STAGE = "evaluate"
 VERSION = "6"
-
-#: the baselines the final model must not be worse than on valid
-BASELINES = ("naive_bayes", "tfidf_nb", "embed_lr", "knn")
-#: preference among models whose valid scores are within the tolerance: simplest first
-#: (methods not listed rank after these, in the order they were trained)
-SIMPLICITY = ("naive_bayes", "tfidf_nb", "knn", "embed_lr", "hybrid")
 
 
 class EvaluateConfig(BaseModel):
@@ -145,12 +149,6 @@ def score_intervals(y: np.ndarray, pred: np.ndarray) -> dict[str, list[float]]:
     return {m: list(bootstrap_interval(y, pred, m)) for m in ("micro_f1", "macro_f1")}
 
 
-def interval_text(r: dict[str, Any], metric: str) -> str:
-    """`` [low–high]`` for a ``test``/``valid`` entry with ``interval_95``, else ``""``."""
-    iv = (r.get("interval_95") or {}).get(metric)
-    return f" [{_f(iv[0])}–{_f(iv[1])}]" if iv else ""
-
-
 def evaluate_runs(
     train_dir: Path,
     train_runs: list[dict[str, Any]],
@@ -177,12 +175,6 @@ def evaluate_runs(
             }
         )
     return runs
-
-
-def run_predictions(run_dir: str | Path, split: str = "valid") -> np.ndarray:
-    """A saved run's 0/1 decisions on ``split`` (its probabilities and decision rule)."""
-    probs = np.load(Path(run_dir) / f"{split}_probs.npy").astype(np.float64)
-    return apply_decision(probs, load_decision(run_dir))
 
 
 def calibration_of_run(
@@ -280,244 +272,6 @@ def plot_learning_curve(
     plt.close(fig)
 
 
-def average_members_of(run: dict[str, Any]) -> list[str]:
-    """The methods an ``average`` run averages (from its ``fit.json``)."""
-    fit = Path(run.get("run_dir", "")) / "fit.json"
-    if not fit.is_file():
-        return ["the best runs"]
-    members = json.loads(fit.read_text()).get("info", {}).get("members", [])
-    return [m["method"] for m in members] or ["the best runs"]
-
-
-def _base_name(method: str) -> str:
-    return method.split("+")[0]
-
-
-def _simplicity(r: dict[str, Any]) -> tuple[int, int]:
-    base = _base_name(r["method"])
-    modified = int("+" in r["method"])
-    rank = SIMPLICITY.index(base) if base in SIMPLICITY else len(SIMPLICITY)
-    return (rank, modified)
-
-
-def choose_final(
-    runs: list[dict[str, Any]],
-    metric: str,
-    tolerance: float = 0.005,
-    n_valid: int | None = None,
-    slice_name: str | None = None,
-    prefer_average: bool = False,
-    y_valid: np.ndarray | None = None,
-    single_over_average_p: float = 0.0,
-) -> dict[str, Any] | None:
-    """The final model among ``runs`` (at ``slice_name``, default the largest slice) and why.
-
-    Every healthy run (no fallback; fallback runs only when nothing else exists) is scored
-    by its valid ``metric``. Runs below the best baseline's score (``BASELINES``) are out:
-    the final model is never worse on valid than the best baseline trained beside it. Of
-    the rest, those within ``tolerance`` of the best score (at least ``1 / n_valid`` on a
-    small valid split) are tied, and the simplest wins (``SIMPLICITY``), then the higher
-    score, then the earlier run. With ``prefer_average``, the slice's ``average`` run (see
-    ``tasks.train.average_run``) is chosen instead whenever it is healthy and not below the
-    best baseline, unless (``y_valid`` given, ``single_over_average_p`` > 0) the best single
-    run beats it on valid beyond luck: :func:`label_pipeline.metrics.paired_bootstrap_p` of
-    their valid decisions (``run_predictions`` of each ``run_dir``) below
-    ``single_over_average_p``.
-
-    Returns ``{"run", "reason", "candidates", "best_baseline", "tolerance"}`` or None when
-    there are no runs.
-    """
-    if not runs:
-        return None
-    if slice_name is None:
-        largest = max(r["slice_size"] for r in runs)
-        pool = [r for r in runs if r["slice_size"] == largest]
-    else:
-        pool = [r for r in runs if r["slice"] == slice_name]
-        if not pool:
-            return None
-    healthy = [r for r in pool if not r["fallback"]] or pool
-
-    def score(r: dict[str, Any]) -> float:
-        v = r["valid"].get(metric)
-        return -1.0 if v is None or v != v else float(v)
-
-    tol = max(float(tolerance), 1.0 / n_valid if n_valid else 0.0)
-    best_score = max(score(r) for r in healthy)
-    baselines = [r for r in healthy if _base_name(r["method"]) in BASELINES]
-    floor = max((score(r) for r in baselines), default=-1.0)
-    top_baseline = max(baselines, key=lambda r: (score(r), -r["order"])) if baselines else None
-    eligible = [r for r in healthy if score(r) >= floor - 1e-12 and score(r) >= best_score - tol]
-    chosen = min(eligible, key=lambda r: (_simplicity(r), -score(r), r["order"]))
-    average = [r for r in healthy if r["method"] == AVERAGE and score(r) >= floor - 1e-12]
-    single_note = ""
-    if prefer_average and average:
-        chosen = average[0]
-        singles = [r for r in healthy if r["method"] != AVERAGE and score(r) >= floor - 1e-12]
-        best_single = max(singles, key=lambda r: (score(r), -r["order"]), default=None)
-        if (
-            best_single is not None
-            and y_valid is not None
-            and single_over_average_p > 0
-            and score(best_single) > score(chosen)
-            and "run_dir" in best_single
-            and "run_dir" in chosen
-        ):
-            p = paired_bootstrap_p(
-                y_valid,
-                run_predictions(best_single["run_dir"]),
-                run_predictions(chosen["run_dir"]),
-                metric,
-            )
-            verdict = "beyond" if p < single_over_average_p else "within"
-            single_note = (
-                f"; {best_single['method']} beats the average on valid "
-                f"({_f(score(best_single))} vs {_f(score(chosen))}) {verdict} luck: paired "
-                f"bootstrap p = {p:.3f} (evaluate.single_over_average_p = "
-                f"{single_over_average_p:g})"
-            )
-            if p < single_over_average_p:
-                chosen = best_single
-    name = metric.replace("_f1", "-F1")
-    ranked = sorted(healthy, key=lambda r: (-score(r), r["order"]))
-    candidates = [{"method": r["method"], "valid": score(r)} for r in ranked]
-    reason = f"chose {chosen['method']}: valid {name} {_f(score(chosen))}"
-    if top_baseline is None:
-        reason += " (no baseline was trained to compare with)"
-    elif top_baseline is chosen:
-        reason += " — it is the best baseline"
-    else:
-        gap = score(chosen) - score(top_baseline)
-        reason += (
-            f" vs best baseline {top_baseline['method']} {_f(score(top_baseline))} ({gap:+.3f})"
-        )
-    best_run = ranked[0]
-    if chosen["method"] == AVERAGE:
-        reason += (
-            f"; the average of {', '.join(average_members_of(chosen))} is preferred to a single "
-            "run when it is not below the best baseline (evaluate.prefer_average)"
-        )
-        reason += single_note
-    elif single_note:
-        reason += single_note + ", so the single run"
-    elif best_run is not chosen:
-        reason += (
-            f"; within {tol:.3f} of the best ({best_run['method']} {_f(best_score)}), "
-            "so the simpler model"
-        )
-    reason += "; candidates: " + ", ".join(f"{c['method']} {_f(c['valid'])}" for c in candidates)
-    if len(healthy) < len(pool):
-        reason += f"; {len(pool) - len(healthy)} fallback run(s) left out"
-    return {
-        "run": chosen,
-        "reason": reason,
-        "candidates": candidates,
-        "best_baseline": top_baseline
-        and {"method": top_baseline["method"], "valid": score(top_baseline)},
-        "tolerance": tol,
-    }
-
-
-def choose_best(runs: list[dict[str, Any]], metric: str, **kwargs: Any) -> dict[str, Any] | None:
-    """The run :func:`choose_final` picks at the largest slice (None when there are none)."""
-    choice = choose_final(runs, metric, **kwargs)
-    return choice and choice["run"]
-
-
-def chosen_per_slice(
-    runs: list[dict[str, Any]],
-    metric: str,
-    tolerance: float,
-    n_valid: int | None,
-    prefer_average: bool = False,
-    y_valid: np.ndarray | None = None,
-    single_over_average_p: float = 0.0,
-) -> list[dict[str, Any]]:
-    """:func:`choose_final` at every slice, smallest first: ``slice``, ``size``, ``method``,
-    test micro/macro-F1 (and accuracy), ``reason``."""
-    out = []
-    for name in sorted({r["slice"] for r in runs}, key=lambda s: _slice_size(runs, s)):
-        c = choose_final(
-            runs,
-            metric,
-            tolerance,
-            n_valid,
-            name,
-            prefer_average,
-            y_valid,
-            single_over_average_p,
-        )
-        if c is None:
-            continue
-        r = c["run"]
-        out.append(
-            {
-                "slice": name,
-                "size": r["slice_size"],
-                "method": r["method"],
-                **{k: r["test"].get(k) for k in ("micro_f1", "macro_f1", "accuracy")},
-                "interval_95": r["test"].get("interval_95"),
-                "run_dir": r.get("run_dir"),
-                "reason": c["reason"],
-            }
-        )
-    return out
-
-
-def label_more(per_slice: list[dict[str, Any]], y_test: np.ndarray) -> list[dict[str, Any]]:
-    """Did more labelled rows help? For each pair of consecutive slices of ``per_slice``
-    (smallest first), the chosen model's test micro-F1 (accuracy for single-label) and
-    macro-F1 at the larger slice minus those at the smaller, with the 95 % interval of the
-    difference over paired resamples of the test rows
-    (:func:`label_pipeline.metrics.bootstrap_difference`)."""
-    out = []
-    preds = [run_predictions(c["run_dir"], "test") for c in per_slice]
-    for i in range(1, len(per_slice)):
-        small, large, a, b = per_slice[i - 1], per_slice[i], preds[i - 1], preds[i]
-        entry: dict[str, Any] = {
-            "from_slice": small["slice"],
-            "to_slice": large["slice"],
-            "from_rows": small["size"],
-            "to_rows": large["size"],
-        }
-        for metric in ("micro_f1", "macro_f1"):
-            diff, lo, hi = bootstrap_difference(y_test, b, a, metric)
-            entry[metric] = {"difference": diff, "interval_95": [lo, hi]}
-        out.append(entry)
-    return out
-
-
-def label_more_lines(more: list[dict[str, Any]], multi_label: bool) -> list[str]:
-    """Markdown lines for :func:`label_more`: micro-F1 (accuracy for single-label rows)."""
-    if not more:
-        return []
-    name = "micro-F1" if multi_label else "accuracy"
-    lines = [
-        f"Did more labels help? The chosen model's test {name} from one slice to the next "
-        "(95 % interval of the difference over paired resamples of the test rows; an "
-        "interval holding 0 means the test rows cannot tell the two apart):",
-        "",
-    ]
-    for e in more:
-        m = e["micro_f1"]
-        lo, hi = m["interval_95"]
-        verdict = "gain" if lo > 0 else "loss" if hi < 0 else "no clear change"
-        names = (
-            ""
-            if (e["from_slice"], e["to_slice"]) == (str(e["from_rows"]), str(e["to_rows"]))
-            else f" (`{e['from_slice']}` → `{e['to_slice']}`)"
-        )
-        lines.append(
-            f"- {e['from_rows']} → {e['to_rows']} rows{names}:"
-            f" {m['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], {verdict}"
-        )
-    return lines
-
-
-def _slice_size(runs: list[dict[str, Any]], name: str) -> int:
-    return next(r["slice_size"] for r in runs if r["slice"] == name)
-
-
 def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: StageRef | None):
     def build(ctx: BuildContext) -> dict[str, Any]:
         from label_pipeline.data import label_matrix, load_splits, read_label_info
@@ -563,7 +317,7 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
         for metric in ("micro_f1", "macro_f1"):
             short = metric.split("_")[0]
             plot_learning_curve(
-                {**curves, "chosen": _chosen_curve(per_slice)} if len(per_slice) > 1 else curves,
+                {**curves, "chosen": chosen_curve(per_slice)} if len(per_slice) > 1 else curves,
                 metric,
                 zero,
                 ctx.dir / "figures" / f"learning_curve_{short}.png",
@@ -579,7 +333,7 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
                 "valid": {k: best["valid"][k] for k in ("micro_f1", "macro_f1")},
                 "test": {k: best["test"][k] for k in ("micro_f1", "macro_f1", "interval_95")},
                 "decision": best["decision"],
-                "calibration": _final_calibration(best),
+                "calibration": final_calibration(best),
                 "reason": choice["reason"],
                 "candidates": choice["candidates"],
                 "best_baseline": choice["best_baseline"],
@@ -636,102 +390,10 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
     return build
 
 
-def _final_calibration(run: dict[str, Any]) -> dict[str, Any]:
-    """The final model's calibrator and its test scores before and after."""
-    cal = run["calibration"]
-    return {
-        "method": cal["method"],
-        "describe": cal["describe"],
-        "test_before": cal["test"]["before"],
-        "test_after": cal["test"]["after"],
-    }
-
-
-def calibration_table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run: calibrator, test ECE / adaptive ECE / Brier / log loss before → after."""
-    rows = []
-    for r in runs:
-        cal = r.get("calibration")
-        if not cal:
-            continue
-        b, a = cal["test"]["before"], cal["test"]["after"]
-        row = {"method": r["method"], "slice": r["slice"], "calibration": cal["describe"]}
-        for key, name in (
-            ("ece", "ECE"),
-            ("adaptive_ece", "adaptive ECE"),
-            ("brier", "Brier"),
-            ("log_loss", "log loss"),
-        ):
-            row[f"test {name}"] = f"{_f(b[key])} → {_f(a[key])}"
-        if cal["fallback"]:
-            row["calibration"] += " (fallback: " + "; ".join(cal["notes"]) + ")"
-        rows.append(row)
-    return rows
-
-
 def _clean(value: Any) -> Any:
     from label_pipeline.data import to_jsonable
 
     return to_jsonable(value)
-
-
-def _f(v: Any) -> str:
-    return "–" if v is None or v != v else f"{v:.3f}"
-
-
-def results_table(runs: list[dict[str, Any]], multi_label: bool) -> list[dict[str, Any]]:
-    """One row per run for markdown and Prefect tables."""
-    rows = []
-    for r in runs:
-        row = {
-            "method": r["method"],
-            "slice": r["slice"],
-            "rows": r["train_rows"],
-            "test micro-F1": _f(r["test"]["micro_f1"]),
-            "test macro-F1": _f(r["test"]["macro_f1"]),
-            "valid micro-F1": _f(r["valid"]["micro_f1"]),
-            "valid macro-F1": _f(r["valid"]["macro_f1"]),
-            "test log loss": _f(r["test"]["log_loss"]),
-        }
-        if not multi_label:
-            row["test accuracy"] = _f(r["test"].get("accuracy"))
-        if "roc_auc" in r["test"]:
-            row["test ROC-AUC"] = _f(r["test"]["roc_auc"])
-        if r["fallback"]:
-            row["note"] = "fallback: label prior"
-        rows.append(row)
-    return rows
-
-
-def _chosen_curve(per_slice: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {
-        "slice": [c["slice"] for c in per_slice],
-        "size": [c["size"] for c in per_slice],
-        "micro_f1": [c["micro_f1"] for c in per_slice],
-        "macro_f1": [c["macro_f1"] for c in per_slice],
-    }
-
-
-def chosen_table(per_slice: list[dict[str, Any]], multi_label: bool) -> list[dict[str, Any]]:
-    """One row per slice: the method chosen there and its test scores."""
-    rows = []
-    for c in per_slice:
-        row = {
-            "slice": c["slice"],
-            "rows": c["size"],
-            "chosen": c["method"],
-            "test micro-F1": _f(c["micro_f1"]),
-            "test macro-F1": _f(c["macro_f1"]),
-        }
-        if not multi_label:
-            row["test accuracy"] = _f(c.get("accuracy"))
-        iv = c.get("interval_95") or {}
-        if iv:
-            first = "accuracy" if not multi_label else "micro-F1"
-            row[f"test {first} 95 % interval"] = interval_text(c, "micro_f1").strip(" []")
-            row["test macro-F1 95 % interval"] = interval_text(c, "macro_f1").strip(" []")
-        rows.append(row)
-    return rows
 
 
 def _write_summary(

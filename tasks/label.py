@@ -290,8 +290,7 @@ def _builder(cfg: LabelConfig, splits: StageRef, trained: StageRef, evaluated: S
         import pyarrow.parquet as pq
 
         from label_pipeline.data import load_splits, read_label_info, write_label_info
-        from label_pipeline.decision import apply_decision
-        from tasks.train import load_decision
+        from label_pipeline.decision import apply_decision, load_decision
 
         log = stage_logger()
         labels, multi_label = read_label_info(splits.dir)

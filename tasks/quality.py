@@ -46,6 +46,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from label_pipeline.artifacts import md_table
+from label_pipeline.artifacts import num as _f
 from label_pipeline.devices import DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, InputDataError
 from label_pipeline.label_quality import (
@@ -453,10 +454,6 @@ def _agreement_lines(agreement: float | None) -> list[str]:
             "K fits of the encoder, 20 minutes or more on a CPU)"
         )
     return [line]
-
-
-def _f(v: Any) -> str:
-    return "–" if v is None else f"{v:.3f}"
 
 
 def _summary(

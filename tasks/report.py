@@ -20,6 +20,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from label_pipeline.artifacts import md_table, publish_markdown, publish_table
+from label_pipeline.artifacts import num as _f
+from label_pipeline.choice import (
+    calibration_table,
+    chosen_table,
+    interval_text,
+    label_more_lines,
+    results_table,
+)
 from label_pipeline.data import to_jsonable
 from label_pipeline.store import StageRef
 
@@ -59,10 +67,6 @@ def _read_json(path: Path) -> Any:
 
 def _manifest(ref: StageRef) -> dict[str, Any]:
     return _read_json(ref.dir / "manifest.json") or {}
-
-
-def _f(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
 
 
 def _stage_rows(refs: dict[str, StageRef]) -> list[dict[str, Any]]:
@@ -139,7 +143,6 @@ def calibration_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[str,
     on the expected precision of the zero-shot pseudo-labels and the pool labels; and the
     same as plain values for ``metrics.json``."""
     from label_pipeline.expected_precision import precision_rows
-    from tasks.evaluate import calibration_table
 
     lines: list[str] = []
     out: dict[str, Any] = {}
@@ -303,8 +306,6 @@ def build_report(
     """Write ``report.md``, ``metrics.json`` and figures into ``out_dir``; return metrics.
 
     ``name`` is the run's name (default: the directory's name)."""
-    from tasks.evaluate import interval_text, results_table
-
     name = name or out_dir.name
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = out_dir / "figures"
@@ -361,8 +362,6 @@ def build_report(
             lines.append("")
         per_slice = ev.get("chosen_per_slice") or []
         if len(per_slice) > 1:
-            from tasks.evaluate import chosen_table, label_more_lines
-
             lines += ["Chosen per slice (on valid):", ""]
             lines += [md_table(chosen_table(per_slice, bool(ev.get("multi_label", True)))), ""]
             more = label_more_lines(ev.get("label_more") or [], bool(ev.get("multi_label", True)))

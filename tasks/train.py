@@ -22,7 +22,6 @@ Output directory:
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -32,9 +31,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from label_pipeline.artifacts import md_table
+from label_pipeline.artifacts import md_table, num
 from label_pipeline.calibration import calibration_scores, fit_calibration, save_calibrator
-from label_pipeline.decision import Decision, apply_decision, tune_decision
+from label_pipeline.choice import AVERAGE
+from label_pipeline.decision import apply_decision, tune_decision
 from label_pipeline.devices import DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, InputDataError, TrainingDivergedError
 from label_pipeline.methods.base import FitContext, LabelledTexts, get_method
@@ -49,7 +49,6 @@ VERSION = "7"
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
 #: the run that averages the best runs of a slice (``TrainConfig.average_top``)
-AVERAGE = "average"
 MODIFIERS = {"aug": "augmented rows", "pseudo": "pseudo-labelled rows"}
 #: every slice listed in the split stage's slices.json
 ALL_SLICES = "*"
@@ -749,8 +748,8 @@ def _calibration_cells(cal: dict[str, Any] | None) -> dict[str, str]:
         return {}
     return {
         "calibration": cal["describe"] + (" (fallback)" if cal["fallback"] else ""),
-        "valid ECE before → after": f"{_fmt(cal.get('valid_ece_before'))} → "
-        f"{_fmt(cal.get('valid_ece_after'))}",
+        "valid ECE before → after": f"{num(cal.get('valid_ece_before'))} → "
+        f"{num(cal.get('valid_ece_after'))}",
     }
 
 
@@ -867,10 +866,6 @@ def _jsonable(value: Any) -> Any:
     return to_jsonable(value)
 
 
-def _fmt(v: Any) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
 def _label_issues_line(cfg: TrainConfig, runs: list[dict[str, Any]]) -> str:
     if cfg.label_issues == "keep":
         return "- label issues: `keep` (training rows used as labelled; see the quality stage)"
@@ -916,8 +911,8 @@ def _write_summary(
             "method": r["method"],
             "slice": r["slice"],
             "train rows": r["train_rows"],
-            "valid micro-F1": _fmt(r["valid_micro_f1"]),
-            "valid macro-F1": _fmt(r["valid_macro_f1"]),
+            "valid micro-F1": num(r["valid_micro_f1"]),
+            "valid macro-F1": num(r["valid_macro_f1"]),
             "decision": r["decision"],
             "fit s": r["fit_seconds"],
             **_calibration_cells(r.get("calibration")),
@@ -1007,8 +1002,3 @@ def run_train(
         _builder(cfg, splits, augmented, pseudo, adapted, quality),
         refresh,
     )
-
-
-def load_decision(run_dir: str | Path) -> Decision:
-    """The decision rule saved with a run."""
-    return Decision.from_json(json.loads((Path(run_dir) / "decision.json").read_text()))

@@ -1,4 +1,4 @@
-"""The final-model chooser (tasks.evaluate.choose_final) and unlearnable labels through
+"""The final-model chooser (label_pipeline.choice.choose_final) and unlearnable labels through
 the train, evaluate and report stages."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import json
 import pytest
 from train_fixtures import make_splits_dir, splits_ref
 
+from label_pipeline.choice import choose_final, chosen_per_slice
 from label_pipeline.store import StageStore
-from tasks.evaluate import EvaluateConfig, choose_final, chosen_per_slice, run_evaluate
+from tasks.evaluate import EvaluateConfig, run_evaluate
 from tasks.train import TrainConfig, run_train
 
 
@@ -92,8 +93,7 @@ def test_a_different_method_per_slice():
 
 
 def test_unlearnable_label_is_reported_by_train_evaluate_and_report(tmp_path):
-    from flows.config import PipelineConfig
-    from tasks.report import build_report
+    from tasks.report import ReportConfig, build_report
 
     split_dir = make_splits_dir(tmp_path / "split", drop_label_from_small_slices="question")
     store = StageStore(tmp_path / "store")
@@ -115,7 +115,7 @@ def test_unlearnable_label_is_reported_by_train_evaluate_and_report(tmp_path):
     assert "- why: chose" in summary and "slice `8`: question" in summary
 
     refs = {"split": splits_ref(split_dir), "train": trained, "evaluate": ev}
-    build_report(PipelineConfig(), refs, tmp_path / "report")
+    build_report(ReportConfig(), refs, tmp_path / "report")
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Why: chose" in report and "Unlearnable labels" in report
     assert "Chosen per slice" in report

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from train_fixtures import make_splits_dir, splits_ref
 
+from label_pipeline.choice import choose_best
 from label_pipeline.metrics import classification_metrics
 from label_pipeline.store import StageRef, StageStore
-from tasks.evaluate import EvaluateConfig, choose_best, run_evaluate, zero_shot_line
+from tasks.evaluate import EvaluateConfig, run_evaluate, zero_shot_line
 from tasks.train import TrainConfig, run_train
 
 
