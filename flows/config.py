@@ -13,12 +13,15 @@ import re
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from label_pipeline.devices import DeviceConfig
+from label_pipeline.errors import ConfigError
+from label_pipeline.failures import config_error
 from label_pipeline.reading import IngestConfig
 from label_pipeline.review import ReviewConfig
 from label_pipeline.runners import RunnerConfig
+from label_pipeline.zeroshot.loading import ZeroShotConfig
 from tasks.adapt import AdaptConfig
 from tasks.augment import AugmentConfig
 from tasks.clean import CleanConfig
@@ -29,7 +32,6 @@ from tasks.report import ReportConfig
 from tasks.split import SplitConfig
 from tasks.suggest import SuggestConfig
 from tasks.train import TrainConfig
-from tasks.zero_shot import ZeroShotConfig
 
 
 class PipelineConfig(BaseModel):
@@ -87,13 +89,61 @@ class PipelineConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> PipelineConfig:
-        """Load a JSON or YAML config file."""
+        """Load a JSON or YAML config file. A missing or unreadable file, a syntax error
+        (with its line and column) and an invalid value (by its dotted field path) raise
+        :class:`ConfigError` naming the file."""
         p = Path(path)
-        text = p.read_text()
-        if p.suffix in {".yaml", ".yml"}:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"--config {path}: no such file (looked at {p.expanduser().absolute()}); give the "
+                "path of a YAML or JSON config file"
+            ) from None
+        except IsADirectoryError:
+            raise ConfigError(
+                f"--config {path}: is a directory; give a YAML or JSON file"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"--config {path}: not a text file (byte {exc.start} is not UTF-8); give a "
+                "YAML or JSON config file"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"--config {path}: cannot be read ({exc.strerror})") from None
+        if p.suffix.lower() in {".yaml", ".yml"}:
             import yaml
 
-            data = yaml.safe_load(text) or {}
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+                at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                what = " ".join(
+                    str(x)
+                    for x in (getattr(exc, "context", None), getattr(exc, "problem", None))
+                    if x
+                )
+                raise ConfigError(
+                    f"{path}:{at}: not valid YAML ({what or exc}); fix the file's syntax there "
+                    "(indentation, a missing ':' or an unclosed quote or bracket)"
+                ) from None
         else:
-            data = json.loads(text)
-        return cls.model_validate(data)
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(
+                    f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}); "
+                    "fix the file's syntax there (or give a .yaml file)"
+                ) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: the config is a {type(data).__name__}, not a mapping of settings; write "
+                "it as 'section: {setting: value}' lines, e.g. 'ingest: {path: my.csv}'"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise config_error(exc, str(path), cls) from None

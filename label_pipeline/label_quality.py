@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from label_pipeline.errors import InputDataError
 from label_pipeline.methods.base import FitContext, LabelledTexts, get_method
+from label_pipeline.store import StageRef
 
 #: issue kinds written to ``label_issues.csv``
 MISLABELLED = "mislabelled"
@@ -424,3 +426,13 @@ def pool_agreement(
         )
     out["per_label"] = per
     return out
+
+
+def load_issues(ref: StageRef) -> Any:
+    """The quality stage's ``issues/`` dataset."""
+    import datasets
+
+    path = ref.dir / "issues"
+    if not path.is_dir():
+        raise InputDataError(f"{path} is missing; re-run the quality stage (refresh quality)")
+    return datasets.load_from_disk(str(path))

@@ -206,7 +206,7 @@ def _valid_rows(part: Any, labels: list[str], multi_label: bool) -> LabelledText
 def zero_shot_scores(zero_shot: StageRef, splits_dir: Path, texts: list[str]) -> np.ndarray:
     """Scores (rows x labels) of ``texts`` from the zero_shot stage's backend, with its
     configuration (label descriptions, template, temperature) as recorded in its manifest."""
-    from tasks.zero_shot import ZeroShotConfig, label_spec, load_backend
+    from label_pipeline.zeroshot.loading import ZeroShotConfig, label_spec, load_backend
 
     man = zero_shot.manifest()
     cfg = ZeroShotConfig.model_validate(man.get("config") or {})
@@ -584,13 +584,3 @@ def run_quality(
     return store.build(
         STAGE, VERSION, cfg, inputs, _builder(cfg, splits, clean, zero_shot, requested), refresh
     )
-
-
-def load_issues(ref: StageRef) -> Any:
-    """The quality stage's ``issues/`` dataset."""
-    import datasets
-
-    path = ref.dir / "issues"
-    if not path.is_dir():
-        raise InputDataError(f"{path} is missing; re-run the quality stage (refresh quality)")
-    return datasets.load_from_disk(str(path))

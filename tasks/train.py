@@ -780,7 +780,7 @@ def _label_shift_pool(
 def label_issue_fixes(quality: StageRef, labels: list[str]) -> dict[str, list[str]]:
     """Training row id -> suggested labels, for the rows the quality stage flagged as
     probably mislabelled (``issues/`` rows with ``flagged`` from the ``train`` split)."""
-    from tasks.quality import load_issues
+    from label_pipeline.label_quality import load_issues
 
     out: dict[str, list[str]] = {}
     for row in load_issues(quality):

@@ -19,6 +19,7 @@ from label_pipeline.label_quality import (
     conflict_issues,
     find_mislabelled,
     label_name_check,
+    load_issues,
     out_of_fold_probs,
     pool_agreement,
     stratified_folds,
@@ -30,7 +31,6 @@ from tasks.quality import (
     CSV_COLUMNS,
     ISSUES_CSV,
     QualityConfig,
-    load_issues,
     resolve_method,
     run_quality,
 )
