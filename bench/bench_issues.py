@@ -33,7 +33,7 @@ writes ``bench/results/bench_issues.json``.
 
 Usage: ``python bench/bench_issues.py [--datasets nlbse goemotions] [--seeds 0]
 [--extra-methods setfit] [--no-ablation] [--out FILE] [--keep DIR]``. ``--keep DIR`` keeps each
-run's stage store under ``DIR/<dataset>-<seed>`` for ``bench/bench_ensemble_choice.py``.
+run's stage store under ``DIR/<dataset>-<seed>`` (to inspect the runs afterwards).
 ``--summarize FILE [FILE ...]`` runs nothing: it reads results files of earlier runs (one per
 seed, say) and prints each method's and the chosen model's test score per slice as the mean
 ± standard deviation over the seeds, so that a difference can be set against the spread.
