@@ -242,11 +242,7 @@ def render(root: type[BaseModel] | None = None) -> str:
         where = ", ".join(f"`{p}`" for p in paths if p)
         summary = rst_to_markdown(summary_line(model))
         lead = f"{summary} " if summary else ""
-        lead += (
-            f"Set at {where} (module `{model.__module__}`)."
-            if where
-            else f"The top level of a config file (module `{model.__module__}`)."
-        )
+        lead += f"Set at {where}." if where else "The top level of a config file."
         parts.append(lead + "\n")
         parts.append("| field | type | default | description |")
         parts.append("|---|---|---|---|")
