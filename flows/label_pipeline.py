@@ -17,15 +17,22 @@ from typing import Any
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 from prefect import flow  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
 from flows.config import PipelineConfig
 from label_pipeline import review
 from label_pipeline.devices import choose_device
+from label_pipeline.failures import (
+    DEBUG_ENV,
+    config_error,
+    quiet_user_error_tracebacks,
+    report_user_errors,
+)
 from label_pipeline.orchestration import stage_task
 from label_pipeline.progress import stage_logger
 from label_pipeline.runners import run_with_runner
-from label_pipeline.shards import map_zero_shot_shards
 from label_pipeline.store import StageRef
+from label_pipeline.temp_server import guard_temporary_server, stop_temporary_server
 from tasks import (
     adapt,
     augment,
@@ -129,7 +136,9 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
         # the fill-mask backend reads the adapted encoder when the adapt stage ran
         encoder = refs.get("adapt") if zero_shot_cfg.backend == "fill_mask" else None
         if not cfg.refreshes("zero_shot"):  # shards as mapped tasks; the stage then assembles
-            map_zero_shot_shards(store, zero_shot_cfg, splits, cfg.runner, encoder=encoder)
+            zero_shot.map_zero_shot_shards(
+                store, zero_shot_cfg, splits, cfg.runner, encoder=encoder
+            )
         refs["zero_shot"] = zero_shot_task(
             store, zero_shot_cfg, refresh=cfg.refreshes("zero_shot"), splits=splits, encoder=encoder
         )
@@ -202,6 +211,7 @@ def label_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     the report directory.
     """
     cfg = config
+    quiet_user_error_tracebacks()  # Prefect logs a user error's message, not its traceback
     # fail fast, before any stage, on a worker without the GPU the run asks for
     device = choose_device(cfg.device)
     stage_logger().info("device: %s; task runner: %s", device.describe(), cfg.runner.kind)
@@ -222,7 +232,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runner", choices=["default", "dask"], default=None, help="task runner")
     parser.add_argument("--dask-address", default=None, help="existing Dask scheduler address")
     parser.add_argument("--n-workers", type=int, default=None, help="local Dask cluster workers")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the traceback of an error in the input or config too (or {DEBUG_ENV}=1)",
+    )
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    # a user error ends the run with one paragraph on stderr; the temporary Prefect server
+    # stops with this process, however it ends
+    guard_temporary_server()
+    with report_user_errors("label-pipeline", before_exit=stop_temporary_server):
+        _run_cli(args)
+
+
+def _run_cli(args: Any) -> None:
     cfg = PipelineConfig.from_file(args.config) if args.config else PipelineConfig()
     if args.refresh is not None:
         cfg = cfg.model_copy(update={"refresh": args.refresh or ["all"]})
@@ -234,7 +259,10 @@ def main(argv: list[str] | None = None) -> None:
         runner["kind"] = "dask"
     if runner:
         merged = {**cfg.runner.model_dump(), **runner}
-        cfg = cfg.model_copy(update={"runner": type(cfg.runner).model_validate(merged)})
+        try:
+            cfg = cfg.model_copy(update={"runner": type(cfg.runner).model_validate(merged)})
+        except ValidationError as exc:
+            raise config_error(exc, "the --runner/--dask-address/--n-workers options") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "0")
     # a flow's task runner is fixed by its decorator: apply the configured one at call time
     result = run_with_runner(label_pipeline, cfg.runner, config=cfg)

@@ -38,6 +38,7 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ import numpy as np
 from label_pipeline.errors import ConfigError
 from label_pipeline.orchestration import stage_inputs, write_summary
 from label_pipeline.progress import Progress, stage_logger
+from label_pipeline.runners import RunnerConfig
+from label_pipeline.shards import map_shards
 from label_pipeline.store import BuildContext, StageRef, StageStore, fingerprint_of
 from label_pipeline.zeroshot import get_backend
 from label_pipeline.zeroshot.base import ZeroShotBackend
@@ -758,3 +761,47 @@ def stage_fingerprint(
 ) -> str:
     """The fingerprint :func:`run_zero_shot` builds under (names the shard directory)."""
     return fingerprint_of(STAGE, VERSION, cfg, stage_inputs({"splits": splits, "encoder": encoder}))
+
+
+# ---------------------------------------------------------------- shards as mapped tasks
+
+
+def call_with_index(index: int, target: Callable[..., Any], index_arg: str, **kwargs: Any) -> Any:
+    """``target(**{index_arg: index}, **kwargs)``: maps a function whose shard index is a
+    named argument (:func:`score_shard`'s ``shard_index``) with
+    :func:`map_shards`."""
+    return target(**{index_arg: index}, **kwargs)
+
+
+def map_zero_shot_shards(
+    store_root: str,
+    cfg: Any,
+    splits: StageRef,
+    runner: RunnerConfig | None = None,
+    encoder: StageRef | None = None,
+) -> int:
+    """Score the zero_shot stage's shards as mapped tasks (on Dask when ``runner`` says so)
+    ahead of its stage task, which then finds every shard done and only assembles.
+    Returns the number of shards scored or found; 0 when the stage is already complete."""
+    store = StageStore(store_root)
+    fp = stage_fingerprint(cfg, splits, encoder)
+    if store.is_complete(STAGE, fp):
+        return 0
+    splits = store.localize(splits)
+    plan = plan_shards(splits.dir, cfg.shard_size)
+    shards_dir = shards_dir_for(store, fp)
+    map_shards(
+        call_with_index,
+        stage=STAGE,
+        fingerprint=fp,
+        n_shards=len(plan),
+        runner=runner,
+        done=lambda i: (shards_dir / plan[i].name / SHARD_DONE).is_file(),
+        target=score_shard,
+        index_arg="shard_index",
+        cfg=cfg,
+        splits_dir=str(splits.dir),
+        shards_dir=str(shards_dir),
+        encoder_dir=str(encoder.dir) if encoder is not None else None,
+    )
+    return len(plan)

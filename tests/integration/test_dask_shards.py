@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import datasets
 import pytest
-
-from label_pipeline.runners import RunnerConfig
-from label_pipeline.shards import (
+from shard_jobs import (
     ShardJob,
     apply_sharded,
     function_path,
     map_shard_job,
-    shard_ranges,
     text_features,
 )
+
+from label_pipeline.runners import RunnerConfig
+from label_pipeline.shards import shard_ranges
 from label_pipeline.store import StageStore
 
 
@@ -193,8 +193,8 @@ def test_zero_shot_shards_mapped_on_dask_then_assembled_by_the_stage(tmp_path, p
     pytest.importorskip("prefect_dask")
     from prefect import flow
 
-    from label_pipeline.shards import map_zero_shot_shards
     from tasks import zero_shot
+    from tasks.zero_shot import map_zero_shot_shards
 
     cfg = zero_shot.ZeroShotConfig(backend="embedding", shard_size=10, device={"device": "cpu"})
     mapped_store = StageStore(tmp_path / "mapped")
