@@ -19,7 +19,6 @@ from label_pipeline.devices import DeviceConfig
 from label_pipeline.errors import ConfigError
 from label_pipeline.failures import config_error
 from label_pipeline.reading import IngestConfig
-from label_pipeline.review import ReviewConfig
 from label_pipeline.runners import RunnerConfig
 from label_pipeline.zeroshot.loading import ZeroShotConfig
 from tasks.adapt import AdaptConfig
@@ -29,6 +28,7 @@ from tasks.evaluate import EvaluateConfig
 from tasks.label import LabelConfig
 from tasks.quality import QualityConfig
 from tasks.report import ReportConfig
+from tasks.review import ReviewConfig
 from tasks.split import SplitConfig
 from tasks.suggest import SuggestConfig
 from tasks.train import TrainConfig

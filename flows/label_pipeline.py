@@ -20,7 +20,6 @@ from prefect import flow  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from flows.config import PipelineConfig
-from label_pipeline import review
 from label_pipeline.devices import choose_device
 from label_pipeline.failures import (
     DEBUG_ENV,
@@ -42,6 +41,7 @@ from tasks import (
     ingest,
     label,
     quality,
+    review,
     split,
     suggest,
     train,

@@ -159,7 +159,7 @@ def test_paused_run_resumes_with_the_reviewers_threshold(tmp_path, prefect_serve
 
 
 def test_timeout_fails_the_run_when_configured(tmp_path, prefect_server, encoder):
-    from label_pipeline.review import ReviewTimeoutError
+    from tasks.review import ReviewTimeoutError
 
     cfg = review_config(tmp_path, encoder, timeout_s=2, on_timeout="fail")
     thread, out = start_in_thread(cfg)

@@ -1,11 +1,11 @@
-"""Applying a reviewer's answer (label_pipeline.review) without a Prefect server."""
+"""Applying a reviewer's answer (tasks.review) without a Prefect server."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from label_pipeline.review import (
+from tasks.review import (
     ReviewConfig,
     Reviewed,
     ReviewInputError,
