@@ -49,24 +49,19 @@ from tasks import (
 )
 from tasks import report as report_stage
 
-ingest_task = stage_task(ingest.run_ingest, ingest.STAGE, ingest.VERSION, ingest.source_inputs)
-extra_labels_task = stage_task(
-    extra_labels.run_extra_labels,
-    extra_labels.STAGE,
-    extra_labels.VERSION,
-    extra_labels.extra_label_inputs,
-)
-clean_task = stage_task(clean.run_clean, clean.STAGE, clean.VERSION)
-split_task = stage_task(split.run_split, split.STAGE, split.VERSION)
-augment_task = stage_task(augment.run_augment, augment.STAGE, augment.VERSION)
-zero_shot_task = stage_task(zero_shot.run_zero_shot, zero_shot.STAGE, zero_shot.VERSION)
-adapt_task = stage_task(adapt.run_adapt, adapt.STAGE, adapt.VERSION)
-quality_task = stage_task(quality.run_quality, quality.STAGE, quality.VERSION)
-train_task = stage_task(train.run_train, train.STAGE, train.VERSION)
-evaluate_task = stage_task(evaluate.run_evaluate, evaluate.STAGE, evaluate.VERSION)
-label_task = stage_task(label.run_label, label.STAGE, label.VERSION)
-review_task = stage_task(review.run_review, review.STAGE, review.VERSION)
-suggest_task = stage_task(suggest.run_suggest, suggest.STAGE, suggest.VERSION)
+ingest_task = stage_task(ingest.run_ingest, ingest.SPEC)
+extra_labels_task = stage_task(extra_labels.run_extra_labels, extra_labels.SPEC)
+clean_task = stage_task(clean.run_clean, clean.SPEC)
+split_task = stage_task(split.run_split, split.SPEC)
+augment_task = stage_task(augment.run_augment, augment.SPEC)
+zero_shot_task = stage_task(zero_shot.run_zero_shot, zero_shot.SPEC)
+adapt_task = stage_task(adapt.run_adapt, adapt.SPEC)
+quality_task = stage_task(quality.run_quality, quality.SPEC)
+train_task = stage_task(train.run_train, train.SPEC)
+evaluate_task = stage_task(evaluate.run_evaluate, evaluate.SPEC)
+label_task = stage_task(label.run_label, label.SPEC)
+review_task = stage_task(review.run_review, review.SPEC)
+suggest_task = stage_task(suggest.run_suggest, suggest.SPEC)
 
 
 def with_device(stage_cfg: Any, device: Any) -> Any:

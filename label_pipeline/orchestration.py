@@ -1,14 +1,16 @@
 """Thin Prefect wrappers around plain stage functions.
 
-A stage module exposes ``STAGE``, ``VERSION``, a pydantic config class and a
-``run_<stage>(store, cfg, refresh=False, **inputs) -> StageRef`` function that
-reads its inputs from disk and writes its outputs into the stage store. Its
-builder also writes ``summary.md`` (markdown) and ``sample.json`` (a list of
-plain-JSON rows) into the stage directory; :func:`stage_task` publishes them.
+A stage module exposes ``SPEC`` (its :class:`~label_pipeline.store.StageSpec`: name, code
+version, what of its config and inputs enters its fingerprint), a pydantic config class and a
+``run_<stage>(store, cfg, refresh=False, **inputs) -> StageRef`` function that reads its
+inputs from disk and writes its outputs into the stage store under ``SPEC``. Its builder
+also writes ``summary.md`` (markdown) and ``sample.json`` (a list of plain-JSON rows) into
+the stage directory; :func:`stage_task` publishes them.
 
-The Prefect cache key of a stage task is its store fingerprint, so an unchanged
-re-run is answered by Prefect's cache without running the task at all; when the
-stage directory is missing (deleted store, refresh asked), the task runs again.
+The Prefect cache key of a stage task is its store fingerprint (:func:`cache_key`, from the
+same ``SPEC``), so an unchanged re-run is answered by Prefect's cache without running the
+task at all; when the stage directory is missing (deleted store, refresh asked), the task
+runs again.
 """
 
 from __future__ import annotations
@@ -19,16 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from label_pipeline.artifacts import publish_image, publish_stage
-from label_pipeline.store import StageRef, StageStore, fingerprint_of
-
-ExtraInputs = Callable[[Any], Mapping[str, Any]]
-
-
-def stage_inputs(refs: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Inputs that enter a fingerprint: the given (non-None) upstream refs plus extra keys."""
-    out = {k: v for k, v in refs.items() if v is not None}
-    out.update(extra or {})
-    return out
+from label_pipeline.failures import quiet_user_error_tracebacks
+from label_pipeline.store import StageRef, StageSpec, StageStore, fingerprint_of
 
 
 def publish_stage_dir(ref: StageRef) -> None:
@@ -41,21 +35,27 @@ def publish_stage_dir(ref: StageRef) -> None:
         publish_image(ref.stage, png.stem, png, caption=png.stem.replace("_", " "))
 
 
+def cache_key(spec: StageSpec, store: StageStore, cfg: Any, refs: Mapping[str, Any]) -> str:
+    """The Prefect cache key of a stage task: its store fingerprint (``spec.fingerprint``, the
+    one function that owns a stage's identity) and the store it lives in."""
+    store_id = fingerprint_of("store", "1", str(store.root), {})[:8]
+    return f"{spec.name}-{spec.fingerprint(cfg, refs)}-{store_id}"
+
+
 def stage_task(
-    run_fn: Callable[..., StageRef],
-    stage: str,
-    version: str,
-    extra_inputs: ExtraInputs | None = None,
-    **task_options: Any,
+    run_fn: Callable[..., StageRef], spec: StageSpec, **task_options: Any
 ) -> Callable[..., StageRef]:
-    """Wrap ``run_fn`` as a Prefect task keyed on the stage fingerprint.
+    """Wrap ``run_fn`` (which builds under ``spec``) as a Prefect task keyed on the stage
+    fingerprint.
 
     Returns a callable ``(store_root, cfg, refresh=False, **refs) -> StageRef`` to be
     called inside a flow.
     """
+    stage = spec.name
     from prefect import task
 
     def _body(store_root: str, cfg: Any, refresh: bool = False, **refs: Any) -> StageRef:
+        quiet_user_error_tracebacks()  # also in a Dask worker process: the message, no traceback
         ref = run_fn(StageStore(store_root), cfg, refresh=refresh, **refs)
         publish_stage_dir(ref)
         return ref
@@ -65,10 +65,8 @@ def stage_task(
 
     def call(store_root: str, cfg: Any, refresh: bool = False, **refs: Any) -> StageRef:
         store = StageStore(store_root)
-        inputs = stage_inputs(refs, extra_inputs(cfg) if extra_inputs else None)
-        fp = fingerprint_of(stage, version, cfg, inputs)
-        key = f"{stage}-{fp}-{fingerprint_of('store', '1', str(store.root), {})[:8]}"
-        fresh = refresh or not store.is_complete(stage, fp)
+        key = cache_key(spec, store, cfg, refs)
+        fresh = refresh or not store.is_complete(stage, spec.fingerprint(cfg, refs))
         t = base.with_options(cache_key_fn=lambda *_a, **_k: key, refresh_cache=fresh)
         state = t(str(store.root), cfg, refresh=refresh, return_state=True, **refs)
         ref = state.result()  # re-raises the stage's error
@@ -78,6 +76,7 @@ def stage_task(
 
     call.task = base  # type: ignore[attr-defined]
     call.stage = stage  # type: ignore[attr-defined]
+    call.spec = spec  # type: ignore[attr-defined]
     return call
 
 

@@ -97,6 +97,38 @@ def fingerprint_of(stage: str, version: str, config: Any, inputs: Mapping[str, A
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage's identity: its name, its code version, and which of its config and inputs it
+    reads. The one place that decides what enters a stage's fingerprint: the stage builds
+    under :meth:`fingerprint` (through :meth:`StageStore.build_stage`) and the flow's Prefect
+    cache key is the same value, so an unchanged re-run is answered by either.
+
+    Attributes:
+        name: the stage's name (its folder in the store).
+        version: bumped when the stage's code changes what it writes.
+        resolve: the config the stage runs with, from the one it is given (e.g. an ``auto``
+            setting resolved for this machine); None: the config as given.
+        select: the inputs the stage reads, from (resolved config, the inputs the flow
+            passes); None: every input the flow passes. Inputs that are None are left out.
+    """
+
+    name: str
+    version: str
+    resolve: Callable[[Any], Any] | None = None
+    select: Callable[[Any, dict[str, Any]], Mapping[str, Any]] | None = None
+
+    def config(self, cfg: Any) -> Any:
+        return self.resolve(cfg) if self.resolve is not None else cfg
+
+    def inputs(self, cfg: Any, refs: Mapping[str, Any]) -> dict[str, Any]:
+        chosen = self.select(self.config(cfg), dict(refs)) if self.select else refs
+        return {k: v for k, v in chosen.items() if v is not None}
+
+    def fingerprint(self, cfg: Any, refs: Mapping[str, Any]) -> str:
+        return fingerprint_of(self.name, self.version, self.config(cfg), self.inputs(cfg, refs))
+
+
 def file_fingerprint(path: str | os.PathLike[str]) -> str:
     """Content hash of a file, or of every file below a directory (names included)."""
     p = Path(path)
@@ -116,6 +148,104 @@ def library_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
     return out
+
+
+#: ends the name of the file beside a temporary directory that says who writes it
+OWNER_SUFFIX = ".owner"
+#: temporary directories of the store: a build (``.tmp-``), a download (``.dl-``), a
+#: replaced stage on its way out (``.old-``)
+_TMP_PREFIXES = (".tmp-", ".dl-", ".old-")
+
+
+@contextlib.contextmanager
+def owned_tmp_dir(parent: Path, prefix: str, name: str) -> Iterator[Path]:
+    """A fresh directory ``parent/<prefix><name>-<random>`` for the block to fill and rename
+    into place. Beside it, ``<dir>.owner`` names the writing process (pid, host, start time)
+    and stays locked (``flock``) by this process while the block runs; the kernel drops the
+    lock when the process ends, however it ends, so :func:`remove_stale_tmp` tells the
+    directory of a killed run (owner file unlocked) from a live one. The directory is
+    removed when the block raises or leaves it in place; the owner file goes after it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f"{prefix}{name}-{uuid.uuid4().hex[:8]}"
+    owner = tmp.with_name(tmp.name + OWNER_SUFFIX)
+    fd = os.open(owner, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        os.write(fd, json.dumps(info).encode())
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # still there: not renamed into place
+            with contextlib.suppress(OSError):
+                owner.unlink()
+    finally:
+        os.close(fd)  # releases the lock, after the directory is gone or in place
+
+
+def _owner_alive(owner: Path) -> bool | None:
+    """Whether the process that wrote ``owner`` still holds it: True (locked), False
+    (unlocked: its writer is gone), None (no owner file)."""
+    try:
+        fd = os.open(owner, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return True  # cannot tell: keep the directory
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_stale_tmp(directory: Path, legacy_older_than_s: float = 3600.0) -> list[Path]:
+    """Remove the temporary directories directly in ``directory`` whose writing process is
+    gone: a ``.tmp-``/``.dl-`` directory whose owner file is not locked (see
+    :func:`owned_tmp_dir`), an ``.old-`` directory (a replaced stage; garbage once the swap
+    happened), and a directory without an owner file (written before owner files existed)
+    not changed for ``legacy_older_than_s``. A concurrent run's live directory stays.
+    Returns the directories removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(_TMP_PREFIXES) or name.endswith(OWNER_SUFFIX):
+            continue
+        with contextlib.suppress(OSError):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+        path = Path(entry.path)
+        owner = path.with_name(name + OWNER_SUFFIX)
+        alive = _owner_alive(owner)
+        if alive is None and not name.startswith(".old-"):
+            with contextlib.suppress(OSError):
+                alive = now - path.stat().st_mtime <= legacy_older_than_s
+        if alive:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            owner.unlink()
+        if not path.exists():
+            removed.append(path)
+    # owner files whose directory is gone (a run killed between the two removals)
+    for entry in entries:
+        if entry.name.startswith(_TMP_PREFIXES) and entry.name.endswith(OWNER_SUFFIX):
+            owner = Path(entry.path)
+            if not owner.with_name(entry.name[: -len(OWNER_SUFFIX)]).exists():
+                if _owner_alive(owner) is False:
+                    with contextlib.suppress(OSError):
+                        owner.unlink()
+    return removed
 
 
 @dataclass
@@ -207,9 +337,7 @@ class StageStore:
         with self._lock(stage, fingerprint):
             if local_manifest.is_file() and local_manifest.read_bytes() == remote_manifest:
                 return
-            tmp = final.parent / f".dl-{fingerprint}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
-            try:
+            with owned_tmp_dir(final.parent, ".dl-", fingerprint) as tmp:
                 base = self._remote(stage, fingerprint)
                 for src in sorted(self.fs.find(base)):
                     rel = src[len(base) :].lstrip("/") if src.startswith(base) else None
@@ -222,9 +350,6 @@ class StageStore:
                     self.fs.get_file(src, str(dst))
                 (tmp / MANIFEST).write_bytes(remote_manifest)  # the copy is complete
                 self._swap_into_place(tmp, final, fingerprint)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
 
     def _upload(self, stage: str, fingerprint: str, local: Path) -> None:
         """Copy a complete local stage directory into the remote store, manifest last."""
@@ -268,6 +393,19 @@ class StageStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def build_stage(
+        self,
+        spec: StageSpec,
+        cfg: Any,
+        refs: Mapping[str, Any],
+        builder: Callable[[BuildContext], dict[str, Any] | None],
+        refresh: bool = False,
+    ) -> StageRef:
+        """:meth:`build` under the stage's identity (``spec.fingerprint(cfg, refs)``)."""
+        return self.build(
+            spec.name, spec.version, spec.config(cfg), spec.inputs(cfg, refs), builder, refresh
+        )
+
     def build(
         self,
         stage: str,
@@ -290,10 +428,9 @@ class StageStore:
             if not refresh and self.is_complete(stage, fp):
                 return self.ref(stage, fp, cached=True)
             final = self.path(stage, fp)
-            tmp = final.parent / f".tmp-{fp}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
+            self.clean_stale_tmp(stage)  # left by a killed run of this stage
             started = time.time()
-            try:
+            with owned_tmp_dir(final.parent, ".tmp-", fp) as tmp:
                 ctx = BuildContext(dir=tmp, stage=stage, fingerprint=fp, final_dir=final)
                 facts = builder(ctx) or {}
                 manifest = {
@@ -314,9 +451,6 @@ class StageStore:
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
                 self._swap_into_place(tmp, final, fp)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             if self.is_remote:
                 try:
                     self._upload(stage, fp, final)
@@ -325,12 +459,25 @@ class StageStore:
                     raise
         return self.ref(stage, fp, cached=False)
 
-    def clean_stale_tmp(self, older_than_s: float = 3600.0) -> int:
-        """Remove temporary build directories left by killed runs; returns how many."""
+    def clean_stale_tmp(self, stage: str | None = None, older_than_s: float = 3600.0) -> int:
+        """Remove the temporary directories that killed runs left in ``stage``'s directory
+        (and its hidden subdirectories, e.g. zero-shot shards), or in every stage's when
+        ``stage`` is None; a live run's stay (see :func:`remove_stale_tmp`; ``older_than_s``
+        applies to directories without an owner file). Returns how many were removed. A
+        build runs it for its stage; the flow runs it for the whole store when it starts."""
+        stage_dirs = [self.root / stage] if stage else self._stage_dirs()
         removed = 0
-        now = time.time()
-        for tmp in self.root.glob("*/.tmp-*"):
-            if now - tmp.stat().st_mtime > older_than_s:
-                shutil.rmtree(tmp, ignore_errors=True)
-                removed += 1
+        for d in stage_dirs:
+            removed += len(remove_stale_tmp(d, older_than_s))
+            with contextlib.suppress(OSError):
+                for sub in d.iterdir():
+                    if sub.name.startswith(".") and not sub.name.startswith(_TMP_PREFIXES):
+                        if sub.is_dir():
+                            removed += len(remove_stale_tmp(sub, older_than_s))
         return removed
+
+    def _stage_dirs(self) -> list[Path]:
+        try:
+            return [d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        except OSError:
+            return []

@@ -47,12 +47,12 @@ from label_pipeline.devices import DeviceChoice, DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, EmptyPoolError
 from label_pipeline.mlm import masked_logits, mlm_head
 from label_pipeline.models import DEFAULT_ENCODER, model_loading, resolve_model
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "adapt"
-VERSION = "1"
+SPEC = StageSpec("adapt", "1")
+STAGE, VERSION = SPEC.name, SPEC.version
 
 ELAPSED_FILE = "elapsed.json"
 
@@ -898,8 +898,8 @@ def run_adapt(
         raise ConfigError("adapt.enabled is false: the flow should not run the adapt stage")
     check_budget(cfg)
     splits = store.localize(splits)
-    ref = store.build(
-        STAGE, VERSION, cfg, stage_inputs({"splits": splits}), _builder(cfg, splits), refresh
+    ref = store.build_stage(
+        SPEC, cfg, {"splits": splits}, _builder(cfg, splits), refresh
     )
     # the stage directory is complete: its checkpoints are no longer needed
     shutil.rmtree(store.root / STAGE / f".work-{ref.fingerprint}", ignore_errors=True)

@@ -47,12 +47,16 @@ from label_pipeline.data import (
 )
 from label_pipeline.devices import DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, ModelNotFoundError, ResourceMissingError
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "augment"
-VERSION = "1"
+SPEC = StageSpec(
+    "augment",
+    "1",
+    select=lambda cfg, refs: {**refs, "mlm": refs.get("mlm") if cfg.use_adapted_mlm else None},
+)
+STAGE, VERSION = SPEC.name, SPEC.version
 
 ROW_FEATURES = datasets.Features(
     {
@@ -292,7 +296,6 @@ def run_augment(
     ``model/`` is used by ``contextual`` when ``cfg.use_adapted_mlm``)."""
     if not cfg.enabled:
         raise ConfigError("augment.enabled is false: the flow should not run the augment stage")
-    inputs = {"splits": splits, "mlm": mlm if cfg.use_adapted_mlm else None}
 
     def builder(ctx: BuildContext) -> dict[str, Any]:
         dd = load_splits(splits.dir)
@@ -315,4 +318,4 @@ def run_augment(
             "skipped": skipped,
         }
 
-    return store.build(STAGE, VERSION, cfg, stage_inputs(inputs), builder, refresh)
+    return store.build_stage(SPEC, cfg, {"splits": splits, "mlm": mlm}, builder, refresh)

@@ -69,12 +69,12 @@ from label_pipeline.data import (
     write_label_info,
 )
 from label_pipeline.errors import ConfigError, InputDataError
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "clean"
-VERSION = "2"
+SPEC = StageSpec("clean", "2")
+STAGE, VERSION = SPEC.name, SPEC.version
 
 DROPPED_FEATURES = datasets.Features(
     {
@@ -769,6 +769,17 @@ def run_clean(
                 len(result.conflicts),
                 cfg.conflicts,
             )
+        lost = [k for k in names if before.get(k, 0) and not after.get(k, 0)]
+        for lab in lost:
+            why = Counter(d["reason"] for d in result.dropped if lab in (d["labels"] or []))
+            log.warning(
+                "clean: label %r has no rows left after cleaning (its %d row(s) dropped: %s); "
+                "no model can learn it. Lower clean.min_chars, switch off the rule that "
+                "dropped them, or add rows with this label",
+                lab,
+                before[lab],
+                ", ".join(f"{r} {n}" for r, n in why.most_common()) or "?",
+            )
         if not any(out["labels"]):
             raise InputDataError(
                 f"clean: no labelled row survives cleaning of {rows.dir} ({dict(reasons)}); "
@@ -790,4 +801,4 @@ def run_clean(
 
     if not isinstance(rows, StageRef):
         raise ConfigError("clean: `rows` must be the ingest stage's StageRef")
-    return store.build(STAGE, VERSION, cfg, stage_inputs({"rows": rows}), builder, refresh)
+    return store.build_stage(SPEC, cfg, {"rows": rows}, builder, refresh)

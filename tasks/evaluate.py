@@ -57,12 +57,12 @@ from label_pipeline.metrics import (
     bootstrap_interval,
     classification_metrics,
 )
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "evaluate"
-VERSION = "6"
+SPEC = StageSpec("evaluate", "6")
+STAGE, VERSION = SPEC.name, SPEC.version
 
 
 class EvaluateConfig(BaseModel):
@@ -465,7 +465,7 @@ def run_evaluate(
     splits = store.localize(splits)
     trained = store.localize(trained)
     zero_shot = store.localize(zero_shot) if zero_shot is not None else None
-    inputs = stage_inputs({"splits": splits, "trained": trained, "zero_shot": zero_shot})
-    return store.build(
-        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, trained, zero_shot), refresh
+    inputs = {"splits": splits, "trained": trained, "zero_shot": zero_shot}
+    return store.build_stage(
+        SPEC, cfg, inputs, _builder(cfg, splits, trained, zero_shot), refresh
     )

@@ -28,6 +28,7 @@ from label_pipeline.errors import ConfigError, InputDataError
 from label_pipeline.orchestration import write_summary
 from label_pipeline.reading import (
     IngestConfig,
+    LabelCellError,
     detect_format,
     is_missing,
     map_labels,
@@ -37,10 +38,14 @@ from label_pipeline.reading import (
     resolve_path,
     scalar_label,
 )
-from label_pipeline.store import BuildContext, StageRef, StageStore, file_fingerprint
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore, file_fingerprint
 
-STAGE = "extra_labels"
-VERSION = "2"
+SPEC = StageSpec(
+    "extra_labels",
+    "2",
+    select=lambda cfg, refs: {"rows": refs["rows"], **extra_label_inputs(cfg)},
+)
+STAGE, VERSION = SPEC.name, SPEC.version
 FEATURES = datasets.Features(
     {
         "id": datasets.Value("string"),
@@ -60,6 +65,7 @@ FIX_FEATURES = datasets.Features(
         "source": datasets.Value("string"),
     }
 )
+
 _FEEDBACK_FORMATS = {"csv", "tsv", "jsonl", "parquet"}
 
 
@@ -154,9 +160,16 @@ def _feedback_rows(
             yield k, path, place, at, _row_id(rid, at), cell, src
 
 
-def _cell_labels(cell: Any, cfg: IngestConfig) -> list[str]:
-    """The labels of a feedback file's ``labels`` cell, split and mapped like the input's."""
-    labels = parse_labels(cell, cfg.label_separator)
+def _cell_labels(cell: Any, cfg: IngestConfig, at: str = "") -> list[str]:
+    """The labels of a feedback file's ``labels`` cell, split and mapped like the input's
+    (``at`` names the file and line in messages)."""
+    try:
+        labels = parse_labels(cell, cfg.label_separator)
+    except LabelCellError as exc:
+        raise InputDataError(
+            f"{at}: column 'labels': {exc}; write the labels as one flat list of names "
+            f"or as text joined by {cfg.label_separator!r}"
+        ) from None
     if labels and cfg.label_map:
         labels = map_labels([labels], cfg.label_map, cfg.keep_only_mapped)[0][0]
     return labels
@@ -215,7 +228,7 @@ def _read_extra_labels(
     per_source: Counter = Counter()
     files = []
     for k, path, place, at, rid, cell, src in _feedback_rows(cfg, "extra_labels", files):
-        labels = _cell_labels(cell, cfg)
+        labels = _cell_labels(cell, cfg, at)
         if not labels:
             skipped += 1
             continue
@@ -308,7 +321,7 @@ def read_label_fixes(
     files = []
     for k, path, place, at, rid, cell, src in _feedback_rows(cfg, "label_fixes", files):
         drop = is_drop(cell)
-        labels = [] if drop else _cell_labels(cell, cfg)
+        labels = [] if drop else _cell_labels(cell, cfg, at)
         if not drop and not labels:
             blank += 1
             continue
@@ -395,7 +408,6 @@ def run_extra_labels(
     from label_pipeline.data import load_rows, read_label_info
 
     rows = store.localize(rows)
-    inputs = {"rows": rows, **extra_label_inputs(cfg)}
 
     def builder(ctx: BuildContext) -> dict[str, Any]:
         data = load_rows(rows.dir)
@@ -431,4 +443,4 @@ def run_extra_labels(
         write_summary(ctx.dir, "\n".join(lines), sample)
         return {**facts, "label_fixes": fix_facts}
 
-    return store.build(STAGE, VERSION, cfg, inputs, builder, refresh)
+    return store.build_stage(SPEC, cfg, {"rows": rows}, builder, refresh)

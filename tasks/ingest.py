@@ -37,6 +37,7 @@ from label_pipeline.progress import stage_logger
 from label_pipeline.reading import (
     SPLIT_ALIASES,
     IngestConfig,
+    LabelCellError,
     cell_text,
     column_of,
     detect_format,
@@ -50,10 +51,15 @@ from label_pipeline.reading import (
     scalar_label,
     with_derived_sections,
 )
-from label_pipeline.store import BuildContext, StageRef, StageStore, file_fingerprint
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore, file_fingerprint
 
-STAGE = "ingest"
-VERSION = "2"
+SPEC = StageSpec(
+    "ingest",
+    "2",
+    resolve=lambda cfg: cfg.for_rows(),
+    select=lambda cfg, refs: source_inputs(cfg),
+)
+STAGE, VERSION = SPEC.name, SPEC.version
 
 
 def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
@@ -96,7 +102,16 @@ def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
         else:
             ids += [f"row-{n}" for n in range(start, start + len(frame))]
         texts += ["" if is_missing(t) else str(t) for t in text_col]
-        raw_labels += [parse_labels(v, cfg.label_separator) for v in label_col]
+        for n, v in enumerate(label_col):
+            try:
+                raw_labels.append(parse_labels(v, cfg.label_separator))
+            except LabelCellError as exc:
+                col = "labels[].name" if fmt == "github" else repr(cfg.label_column)
+                raise InputDataError(
+                    f"{path}: row {n + 1} (id {ids[start + n]!r}), column {col}: {exc}; write "
+                    'each row\'s labels as one flat list of names (["a", "b"]) or as text '
+                    f"joined by {cfg.label_separator!r} (ingest.label_separator)"
+                ) from None
         if cfg.split_column:
             values = column_of(frame, cfg.split_column, "split_column", str(path))
             normalised = ["" if is_missing(v) else str(v).strip().lower() for v in values]
@@ -229,8 +244,7 @@ def source_inputs(cfg: IngestConfig) -> dict[str, Any]:
 def run_ingest(store: StageStore, cfg: IngestConfig, refresh: bool = False) -> StageRef:
     """Read ``cfg.path`` into canonical rows in the stage store (``extra_labels`` aside:
     :func:`run_extra_labels` reads them)."""
-    cfg = cfg.for_rows()
-    inputs = source_inputs(cfg)
+    cfg = SPEC.config(cfg)
 
     def builder(ctx: BuildContext) -> dict[str, Any]:
         log = stage_logger()
@@ -277,4 +291,4 @@ def run_ingest(store: StageStore, cfg: IngestConfig, refresh: bool = False) -> S
             "warnings": len(facts["warnings"]),
         }
 
-    return store.build(STAGE, VERSION, cfg, inputs, builder, refresh)
+    return store.build_stage(SPEC, cfg, {}, builder, refresh)

@@ -38,12 +38,12 @@ from label_pipeline.data import save_dataset
 from label_pipeline.devices import DeviceChoice, DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, InputDataError
 from label_pipeline.expected_precision import PrecisionAccumulator
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "label"
-VERSION = "2"
+SPEC = StageSpec("label", "2")
+STAGE, VERSION = SPEC.name, SPEC.version
 
 
 class LabelConfig(BaseModel):
@@ -429,7 +429,7 @@ def run_label(
 ) -> StageRef:
     """Label the unlabeled pool with the final model; returns the label stage directory."""
     splits, trained, evaluated = (store.localize(r) for r in (splits, trained, evaluated))
-    inputs = stage_inputs({"splits": splits, "trained": trained, "evaluated": evaluated})
-    return store.build(
-        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, trained, evaluated), refresh
+    inputs = {"splits": splits, "trained": trained, "evaluated": evaluated}
+    return store.build_stage(
+        SPEC, cfg, inputs, _builder(cfg, splits, trained, evaluated), refresh
     )

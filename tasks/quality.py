@@ -59,12 +59,12 @@ from label_pipeline.label_quality import (
 )
 from label_pipeline.methods.base import FitContext, LabelledTexts, get_method
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "quality"
-VERSION = "2"
+SPEC = StageSpec("quality", "2", resolve=lambda cfg: resolve_method(cfg))
+STAGE, VERSION = SPEC.name, SPEC.version
 #: ``quality.method: auto``: the out-of-fold method on a GPU and on a CPU
 AUTO = "auto"
 AUTO_GPU_METHOD = "prototype"
@@ -575,12 +575,12 @@ def run_quality(
 ) -> StageRef:
     """Check the labelled rows of the split stage; see the module docstring."""
     requested = cfg.method
-    cfg = resolve_method(cfg)
+    cfg = SPEC.config(cfg)
     get_method(cfg.method)  # fail before any work, listing the available methods
     splits = store.localize(splits)
     clean = store.localize(clean) if clean is not None else None
     zero_shot = store.localize(zero_shot) if zero_shot is not None else None
-    inputs = stage_inputs({"splits": splits, "clean": clean, "zero_shot": zero_shot})
-    return store.build(
-        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, clean, zero_shot, requested), refresh
+    inputs = {"splits": splits, "clean": clean, "zero_shot": zero_shot}
+    return store.build_stage(
+        SPEC, cfg, inputs, _builder(cfg, splits, clean, zero_shot, requested), refresh
     )

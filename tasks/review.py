@@ -37,12 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from label_pipeline.artifacts import md_table
 from label_pipeline.errors import LabelPipelineError
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "review"
-VERSION = "1"
+SPEC = StageSpec("review", "1")
+STAGE, VERSION = SPEC.name, SPEC.version
 REVIEWABLE = ("zero_shot", "label")
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -635,6 +635,6 @@ def run_review(
 ) -> StageRef:
     """Apply the review decision ``cfg`` to the reviewed stage's output ``source``."""
     source = store.localize(source)
-    return store.build(
-        STAGE, VERSION, cfg, stage_inputs({"source": source}), _builder(cfg, source), refresh
+    return store.build_stage(
+        SPEC, cfg, {"source": source}, _builder(cfg, source), refresh
     )

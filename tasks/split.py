@@ -53,12 +53,12 @@ from label_pipeline.data import (
     write_label_info,
 )
 from label_pipeline.errors import ConfigError, InputDataError
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "split"
-VERSION = "3"
+SPEC = StageSpec("split", "3")
+STAGE, VERSION = SPEC.name, SPEC.version
 INPUT_SOURCE = "input"
 SPLIT_FRACTION_NAMES = ("train", "valid", "test")
 
@@ -535,8 +535,7 @@ def run_split(
             "warnings": warnings,
         }
 
-    inputs = stage_inputs({"rows": rows, "extra": extra})
-    return store.build(STAGE, VERSION, cfg, inputs, builder, refresh)
+    return store.build_stage(SPEC, cfg, {"rows": rows, "extra": extra}, builder, refresh)
 
 
 def _labels_by_id(

@@ -35,12 +35,12 @@ from label_pipeline.artifacts import md_table, publish_table
 from label_pipeline.devices import DeviceConfig, choose_device
 from label_pipeline.errors import InputDataError
 from label_pipeline.models import DEFAULT_ENCODER
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "suggest"
-VERSION = "1"
+SPEC = StageSpec("suggest", "1")
+STAGE, VERSION = SPEC.name, SPEC.version
 ROUND_SOURCE = re.compile(r"^round-(\d+)$")
 
 
@@ -280,7 +280,7 @@ def run_suggest(
     """Choose the next ``cfg.n`` pool rows to label from the label stage's probabilities."""
     splits, labelled = store.localize(splits), store.localize(labelled)
     review = store.localize(review) if review is not None else None
-    inputs = stage_inputs({"splits": splits, "labelled": labelled, "review": review})
-    return store.build(
-        STAGE, VERSION, cfg, inputs, _builder(cfg, splits, labelled, review), refresh
+    inputs = {"splits": splits, "labelled": labelled, "review": review}
+    return store.build_stage(
+        SPEC, cfg, inputs, _builder(cfg, splits, labelled, review), refresh
     )

@@ -40,12 +40,12 @@ from label_pipeline.errors import ConfigError, InputDataError, TrainingDivergedE
 from label_pipeline.methods.base import FitContext, LabelledTexts, get_method
 from label_pipeline.metrics import f1_micro_macro
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
-from label_pipeline.store import BuildContext, StageRef, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-STAGE = "train"
-VERSION = "7"
+SPEC = StageSpec("train", "7", select=lambda cfg, refs: reads(cfg, refs))
+STAGE, VERSION = SPEC.name, SPEC.version
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
 #: the run that averages the best runs of a slice (``TrainConfig.average_top``)
@@ -952,6 +952,19 @@ def _write_summary(
     write_summary(directory, "\n".join(lines) + "\n", sample)
 
 
+def reads(cfg: TrainConfig, refs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs a run of ``cfg`` reads: the others stay out of its fingerprint, so a run
+    does not retrain for an input it ignores."""
+    mods = set().union(*(parse_method(m)[1] for m in cfg.methods))
+    return {
+        "splits": refs["splits"],
+        "augmented": refs.get("augmented") if cfg.use_augmented or "aug" in mods else None,
+        "pseudo": refs.get("pseudo") if cfg.use_pseudo or "pseudo" in mods else None,
+        "adapted": refs.get("adapted") if cfg.encoder == "adapted" else None,
+        "quality": refs.get("quality") if cfg.label_issues != "keep" else None,
+    }
+
+
 def run_train(
     store: StageStore,
     cfg: TrainConfig,
@@ -964,41 +977,27 @@ def run_train(
 ) -> StageRef:
     """Fit every method on every slice of the split stage; see the module docstring."""
     check_methods(cfg)  # fail before any work, with the list of available methods
-    mods = set().union(*(parse_method(m)[1] for m in cfg.methods))
-    # inputs a run does not read stay out of its fingerprint (no needless retraining)
-    if not (cfg.use_augmented or "aug" in mods):
-        augmented = None
-    if not (cfg.use_pseudo or "pseudo" in mods):
-        pseudo = None
-    if cfg.encoder != "adapted":
-        adapted = None
-    if cfg.label_issues == "keep":
-        quality = None
-    elif quality is None:
+    if cfg.label_issues != "keep" and quality is None:
         raise ConfigError(
             f"train.label_issues={cfg.label_issues!r} acts on the quality stage's flagged rows, "
             "but the quality stage did not run; enable it (quality.enabled: true) or set "
             "train.label_issues: keep"
         )
-    splits = store.localize(splits)
-    augmented = store.localize(augmented) if augmented is not None else None
-    pseudo = store.localize(pseudo) if pseudo is not None else None
-    adapted = store.localize(adapted) if adapted is not None else None
-    quality = store.localize(quality) if quality is not None else None
-    inputs = stage_inputs(
-        {
-            "splits": splits,
-            "augmented": augmented,
-            "pseudo": pseudo,
-            "adapted": adapted,
-            "quality": quality,
-        }
-    )
-    return store.build(
-        STAGE,
-        VERSION,
+    given = {
+        "splits": splits,
+        "augmented": augmented,
+        "pseudo": pseudo,
+        "adapted": adapted,
+        "quality": quality,
+    }
+    read = {k: store.localize(v) for k, v in SPEC.inputs(cfg, given).items()}
+    splits = read["splits"]
+    augmented, pseudo = read.get("augmented"), read.get("pseudo")
+    adapted, quality = read.get("adapted"), read.get("quality")
+    return store.build_stage(
+        SPEC,
         cfg,
-        inputs,
+        read,
         _builder(cfg, splits, augmented, pseudo, adapted, quality),
         refresh,
     )

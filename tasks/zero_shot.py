@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from label_pipeline.errors import ConfigError
-from label_pipeline.orchestration import stage_inputs, write_summary
+from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.runners import RunnerConfig
 from label_pipeline.shards import map_shards
-from label_pipeline.store import BuildContext, StageRef, StageStore, fingerprint_of
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 from label_pipeline.zeroshot import get_backend
 from label_pipeline.zeroshot.base import ZeroShotBackend
 from label_pipeline.zeroshot.loading import (
@@ -68,8 +68,8 @@ from label_pipeline.zeroshot.selection import (
     f1_scores,
 )
 
-STAGE = "zero_shot"
-VERSION = "4"
+SPEC = StageSpec("zero_shot", "4")
+STAGE, VERSION = SPEC.name, SPEC.version
 SCORED_SPLITS = ("valid", "test", "unlabeled")
 SHARD_DONE = "shard.json"
 
@@ -735,16 +735,15 @@ def run_zero_shot(
 
     ``encoder``: optional adapt-stage output whose ``model/`` is a masked LM, used by ``fill_mask``.
     """
-    inputs = stage_inputs({"splits": splits, "encoder": encoder})
+    inputs = {"splits": splits, "encoder": encoder}
     encoder_dir = encoder.dir if encoder is not None else None
     # validate cheap things before anything is loaded or built
     label_spec(splits.dir, cfg)
     if cfg.backend != "auto":
         get_backend(cfg.backend)
     with _quiet_datasets():
-        ref = store.build(
-            STAGE,
-            VERSION,
+        ref = store.build_stage(
+            SPEC,
             cfg,
             inputs,
             lambda ctx: _build(ctx, store, cfg, splits.dir, encoder_dir),
@@ -760,7 +759,7 @@ def stage_fingerprint(
     cfg: ZeroShotConfig, splits: StageRef, encoder: StageRef | None = None
 ) -> str:
     """The fingerprint :func:`run_zero_shot` builds under (names the shard directory)."""
-    return fingerprint_of(STAGE, VERSION, cfg, stage_inputs({"splits": splits, "encoder": encoder}))
+    return SPEC.fingerprint(cfg, {"splits": splits, "encoder": encoder})
 
 
 # ---------------------------------------------------------------- shards as mapped tasks
