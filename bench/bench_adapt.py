@@ -37,17 +37,16 @@ import datasets  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from label_pipeline.mlm import mlm_head  # noqa: E402
-from label_pipeline.models import DEFAULT_ENCODER, resolve_model  # noqa: E402
-from label_pipeline.store import StageRef, StageStore  # noqa: E402
-from tasks.adapt import (  # noqa: E402
-    AdaptConfig,
+from label_pipeline.mlm import (  # noqa: E402
     load_masked_lm,
     make_collator,
     masked_loss,
+    mlm_head,
     pack_texts,
-    run_adapt,
 )
+from label_pipeline.models import DEFAULT_ENCODER, resolve_model  # noqa: E402
+from label_pipeline.store import StageRef, StageStore  # noqa: E402
+from tasks.adapt import AdaptConfig, run_adapt  # noqa: E402
 
 EMBEDDED = ROOT / "data" / "goemotions-ekman-sample.csv"
 GOEMOTIONS = DATASETS / "goemotions/ekman/train.tsv"
@@ -129,7 +128,7 @@ def throughput(texts: list[str], steps: int, batch_size: int, max_length: int) -
         slots += len(chunk) * max(len(r["input_ids"]) for r in chunk)
     unpacked_padding = 1 - real / slots
 
-    collator = make_collator(tok, cfg, seed=0)
+    collator = make_collator(tok, cfg.training(), seed=0)
     head = mlm_head(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.train()

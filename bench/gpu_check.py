@@ -194,15 +194,16 @@ def check_embeddings(encoder: Path, gpu, cpu, n_gpu: int, n_cpu: int) -> dict[st
 
 
 def check_adapt(corpus: list[str], work: Path, gpu) -> dict[str, Any]:
+    from label_pipeline.mlm import load_masked_lm, pack_texts, train_masked_lm
     from label_pipeline.testing import make_tiny_bert
-    from tasks.adapt import AdaptConfig, load_masked_lm, pack_texts, train_masked_lm
+    from tasks.adapt import AdaptConfig
 
     mlm_dir = make_tiny_bert(work / "tiny-mlm", "mlm", corpus=corpus)
     mlm = load_masked_lm(mlm_dir)
     cfg = AdaptConfig(max_length=64, max_steps=30, batch_size=8, max_minutes=2.0)
     blocks = pack_texts(mlm.tokenizer, corpus, cfg.max_length)
     t0 = time.time()
-    res = train_masked_lm(mlm, blocks, cfg, gpu, work / "adapt-work")
+    res = train_masked_lm(mlm, blocks, cfg.training(), gpu, work / "adapt-work")
     losses = [h["loss"] for h in res.log_history if "loss" in h]
     return {
         "device": gpu.describe(),

@@ -12,18 +12,11 @@ import torch
 
 from label_pipeline.devices import choose_device
 from label_pipeline.errors import ConfigError, EmptyPoolError
+from label_pipeline.mlm import heldout_perplexity, load_masked_lm, pack_texts, train_masked_lm
 from label_pipeline.store import StageRef, StageStore
 from label_pipeline.testing import DEFAULT_CORPUS, make_tiny_bert
 from tasks import adapt
-from tasks.adapt import (
-    AdaptConfig,
-    heldout_perplexity,
-    load_masked_lm,
-    pack_texts,
-    run_adapt,
-    select_texts,
-    train_masked_lm,
-)
+from tasks.adapt import AdaptConfig, run_adapt, select_texts
 
 CPU = choose_device(AdaptConfig(device={"device": "cpu"}).device)
 FAST = {"max_length": 32, "batch_size": 8, "save_steps": 50, "logging_steps": 2}
@@ -202,10 +195,12 @@ def test_loss_falls_on_repeated_text(tiny_mlm_dir, tmp_path):
     )
     mlm = load_masked_lm(tiny_mlm_dir)
     blocks = pack_texts(mlm.tokenizer, [DEFAULT_CORPUS[0]] * 200, cfg.max_length)
-    before = heldout_perplexity(mlm, blocks, cfg, CPU)
-    assert before == heldout_perplexity(mlm, blocks, cfg, CPU)  # fixed masks: reproducible
-    result = train_masked_lm(mlm, blocks, cfg, CPU, tmp_path / "work")
-    after = heldout_perplexity(mlm, blocks, cfg, CPU)
+    before = heldout_perplexity(mlm, blocks, cfg.training(), CPU)
+    assert before == heldout_perplexity(
+        mlm, blocks, cfg.training(), CPU
+    )  # fixed masks: reproducible
+    result = train_masked_lm(mlm, blocks, cfg.training(), CPU, tmp_path / "work")
+    after = heldout_perplexity(mlm, blocks, cfg.training(), CPU)
     losses = [h["loss"] for h in result.log_history if "loss" in h]
     assert result.steps == 40 and result.stopped_by == "max_steps"
     assert losses[-1] < 0.5 * losses[0]
@@ -216,7 +211,7 @@ def test_wall_clock_limit_stops_training(tiny_mlm_dir, tmp_path):
     cfg = AdaptConfig(model=str(tiny_mlm_dir), epochs=500, max_minutes=0.02, **FAST)
     mlm = load_masked_lm(tiny_mlm_dir)
     blocks = pack_texts(mlm.tokenizer, _texts(100, "pool", 4), cfg.max_length)
-    result = train_masked_lm(mlm, blocks, cfg, CPU, tmp_path / "work")
+    result = train_masked_lm(mlm, blocks, cfg.training(), CPU, tmp_path / "work")
     planned = 500 * -(-blocks.blocks // cfg.batch_size)
     assert result.stopped_by == "max_minutes"
     assert 1 <= result.steps < planned
@@ -236,7 +231,7 @@ def test_new_head_learns_at_its_own_rate(base_dir, tmp_path):
     head = mlm.model.cls.predictions.transform.dense.weight
     layer0, head0 = layer.detach().clone(), head.detach().clone()
     blocks = pack_texts(mlm.tokenizer, _texts(80, "pool", 4), cfg.max_length)
-    train_masked_lm(mlm, blocks, cfg, CPU, tmp_path / "work")
+    train_masked_lm(mlm, blocks, cfg.training(), CPU, tmp_path / "work")
     assert (head - head0).abs().max() > 1e-3
     assert (layer - layer0).abs().max() < 1e-6
 
@@ -246,7 +241,7 @@ def test_whole_word_masking_trains(base_dir, tmp_path):
     mlm = load_masked_lm(base_dir)
     blocks = pack_texts(mlm.tokenizer, _texts(80, "pool", 4), cfg.max_length, offsets=True)
     assert "offset_mapping" in blocks.columns
-    result = train_masked_lm(mlm, blocks, cfg, CPU, tmp_path / "work")
+    result = train_masked_lm(mlm, blocks, cfg.training(), CPU, tmp_path / "work")
     assert result.steps == 3
 
 

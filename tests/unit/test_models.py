@@ -38,7 +38,7 @@ def test_concurrent_loads_leave_transformers_globals_intact(tiny_mlm_dir):
     import torch
     from transformers import PreTrainedModel
 
-    from tasks.adapt import load_masked_lm
+    from label_pipeline.mlm import load_masked_lm
 
     tie_weights, normal_ = PreTrainedModel.tie_weights, torch.nn.init.normal_
     with ThreadPoolExecutor(max_workers=6) as pool:
