@@ -192,7 +192,8 @@ def resolve_path(path: str, what: str = "ingest.path") -> Path:
     for c in candidates:
         if c.exists():
             return c.resolve()
-    tried = ", ".join(str(c) for c in candidates)
+    # the current directory may be the project root: name each place once
+    tried = ", ".join(dict.fromkeys(str(c.absolute()) for c in candidates))
     raise InputDataError(
         f"{what}: {path!r} not found (looked at {tried}); set {what} to an existing file"
     )
@@ -221,6 +222,58 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     return _EXTENSIONS[ext]
 
 
+#: the first bytes of common non-text files: (magic, what it is, what to do)
+_MAGIC: tuple[tuple[bytes, str, str], ...] = (
+    (b"PAR1", "a Parquet file", "set ingest.format: parquet (or name it .parquet)"),
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx or Word .docx file is one)", ""),
+    (b"\xd0\xcf\x11\xe0", "a Microsoft Office file (.xls / .doc)", ""),
+    (b"%PDF", "a PDF document", ""),
+    (b"\x89PNG", "a PNG image", ""),
+    (b"\xff\xd8\xff", "a JPEG image", ""),
+    (b"GIF8", "a GIF image", ""),
+    (b"\x1f\x8b", "a gzip-compressed file", "name it with a .gz ending (e.g. data.csv.gz)"),
+    (b"BZh", "a bzip2-compressed file", "decompress it first"),
+    (b"\xfd7zXZ", "an xz-compressed file", "decompress it first"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file", "decompress it first"),
+    (b"7z\xbc\xaf", "a 7-Zip archive", "unpack it first"),
+    (b"SQLite format 3\x00", "an SQLite database", "export the table as CSV"),
+    (b"ARROW1", "an Arrow IPC file", "write it as Parquet or CSV"),
+    (b"\x7fELF", "an executable (ELF)", ""),
+)
+
+
+def describe_binary(head: bytes, encoding: str = "utf-8") -> tuple[str, str] | None:
+    """What a non-text file is, from its first bytes: (description, hint), or None when
+    the bytes look like text in ``encoding``."""
+    for magic, what, hint in _MAGIC:
+        if head.startswith(magic):
+            return what, hint
+    wide = encoding.lower().replace("_", "-").startswith(("utf-16", "utf-32", "utf16", "utf32"))
+    if not wide and head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "a UTF-16 text file", "set ingest.encoding: utf-16"
+    if wide:
+        return None
+    sample = head[:8192]
+    control = sum(1 for b in sample if b < 32 and b not in (9, 10, 12, 13))
+    if b"\x00" in sample or control > max(8, len(sample) // 20):
+        return "binary data, not text", ""
+    return None
+
+
+def check_text_file(path: Path, raw: bytes, encoding: str = "utf-8") -> None:
+    """Fail naming what the file is when ``raw`` (its bytes) is not text."""
+    found = describe_binary(raw[:8192], encoding)
+    if found is None:
+        return
+    what, hint = found
+    raise InputDataError(
+        f"{path}: not a text file: it looks like {what} (first bytes {raw[:8]!r}); ingest reads "
+        "CSV, TSV and JSONL text, Parquet and datasets.save_to_disk directories: "
+        + (hint or "export the data as CSV (a text column and a labels column)")
+        + ", or fix ingest.path"
+    )
+
+
 def read_text(path: Path, cfg: IngestConfig, warnings: list[str]) -> str:
     """Decode a text file; undecodable bytes are replaced (with a warning naming the lines)
     or, with ``encoding_errors='strict'``, fail naming the first bad line."""
@@ -230,6 +283,13 @@ def read_text(path: Path, cfg: IngestConfig, warnings: list[str]) -> str:
             raw = gzip.decompress(raw)
         except OSError as exc:
             raise InputDataError(f"{path}: not a valid gzip file ({exc})") from None
+    if not raw or (len(raw) < 65536 and not raw.strip()):
+        what = "empty (0 bytes)" if not raw else "blank (only whitespace)"
+        raise InputDataError(
+            f"{path}: the file is {what}; give a file with a header line and at least one "
+            "row, or fix ingest.path"
+        )
+    check_text_file(path, raw, cfg.encoding)
     encoding = (
         "utf-8-sig" if cfg.encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else cfg.encoding
     )
@@ -428,6 +488,27 @@ def _hf_frame(path: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
+def _check_header(path: Path, text: str, sep: str, quoting: int) -> None:
+    """Fail when the header line names a column twice (pandas would rename the second
+    ``text`` to ``text.1`` and read the first without a word)."""
+    import csv
+    import io
+
+    header = next(csv.reader(io.StringIO(text), delimiter=sep, quoting=quoting), [])
+    names = [h.strip() for h in header]
+    dup = [n for n, k in Counter(names).items() if k > 1]
+    if dup:
+        where = ", ".join(
+            f"{n!r} (columns {', '.join(str(i + 1) for i, m in enumerate(names) if m == n)})"
+            for n in dup
+        )
+        raise InputDataError(
+            f"{path}: line 1 (the header) names the same column more than once: {where}; "
+            f"header: {sep.join(names)}; give every column its own name (and point "
+            "ingest.text_column / ingest.label_column at the right one)"
+        )
+
+
 def read_frame(
     path: Path, fmt: str, cfg: IngestConfig, warnings: list[str]
 ) -> tuple[pd.DataFrame, str, int]:
@@ -441,13 +522,17 @@ def read_frame(
             if fmt in {"csv", "tsv"}:
                 import csv
 
+                sep = "," if fmt == "csv" else "\t"
+                quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
+                if cfg.header:
+                    _check_header(path, text, sep, quoting)
                 frame = pd.read_csv(
                     io.StringIO(text),
-                    sep="," if fmt == "csv" else "\t",
+                    sep=sep,
                     dtype=str,
                     keep_default_na=False,
                     header=0 if cfg.header else None,
-                    quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+                    quoting=quoting,
                 )
                 frame.columns = [str(c) for c in frame.columns]
             else:
@@ -459,6 +544,21 @@ def read_frame(
                     _check_objects(path, records)
                     frame = pd.DataFrame.from_records(records)
         elif fmt == "parquet":
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    head = fh.read(8192)
+                if not head:
+                    raise InputDataError(
+                        f"{path}: the file is empty (0 bytes); give a Parquet file with rows, "
+                        "or fix ingest.path"
+                    )
+                if not head.startswith(b"PAR1"):
+                    found = describe_binary(head)
+                    what = found[0] if found else "text"
+                    raise InputDataError(
+                        f"{path}: not a Parquet file (no PAR1 header): it looks like {what}; "
+                        "set ingest.format to the file's format (csv, tsv, jsonl) or fix ingest.path"
+                    )
             frame = pd.read_parquet(path)
         elif fmt == "hf_disk":
             frame = _hf_frame(path)
@@ -490,6 +590,16 @@ def is_missing(value: Any) -> bool:
     return False
 
 
+class LabelCellError(InputDataError):
+    """A label cell that is not a label name or a flat list of them (the caller names the
+    file and row)."""
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_labels(value: Any, separator: str) -> list[str]:
     """One label cell as a list of label names (no duplicates, empty = unlabeled)."""
     if is_missing(value):
@@ -499,8 +609,15 @@ def parse_labels(value: Any, separator: str) -> list[str]:
     if isinstance(value, list | tuple):
         out = []
         for x in value:
-            if isinstance(x, dict):
-                x = x.get("name")
+            if isinstance(x, dict) and "name" in x:  # a GitHub label object
+                x = x["name"]
+            if isinstance(x, np.ndarray):
+                x = x.tolist()
+            if isinstance(x, list | tuple | dict | set):
+                raise LabelCellError(
+                    f"the label cell {_short(value)} holds a {type(x).__name__} "
+                    f"({_short(x)}) where a label name belongs"
+                )
             if not is_missing(x) and str(x).strip():
                 out.append(scalar_label(x))
         return list(dict.fromkeys(out))

@@ -85,10 +85,42 @@ def test_killed_build_is_not_taken_for_complete(tmp_path):
     p.join()
     store = StageStore(tmp_path)
     assert not store.is_complete("s", fp)
+    assert len(list((tmp_path / "s").glob(".tmp-*.owner"))) == 1  # it names its writer
     ref = store.build("s", "1", {}, {}, lambda ctx: _write(ctx))
     assert not ref.cached and (ref.dir / "out.txt").is_file()
-    # the stale temp dir is swept away on request
-    assert store.clean_stale_tmp(older_than_s=0) == 1
+    # the killed run's temp dir (and its owner file) went when the stage started again
+    assert not list((tmp_path / "s").glob(".tmp-*"))
+    assert store.clean_stale_tmp() == 0
+
+
+def test_only_stale_temp_dirs_are_removed(tmp_path):
+    """A concurrent run's live temp dir stays; once its process is gone (SIGKILL, no
+    cleanup) the next sweep removes it, however recent. An old temp dir without an owner
+    file (an older version's) goes by age."""
+    p = mp.get_context("fork").Process(target=_slow_build, args=(tmp_path, None))
+    p.start()
+    deadline = time.time() + 20
+    while time.time() < deadline and not list((tmp_path / "s").glob(".tmp-*/part")):
+        time.sleep(0.05)
+    store = StageStore(tmp_path)
+    legacy = tmp_path / "t" / ".tmp-0123-abcd"
+    legacy.mkdir(parents=True)
+    recent_legacy = tmp_path / "t" / ".tmp-4567-abcd"
+    recent_legacy.mkdir()
+    old = time.time() - 7200
+    os.utime(legacy, (old, old))
+    try:
+        assert store.clean_stale_tmp() == 1  # only the old one without an owner
+        assert not legacy.exists() and recent_legacy.exists()
+        live = [d for d in (tmp_path / "s").glob(".tmp-*") if d.is_dir()]
+        assert len(live) == 1 and (live[0] / "part").is_file()
+        owner = json.loads(live[0].with_name(live[0].name + ".owner").read_text())
+        assert owner["pid"] == p.pid
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+    assert store.clean_stale_tmp("s") == 1
+    assert not list((tmp_path / "s").glob(".tmp-*"))
 
 
 def _concurrent_build(root, q):
