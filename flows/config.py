@@ -119,11 +119,11 @@ class PipelineConfig(BaseModel):
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
                 at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                what = " ".join(
-                    str(x)
-                    for x in (getattr(exc, "context", None), getattr(exc, "problem", None))
-                    if x
-                )
+                context, since = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+                if context and since is not None and since is not mark:
+                    context += f" (from line {since.line + 1}, column {since.column + 1})"
+                problem = getattr(exc, "problem", None)
+                what = ": ".join(str(x) for x in (context, problem) if x)
                 raise ConfigError(
                     f"{path}:{at}: not valid YAML ({what or exc}); fix the file's syntax there "
                     "(indentation, a missing ':' or an unclosed quote or bracket)"
