@@ -30,7 +30,7 @@ from label_pipeline.failures import (
 from label_pipeline.orchestration import stage_task
 from label_pipeline.progress import stage_logger
 from label_pipeline.runners import run_with_runner
-from label_pipeline.store import StageRef
+from label_pipeline.store import StageRef, StageStore
 from label_pipeline.temp_server import guard_temporary_server, stop_temporary_server
 from tasks import (
     adapt,
@@ -210,6 +210,9 @@ def label_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     # fail fast, before any stage, on a worker without the GPU the run asks for
     device = choose_device(cfg.device)
     stage_logger().info("device: %s; task runner: %s", device.describe(), cfg.runner.kind)
+    swept = StageStore(cfg.store).clean_stale_tmp()  # a live concurrent run's stay
+    if swept:
+        stage_logger().info("store: removed %d temporary dir(s) left by killed runs", swept)
     refs = run_stages(cfg)
     out: dict[str, Any] = {k: v.model_dump() for k, v in refs.items()}
     if cfg.report.enabled:
