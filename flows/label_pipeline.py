@@ -80,121 +80,106 @@ def _pool_rows(splits: StageRef) -> int | None:
     return None if n is None else int(n)
 
 
-def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
-    """Run every enabled stage in order and return their references (no report)."""
-    store = cfg.store
-    refs: dict[str, StageRef | None] = {}
-    refs["ingest"] = ingest_task(store, cfg.ingest.for_rows(), refresh=cfg.refreshes("ingest"))
-    refs["clean"] = clean_task(
-        store, cfg.clean, refresh=cfg.refreshes("clean"), rows=refs["ingest"]
-    )
+class StageRun:
+    """One run's stage calls: each stage task gets the run's store, its refresh flag and the
+    pipeline's device settings (unless its own config sets some); the refs are collected."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self.refs: dict[str, StageRef] = {}
+
+    def __call__(self, task: Any, stage_cfg: Any, **inputs: Any) -> StageRef:
+        name = task.stage
+        stage_cfg = with_device(stage_cfg, self.cfg.device)
+        ref = task(self.cfg.store, stage_cfg, refresh=self.cfg.refreshes(name), **inputs)
+        self.refs[name] = ref
+        return ref
+
+    def get(self, name: str) -> StageRef | None:
+        return self.refs.get(name)
+
+
+def data_stages(run: StageRun) -> StageRef:
+    """ingest, clean, extra labels (when given), split; returns the split stage's ref."""
+    cfg = run.cfg
+    rows = run(ingest_task, cfg.ingest.for_rows())
+    run(clean_task, cfg.clean, rows=rows)
     if cfg.ingest.has_label_feedback():  # extra labels (pool rows join train), label fixes
-        refs["extra_labels"] = extra_labels_task(
-            store, cfg.ingest, refresh=cfg.refreshes("extra_labels"), rows=refs["ingest"]
-        )
-    refs["split"] = split_task(
-        store,
-        cfg.split,
-        refresh=cfg.refreshes("split"),
-        rows=refs["clean"],
-        extra=refs.get("extra_labels"),
-    )
-    splits = refs["split"]
+        run(extra_labels_task, cfg.ingest, rows=rows)
+    return run(split_task, cfg.split, rows=run.get("clean"), extra=run.get("extra_labels"))
 
-    adapt_cfg, augment_cfg = (
-        with_device(cfg.adapt, cfg.device),
-        with_device(cfg.augment, cfg.device),
-    )
-    zero_shot_cfg, train_cfg = (
-        with_device(cfg.zero_shot, cfg.device),
-        with_device(cfg.train, cfg.device),
-    )
-    label_cfg = with_device(cfg.label, cfg.device)
 
-    if adapt_cfg.enabled and _pool_rows(splits) == 0:
+def pool_stages(run: StageRun, splits: StageRef) -> None:
+    """The stages that read the unlabeled pool: adapt, augment, zero-shot (and its review)."""
+    cfg = run.cfg
+    if cfg.adapt.enabled and _pool_rows(splits) == 0:
         stage_logger().warning(
             "adapt: skipped, every row of the input is labelled (the unlabeled pool is empty), so "
             "there is no unlabeled text to adapt the encoder on; the base encoder is used. Add "
             "rows without labels to the input, or set adapt.enabled: false to silence this"
         )
-    elif adapt_cfg.enabled:
-        refs["adapt"] = adapt_task(store, adapt_cfg, refresh=cfg.refreshes("adapt"), splits=splits)
-    if augment_cfg.enabled:
-        refs["augment"] = augment_task(
-            store,
-            augment_cfg,
-            refresh=cfg.refreshes("augment"),
-            splits=splits,
-            mlm=refs.get("adapt") if augment_cfg.use_adapted_mlm else None,
-        )
-    if zero_shot_cfg.enabled:
+    elif cfg.adapt.enabled:
+        run(adapt_task, cfg.adapt, splits=splits)
+    if cfg.augment.enabled:
+        mlm = run.get("adapt") if cfg.augment.use_adapted_mlm else None
+        run(augment_task, cfg.augment, splits=splits, mlm=mlm)
+    if cfg.zero_shot.enabled:
+        zero_shot_cfg = with_device(cfg.zero_shot, cfg.device)
         # the fill-mask backend reads the adapted encoder when the adapt stage ran
-        encoder = refs.get("adapt") if zero_shot_cfg.backend == "fill_mask" else None
+        encoder = run.get("adapt") if zero_shot_cfg.backend == "fill_mask" else None
         if not cfg.refreshes("zero_shot"):  # shards as mapped tasks; the stage then assembles
             zero_shot.map_zero_shot_shards(
-                store, zero_shot_cfg, splits, cfg.runner, encoder=encoder
+                cfg.store, zero_shot_cfg, splits, cfg.runner, encoder=encoder
             )
-        refs["zero_shot"] = zero_shot_task(
-            store, zero_shot_cfg, refresh=cfg.refreshes("zero_shot"), splits=splits, encoder=encoder
-        )
+        scored = run(zero_shot_task, zero_shot_cfg, splits=splits, encoder=encoder)
         if cfg.review.after == "zero_shot":  # pauses for the reviewer
-            decision = review.gate(cfg.review, refs["zero_shot"])
-            refs["review"] = review_task(
-                store, decision, refresh=cfg.refreshes("review"), source=refs["zero_shot"]
-            )
+            run(review_task, review.gate(cfg.review, scored), source=scored)
+
+
+def model_stages(run: StageRun, splits: StageRef) -> None:
+    """quality, train, evaluate, label (and its review), suggest."""
+    cfg = run.cfg
     if cfg.quality.enabled:  # the labelled rows checked before anything trains on them
-        refs["quality"] = quality_task(
-            store,
-            with_device(cfg.quality, cfg.device),
-            refresh=cfg.refreshes("quality"),
+        run(
+            quality_task,
+            cfg.quality,
             splits=splits,
-            clean=refs["clean"],
-            zero_shot=refs.get("zero_shot"),
+            clean=run.get("clean"),
+            zero_shot=run.get("zero_shot"),
         )
-    if train_cfg.enabled:
-        refs["train"] = train_task(
-            store,
-            train_cfg,
-            refresh=cfg.refreshes("train"),
-            splits=splits,
-            augmented=refs.get("augment"),
-            pseudo=refs.get("review") or refs.get("zero_shot"),
-            adapted=refs.get("adapt"),
-            quality=refs.get("quality"),
-        )
-        if cfg.evaluate.enabled:
-            refs["evaluate"] = evaluate_task(
-                store,
-                cfg.evaluate,
-                refresh=cfg.refreshes("evaluate"),
-                splits=splits,
-                trained=refs["train"],
-                zero_shot=refs.get("zero_shot"),
-            )
-            if label_cfg.enabled:
-                refs["label"] = label_task(
-                    store,
-                    label_cfg,
-                    refresh=cfg.refreshes("label"),
-                    splits=splits,
-                    trained=refs["train"],
-                    evaluated=refs["evaluate"],
-                )
-                if cfg.review.after == "label":  # pauses for the reviewer
-                    decision = review.gate(cfg.review, refs["label"])
-                    refs["review"] = review_task(
-                        store, decision, refresh=cfg.refreshes("review"), source=refs["label"]
-                    )
-                if cfg.suggest.enabled:
-                    refs["suggest"] = suggest_task(
-                        store,
-                        with_device(cfg.suggest, cfg.device),
-                        refresh=cfg.refreshes("suggest"),
-                        splits=splits,
-                        labelled=refs["label"],
-                        review=refs.get("review") if cfg.review.after == "label" else None,
-                    )
-    return {k: v for k, v in refs.items() if v is not None}
+    if not cfg.train.enabled:
+        return
+    trained = run(
+        train_task,
+        cfg.train,
+        splits=splits,
+        augmented=run.get("augment"),
+        pseudo=run.get("review") or run.get("zero_shot"),
+        adapted=run.get("adapt"),
+        quality=run.get("quality"),
+    )
+    if not cfg.evaluate.enabled:
+        return
+    evaluated = run(
+        evaluate_task, cfg.evaluate, splits=splits, trained=trained, zero_shot=run.get("zero_shot")
+    )
+    if not cfg.label.enabled:
+        return
+    labelled = run(label_task, cfg.label, splits=splits, trained=trained, evaluated=evaluated)
+    if cfg.review.after == "label":  # pauses for the reviewer
+        run(review_task, review.gate(cfg.review, labelled), source=labelled)
+    if cfg.suggest.enabled:
+        reviewed = run.get("review") if cfg.review.after == "label" else None
+        run(suggest_task, cfg.suggest, splits=splits, labelled=labelled, review=reviewed)
+
+
+def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
+    """Run every enabled stage in order and return their references (no report)."""
+    run = StageRun(cfg)
+    splits = data_stages(run)
+    pool_stages(run, splits)
+    model_stages(run, splits)
+    return dict(run.refs)
 
 
 # log_prints stays off: it reroutes print(), which breaks libraries that capture stdout
