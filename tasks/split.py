@@ -36,6 +36,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import datasets
@@ -233,35 +235,9 @@ def nested_slices(
 # ---------------------------------------------------------------- the stage
 
 
-def split_rows(
-    ids: list[str],
-    labels: list[list[str]],
-    given: list[str],
-    names: list[str],
-    multi_label: bool,
-    cfg: SplitConfig,
-    user_slices: dict[str, list[str]] | None = None,
-    extra_ids: set[str] | None = None,
-    fixes: dict[str, list[str]] | None = None,
-) -> tuple[list[str], dict[str, list[str]], list[str], list[str]]:
-    """Decide each row's split and the training slices.
-
-    ``extra_ids``: labelled rows added after the first run (their labels already in
-    ``labels``); they go to train and into every slice, outside the draws, so the other
-    rows' splits and slices are those a run without them gets.
-
-    ``fixes``: label fixes, row id -> new labels (empty: the row is dropped). The splits
-    and slices are decided on ``labels`` (the original labels), so they are those a run
-    without the fixes gets; dropped rows then leave every slice, and the warnings count
-    the fixed labels of the rows kept. A dropped row keeps its split name in the returned
-    list (so the caller can count it) and the caller leaves it out of the output.
-
-    Returns (split of each row, slices ``{"8": ids, ..., "all": ids}``, warnings, notes).
-    """
-    rng = np.random.default_rng(cfg.seed)
-    n = len(ids)
-    warnings: list[str] = []
-    notes: list[str] = []
+def resolve_method(cfg: SplitConfig, multi_label: bool) -> str:
+    """The split method ``cfg`` asks for on this data (``auto``: iterative for multi-label,
+    stratified for single-label)."""
     method = cfg.method
     if method == "auto":
         method = "iterative" if multi_label else "stratified"
@@ -270,9 +246,23 @@ def split_rows(
             "split.method='stratified' needs single-label data but the rows are multi-label; "
             "use 'iterative' or 'auto'"
         )
+    return method
+
+
+def _given_splits(
+    ids: list[str],
+    labels: list[list[str]],
+    given: list[str],
+    user_slices: dict[str, list[str]] | None,
+    extra_ids: set[str] | None,
+    warnings: list[str],
+) -> list[str]:
+    """Each row's split before the draw: unlabeled rows, extra-labelled rows (train), the
+    user's splits and the rows of the user's slices (train); "" = to be drawn."""
+    n = len(ids)
     split = ["" for _ in range(n)]
-    labelled = np.array([bool(x) for x in labels])
-    if not labelled.any():
+    labelled = [bool(x) for x in labels]
+    if not any(labelled):
         raise InputDataError("split: no labelled rows; the ingest stage's label column is empty")
     bad_given = []
     for i in range(n):
@@ -290,7 +280,6 @@ def split_rows(
             f"{len(bad_given)} row(s) marked train/valid/test carry no label and go to "
             f"unlabeled (e.g. {bad_given[:5]})"
         )
-    forced: set[str] = set()
     if user_slices:
         forced = {i for k, v in user_slices.items() if k != "all" for i in v}
         for i in range(n):
@@ -302,17 +291,22 @@ def split_rows(
                 f"{len(elsewhere)} id(s) of the user slice file are not training rows (user split or "
                 f"no label) and are left out of the slices (e.g. {elsewhere[:5]})"
             )
+    return split
 
-    y = label_matrix(labels, names)
-    pool = np.flatnonzero(np.array([s == "" for s in split]))
-    if len(pool):
-        if method == "iterative":
-            assign = iterative_stratification(y[pool], cfg.fractions(), rng)
-        else:
-            assign = stratified_assignment(y[pool].argmax(axis=1), cfg.fractions(), rng)
-        for p, s in zip(pool, assign, strict=True):
-            split[p] = SPLIT_FRACTION_NAMES[s]
 
+def _training_slices(
+    ids: list[str],
+    split: list[str],
+    y: np.ndarray,
+    multi_label: bool,
+    cfg: SplitConfig,
+    rng: np.random.Generator,
+    user_slices: dict[str, list[str]] | None,
+    extra_ids: set[str] | None,
+    warnings: list[str],
+    notes: list[str],
+) -> dict[str, list[str]]:
+    """The nested training slices (drawn, or the user's), extra-labelled rows in every one."""
     train_all = np.flatnonzero(np.array([s == "train" for s in split]))
     train_ids = [ids[i] for i in train_all]
     added = [i for i in train_ids if extra_ids and i in extra_ids]
@@ -349,18 +343,18 @@ def split_rows(
             "every slice"
         )
     slices["all"] = train_ids
+    return slices
 
-    kept = np.ones(n, dtype=bool)
-    if fixes:
-        gone = {i for i, new in fixes.items() if not new}
-        kept = np.array([i not in gone for i in ids])
-        slices = {k: [i for i in v if i not in gone] for k, v in slices.items()}
-        y = label_matrix([fixes.get(i) or lab for i, lab in zip(ids, labels, strict=True)], names)
-        y[~kept] = 0
+
+def _coverage_warnings(
+    split: list[str], kept: np.ndarray, y: np.ndarray, names: list[str]
+) -> list[str]:
+    """Empty splits, and labels too rare to appear in every split."""
+    warnings = []
     for part in SPLIT_FRACTION_NAMES:
         if not any(s == part and k for s, k in zip(split, kept, strict=True)):
             warnings.append(f"the {part} split is empty")
-    rare = {}
+    rare: dict[str, list[str]] = {}
     for part in SPLIT_FRACTION_NAMES:
         rows = np.array([s == part for s in split]) & kept
         if rows.any():
@@ -374,6 +368,59 @@ def split_rows(
             f"appear in every split: none in {', '.join(parts)}; its scores there are undefined "
             "(label more rows of it, or merge/drop the label with ingest.label_map)"
         )
+    return warnings
+
+
+def split_rows(
+    ids: list[str],
+    labels: list[list[str]],
+    given: list[str],
+    names: list[str],
+    multi_label: bool,
+    cfg: SplitConfig,
+    user_slices: dict[str, list[str]] | None = None,
+    extra_ids: set[str] | None = None,
+    fixes: dict[str, list[str]] | None = None,
+) -> tuple[list[str], dict[str, list[str]], list[str], list[str]]:
+    """Decide each row's split and the training slices.
+
+    ``extra_ids``: labelled rows added after the first run (their labels already in
+    ``labels``); they go to train and into every slice, outside the draws, so the other
+    rows' splits and slices are those a run without them gets.
+
+    ``fixes``: label fixes, row id -> new labels (empty: the row is dropped). The splits
+    and slices are decided on ``labels`` (the original labels), so they are those a run
+    without the fixes gets; dropped rows then leave every slice, and the warnings count
+    the fixed labels of the rows kept. A dropped row keeps its split name in the returned
+    list (so the caller can count it) and the caller leaves it out of the output.
+
+    Returns (split of each row, slices ``{"8": ids, ..., "all": ids}``, warnings, notes).
+    """
+    rng = np.random.default_rng(cfg.seed)
+    warnings: list[str] = []
+    notes: list[str] = []
+    method = resolve_method(cfg, multi_label)
+    split = _given_splits(ids, labels, given, user_slices, extra_ids, warnings)
+    y = label_matrix(labels, names)
+    pool = np.flatnonzero(np.array([s == "" for s in split]))
+    if len(pool):
+        if method == "iterative":
+            assign = iterative_stratification(y[pool], cfg.fractions(), rng)
+        else:
+            assign = stratified_assignment(y[pool].argmax(axis=1), cfg.fractions(), rng)
+        for p, s in zip(pool, assign, strict=True):
+            split[p] = SPLIT_FRACTION_NAMES[s]
+    slices = _training_slices(
+        ids, split, y, multi_label, cfg, rng, user_slices, extra_ids, warnings, notes
+    )
+    kept = np.ones(len(ids), dtype=bool)
+    if fixes:
+        gone = {i for i, new in fixes.items() if not new}
+        kept = np.array([i not in gone for i in ids])
+        slices = {k: [i for i in v if i not in gone] for k, v in slices.items()}
+        y = label_matrix([fixes.get(i) or lab for i, lab in zip(ids, labels, strict=True)], names)
+        y[~kept] = 0
+    warnings += _coverage_warnings(split, kept, y, names)
     return split, slices, warnings, notes
 
 
@@ -429,6 +476,154 @@ def _summary(
     return "\n".join(lines)
 
 
+@dataclass
+class SplitResult:
+    """The split stage's decision, rows in input order (rows dropped by label fixes gone)."""
+
+    ids: list[str]
+    texts: list[str]
+    labels: list[list[str]]
+    split: list[str]
+    slices: dict[str, list[str]]
+    #: row id -> where its labels came from (extra labels, label fixes); others: the input
+    source_of: dict[str, str]
+    warnings: list[str]
+    notes: list[str]
+    #: label fixes per split: {"relabelled": {split: n}, "dropped": {split: n}}
+    fixed: dict[str, dict[str, int]]
+    method: str
+    #: rows whose labels only a label fix gave (not counted as extra labels)
+    fix_source: dict[str, str] = field(default_factory=dict)
+
+
+def assign_splits(
+    cols: dict[str, list],
+    names: list[str],
+    multi_label: bool,
+    cfg: SplitConfig,
+    user_slices: dict[str, list[str]] | None = None,
+    extra: tuple[list[list[str]], dict[str, str], list[str]] | None = None,
+    fixes: tuple[dict[str, list[str]], dict[str, str], list[str]] | None = None,
+) -> SplitResult:
+    """The split of the clean stage's rows ``cols`` (``id``, ``text``, ``labels``, ``split``):
+    :func:`split_rows`, then the label fixes applied to the rows it decided.
+
+    ``extra``: (labels with the extra labels in, row id -> source, warnings) from the
+    extra_labels stage; ``fixes``: (row id -> new labels, row id -> source, warnings)."""
+    ids, labels = list(cols["id"]), list(cols["labels"])
+    given = cols.get("split") or [""] * len(ids)
+    source_of: dict[str, str] = {}
+    extra_warnings: list[str] = []
+    fix_to, fix_source = {}, {}
+    if extra is not None:
+        labels, source_of, extra_warnings = extra
+    if fixes is not None:
+        fix_to, fix_source, fix_warnings = fixes
+        extra_warnings = extra_warnings + fix_warnings
+    split, slices, warnings, notes = split_rows(
+        ids, labels, given, names, multi_label, cfg, user_slices, set(source_of), fix_to
+    )
+    texts = list(cols["text"])
+    fixed: dict[str, dict[str, int]] = {}
+    if fix_to:  # the splits are decided: now the fixed labels, without the dropped rows
+        fixed, keep = _fix_counts(ids, split, fix_to), []
+        for n, rid in enumerate(ids):
+            if rid in fix_to and not fix_to[rid]:
+                continue
+            keep.append(n)
+            if rid in fix_to:
+                labels[n] = list(fix_to[rid])
+                source_of[rid] = fix_source[rid]
+        ids, labels, split = (
+            [ids[n] for n in keep],
+            [labels[n] for n in keep],
+            [split[n] for n in keep],
+        )
+        texts = [texts[n] for n in keep]
+        notes.append(_fix_note(fixed))
+    return SplitResult(
+        ids,
+        texts,
+        labels,
+        split,
+        slices,
+        source_of,
+        extra_warnings + warnings,
+        notes,
+        fixed,
+        resolve_method(cfg, multi_label),
+        fix_source,
+    )
+
+
+def _split_datasets(res: SplitResult) -> dict[str, datasets.Dataset]:
+    """One dataset per split; train rows carry ``min_slice`` (the smallest slice holding
+    them) and ``source``."""
+    min_slice: dict[str, int] = {}
+    for k in reversed(list(res.slices)):
+        value = len(res.slices["all"]) if k == "all" else int(k)
+        for i in res.slices[k]:
+            min_slice[i] = value
+    dd = {}
+    for part in SPLITS:
+        idx = [i for i, s in enumerate(res.split) if s == part]
+        data = {
+            "id": [res.ids[i] for i in idx],
+            "text": [res.texts[i] for i in idx],
+            "labels": [res.labels[i] for i in idx],
+            "split": [part] * len(idx),
+        }
+        features = CANONICAL_FEATURES.copy()
+        if part == "train":
+            data["min_slice"] = [min_slice[res.ids[i]] for i in idx]
+            features["min_slice"] = datasets.Value("int64")
+            data["source"] = [res.source_of.get(res.ids[i], INPUT_SOURCE) for i in idx]
+            features["source"] = datasets.Value("string")
+        dd[part] = datasets.Dataset.from_dict(data, features=features)
+    return dd
+
+
+def _write_split(
+    directory: Path, res: SplitResult, names: list[str], multi_label: bool, cfg: SplitConfig
+) -> dict[str, Any]:
+    """Write ``splits/``, ``slices.json``, ``labels.json`` and the summary; return the facts."""
+    dd = _split_datasets(res)
+    save_dataset(datasets.DatasetDict(dd), directory / "splits")
+    (directory / "slices.json").write_text(json.dumps(res.slices))
+    write_label_info(directory, names, multi_label)
+    rng = np.random.default_rng(cfg.seed)
+    sample = []
+    per_part = max(1, cfg.sample_rows // 4) if cfg.sample_rows else 0
+    for part in SPLITS:
+        ds = dd[part]
+        for r in rng.permutation(len(ds))[:per_part]:
+            sample.append(ds[int(r)])
+    summary = _summary(
+        res.split,
+        res.labels,
+        names,
+        res.slices,
+        res.ids,
+        res.warnings,
+        res.notes,
+        res.method,
+        res.fixed,
+    )
+    write_summary(directory, summary, sample)
+    n_dropped = sum(res.fixed.get("dropped", {}).values())
+    extra_rows = Counter(s for i, s in res.source_of.items() if i not in res.fix_source)
+    return {
+        "rows_in": len(res.ids) + n_dropped,
+        "rows_out": len(res.ids),
+        **{f"{p}_rows": len(dd[p]) for p in SPLITS},
+        "slices": {k: len(v) for k, v in res.slices.items()},
+        "method": res.method,
+        "extra_labelled_rows": dict(sorted(extra_rows.items())),
+        "label_fixes": res.fixed,
+        "warnings": res.warnings,
+    }
+
+
 def run_split(
     store: StageStore,
     cfg: SplitConfig,
@@ -440,100 +635,21 @@ def run_split(
     ``extra`` (the extra_labels stage) moves later-labelled pool rows into train."""
 
     def builder(ctx: BuildContext) -> dict[str, Any]:
-        log = stage_logger()
         if not (rows.dir / "rows").is_dir():
             raise InputDataError(f"{rows.dir}: no rows/ dataset; re-run the clean stage")
         cols = load_rows(rows.dir).to_dict()
         names, multi_label = read_label_info(rows.dir)
-        ids, labels = cols["id"], cols["labels"]
-        given = cols.get("split") or [""] * len(ids)
         user_slices = None
         if (rows.dir / "user_slices.json").is_file():
             user_slices = json.loads((rows.dir / "user_slices.json").read_text())
-        source_of: dict[str, str] = {}
-        extra_warnings: list[str] = []
-        fixes: dict[str, list[str]] = {}
-        fix_source: dict[str, str] = {}
+        given_extra = given_fixes = None
         if extra is not None:
-            labels, source_of, extra_warnings = _apply_extra_labels(extra, ids, labels)
-            fixes, fix_source, fix_warnings = _read_label_fixes(extra, ids)
-            extra_warnings += fix_warnings
-        split, slices, warnings, notes = split_rows(
-            ids, labels, given, names, multi_label, cfg, user_slices, set(source_of), fixes
-        )
-        warnings = extra_warnings + warnings
-        fixed: dict[str, dict[str, int]] = {}
-        if fixes:  # the splits are decided: now the fixed labels, without the dropped rows
-            fixed, keep = _fix_counts(ids, split, fixes), []
-            for n, rid in enumerate(ids):
-                if rid in fixes and not fixes[rid]:
-                    continue
-                keep.append(n)
-                if rid in fixes:
-                    labels[n] = list(fixes[rid])
-                    source_of[rid] = fix_source[rid]
-            ids, labels, split = (
-                [ids[n] for n in keep],
-                [labels[n] for n in keep],
-                [split[n] for n in keep],
-            )
-            cols["text"] = [cols["text"][n] for n in keep]
-            notes.append(_fix_note(fixed))
-        for w in warnings:
-            log.warning("split: %s", w)
-
-        min_slice: dict[str, int] = {}
-        for k in reversed(list(slices)):
-            value = len(slices["all"]) if k == "all" else int(k)
-            for i in slices[k]:
-                min_slice[i] = value
-        dd = {}
-        for part in SPLITS:
-            idx = [i for i, s in enumerate(split) if s == part]
-            data = {
-                "id": [ids[i] for i in idx],
-                "text": [cols["text"][i] for i in idx],
-                "labels": [labels[i] for i in idx],
-                "split": [part] * len(idx),
-            }
-            features = CANONICAL_FEATURES.copy()
-            if part == "train":
-                data["min_slice"] = [min_slice[ids[i]] for i in idx]
-                features["min_slice"] = datasets.Value("int64")
-                data["source"] = [source_of.get(ids[i], INPUT_SOURCE) for i in idx]
-                features["source"] = datasets.Value("string")
-            dd[part] = datasets.Dataset.from_dict(data, features=features)
-        save_dataset(datasets.DatasetDict(dd), ctx.dir / "splits")
-        (ctx.dir / "slices.json").write_text(json.dumps(slices))
-        write_label_info(ctx.dir, names, multi_label)
-        method = (
-            cfg.method if cfg.method != "auto" else ("iterative" if multi_label else "stratified")
-        )
-        rng = np.random.default_rng(cfg.seed)
-        sample = []
-        per_part = max(1, cfg.sample_rows // 4) if cfg.sample_rows else 0
-        for part in SPLITS:
-            ds = dd[part]
-            for r in rng.permutation(len(ds))[:per_part]:
-                sample.append(ds[int(r)])
-        write_summary(
-            ctx.dir,
-            _summary(split, labels, names, slices, ids, warnings, notes, method, fixed),
-            sample,
-        )
-        n_dropped = sum(fixed.get("dropped", {}).values())
-        return {
-            "rows_in": len(ids) + n_dropped,
-            "rows_out": len(ids),
-            **{f"{p}_rows": len(dd[p]) for p in SPLITS},
-            "slices": {k: len(v) for k, v in slices.items()},
-            "method": method,
-            "extra_labelled_rows": dict(
-                sorted(Counter(s for i, s in source_of.items() if i not in fix_source).items())
-            ),
-            "label_fixes": fixed,
-            "warnings": warnings,
-        }
+            given_extra = _apply_extra_labels(extra, list(cols["id"]), list(cols["labels"]))
+            given_fixes = _read_label_fixes(extra, list(cols["id"]))
+        res = assign_splits(cols, names, multi_label, cfg, user_slices, given_extra, given_fixes)
+        for w in res.warnings:
+            stage_logger().warning("split: %s", w)
+        return _write_split(ctx.dir, res, names, multi_label, cfg)
 
     return store.build_stage(SPEC, cfg, {"rows": rows, "extra": extra}, builder, refresh)
 

@@ -187,3 +187,34 @@ def test_failed_build_leaves_no_directory(tmp_path):
     assert not (store.root / "split").exists() or not [
         p for p in (store.root / "split").iterdir() if p.is_dir()
     ]
+
+
+def test_assign_splits_adds_extra_labels_and_fixes_without_moving_the_other_rows():
+    from tasks.split import SplitConfig, assign_splits
+
+    ids = [f"r{i}" for i in range(80)]
+    labels = [["a"] if i % 2 else ["b"] for i in range(60)] + [[] for _ in range(20)]
+    cols = {"id": ids, "text": [f"text {i}" for i in ids], "labels": labels, "split": []}
+    cfg = SplitConfig(slice_sizes=[8])
+    plain = assign_splits(cols, ["a", "b"], False, cfg)
+    assert plain.method == "stratified" and plain.split[60:] == ["unlabeled"] * 20
+    first_train = next(i for i, s in zip(ids, plain.split, strict=True) if s == "train")
+
+    with_extra = [*labels[:60], ["a"], *labels[61:]]
+    fixes = ({first_train: [], "r70": []}, {first_train: "fixes.csv", "r70": "fixes.csv"}, [])
+    res = assign_splits(
+        cols, ["a", "b"], False, cfg, None, (with_extra, {"r60": "extra.csv"}, []), fixes
+    )
+    kept = dict(zip(res.ids, res.split, strict=True))
+    assert first_train not in kept and "r70" not in kept  # dropped by the fixes
+    assert kept["r60"] == "train" and all("r60" in v for v in res.slices.values())
+    # every other row keeps the split and slice membership a run without them gets
+    others = {
+        i: s for i, s in zip(ids, plain.split, strict=True) if i not in {first_train, "r60", "r70"}
+    }
+    assert all(kept[i] == s for i, s in others.items())
+    assert [i for i in res.slices["8"] if i != "r60"] == [
+        i for i in plain.slices["8"] if i != first_train
+    ]
+    assert res.fixed["dropped"] == {"train": 1, "unlabeled": 1}
+    assert res.source_of["r60"] == "extra.csv" and res.texts[res.ids.index("r60")] == "text r60"
