@@ -37,8 +37,11 @@ Output directory:
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,11 +50,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from label_pipeline.artifacts import md_table
 from label_pipeline.artifacts import num as _f
-from label_pipeline.devices import DeviceConfig, choose_device
+from label_pipeline.devices import DeviceChoice, DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, InputDataError
 from label_pipeline.label_quality import (
     CONFLICT,
     MISLABELLED,
+    Mislabelled,
+    OutOfFold,
     conflict_issues,
     find_mislabelled,
     label_name_check,
@@ -231,6 +236,199 @@ def _conflicts(clean: StageRef | None) -> list[dict[str, Any]] | None:
     return json.loads(path.read_text())
 
 
+# ---------------------------------------------------------------- the check (no store, no Prefect)
+
+
+@dataclass
+class QualityResult:
+    """What :func:`find_label_issues` found in the checked rows.
+
+    Attributes:
+        labels: the label names (columns of ``y`` and of the probabilities).
+        multi_label: whether a row may carry several labels.
+        origin: the split of every checked row.
+        oof: the out-of-fold probabilities (``oof.ok``: every row was scored).
+        verdict: cleanlab's verdict on them; None when no row was scored.
+        flagged: per checked row, True where it is probably mislabelled.
+        issue_rows: one dict per row with an issue (the ``CSV_COLUMNS`` and ``flagged``),
+            most suspicious first.
+        given, suggested: per issue row, the given and the suggested label names.
+        issue_probs: per issue row, the out-of-fold probability of every label.
+        checks: the zero-shot check of every label (empty without zero-shot scores).
+        valid_rows_fitted: valid rows every fold also trained on.
+        conflicts_read: conflict groups read from the clean stage (None: not passed in).
+        zero_shot: whether the rows were scored against the label names.
+    """
+
+    labels: list[str]
+    multi_label: bool
+    origin: list[str]
+    oof: OutOfFold
+    verdict: Mislabelled | None
+    flagged: np.ndarray
+    issue_rows: list[dict[str, Any]]
+    given: list[list[str]]
+    suggested: list[list[str]]
+    issue_probs: np.ndarray
+    checks: list[dict[str, Any]]
+    valid_rows_fitted: int
+    conflicts_read: int | None
+    zero_shot: bool
+
+    @property
+    def rows_checked(self) -> int:
+        return len(self.origin)
+
+    def issues_by_kind(self) -> dict[str, int]:
+        return {
+            MISLABELLED: int(self.flagged.sum()),
+            CONFLICT: sum(1 for r in self.issue_rows if CONFLICT in r["issue"]),
+        }
+
+
+def find_label_issues(
+    rows: LabelledTexts,
+    origin: list[str],
+    cfg: QualityConfig,
+    *,
+    device: DeviceChoice | None = None,
+    encoder: str | None = None,
+    valid: LabelledTexts | None = None,
+    extra: LabelledTexts | None = None,
+    conflicts: list[dict[str, Any]] | None = None,
+    score_names: Callable[[list[str]], np.ndarray] | None = None,
+    on_fold: Callable[[], None] | None = None,
+) -> QualityResult:
+    """The label issues of ``rows`` (``origin``: the split of each row).
+
+    Out-of-fold probabilities of ``cfg.method`` (``valid``: handed to the method for early
+    stopping; ``extra``: rows every fold also trains on), cleanlab's verdict on them, the
+    ``conflicts`` of the clean stage among the rows, and, with ``score_names`` (texts ->
+    rows x labels zero-shot scores of the label names), the check of every label against its
+    name. ``on_fold`` is called after each fold."""
+    labels, n = list(rows.label_names), len(rows)
+    oof = _out_of_fold(rows, cfg, device, encoder, valid, extra, on_fold)
+    verdict = None
+    if oof.ok:
+        verdict = find_mislabelled(
+            rows.y,
+            oof.probs,
+            rows.multi_label,
+            cfg.filter_by,
+            cfg.min_margin,
+            cfg.max_flagged_share,
+        )
+        flagged, quality, suggested = verdict.flagged, verdict.quality, verdict.suggested
+    else:
+        flagged, quality, suggested = np.zeros(n, bool), np.full(n, np.nan), [[] for _ in range(n)]
+    conflict_of = conflict_issues(conflicts or [], set(rows.ids or []))
+    zs_top: list[str] = [""] * n
+    checks: list[dict[str, Any]] = []
+    if score_names is not None and n:
+        scores = score_names(rows.texts)
+        zs_top = [labels[j] for j in scores.argmax(axis=1)]
+        checks = label_name_check(rows.y, scores, labels, cfg.zero_shot_min_auc)
+    found = _issue_rows(
+        rows, origin, oof.probs, flagged, quality, suggested, conflict_of, zs_top, cfg
+    )
+    at = [r.pop("_row") for r in found]
+    return QualityResult(
+        labels=labels,
+        multi_label=rows.multi_label,
+        origin=origin,
+        oof=oof,
+        verdict=verdict,
+        flagged=flagged,
+        issue_rows=found,
+        given=[[labels[j] for j in np.flatnonzero(rows.y[i])] for i in at],
+        suggested=[[labels[j] for j in suggested[i]] for i in at],
+        issue_probs=oof.probs[at].reshape(len(at), len(labels)),
+        checks=checks,
+        valid_rows_fitted=len(extra) if extra is not None else 0,
+        conflicts_read=None if conflicts is None else len(conflicts),
+        zero_shot=score_names is not None,
+    )
+
+
+def _out_of_fold(
+    rows: LabelledTexts,
+    cfg: QualityConfig,
+    device: DeviceChoice | None,
+    encoder: str | None,
+    valid: LabelledTexts | None,
+    extra: LabelledTexts | None,
+    on_fold: Callable[[], None] | None,
+) -> OutOfFold:
+    """Out-of-fold probabilities of ``cfg.method``, each fold's scratch space in one temporary
+    directory."""
+    with tempfile.TemporaryDirectory(prefix="lp-quality-") as work:
+
+        def context() -> FitContext:
+            return FitContext(device=device, seed=cfg.seed, encoder=encoder, work_dir=Path(work))
+
+        return out_of_fold_probs(
+            rows,
+            cfg.method,
+            cfg.method_params,
+            cfg.folds,
+            cfg.seed,
+            context,
+            valid,
+            on_fold=on_fold,
+            extra=extra,
+        )
+
+
+def _issue_rows(
+    rows: LabelledTexts,
+    origin: list[str],
+    probs: np.ndarray,
+    flagged: np.ndarray,
+    quality: np.ndarray,
+    suggested: list[list[int]],
+    conflict_of: dict[str, str],
+    zs_top: list[str],
+    cfg: QualityConfig,
+) -> list[dict[str, Any]]:
+    """The rows with an issue, most suspicious first; ``_row`` is each one's position."""
+    labels, ids, sep = rows.label_names, rows.ids or [], cfg.label_separator
+    out: list[dict[str, Any]] = []
+    for i in range(len(rows)):
+        kinds, details = [], []
+        if flagged[i]:
+            kinds.append(MISLABELLED)
+            g = [j for j in np.flatnonzero(rows.y[i])]
+            details.append(
+                "out-of-fold probability of the given label(s) "
+                + ", ".join(f"{labels[j]} {probs[i, j]:.2f}" for j in g)
+                + "; suggested "
+                + ", ".join(f"{labels[j]} {probs[i, j]:.2f}" for j in suggested[i])
+            )
+        if ids[i] in conflict_of:
+            kinds.append(CONFLICT)
+            details.append(conflict_of[ids[i]])
+        if not kinds:
+            continue
+        out.append(
+            {
+                "id": ids[i],
+                "text": rows.texts[i],
+                "split": origin[i],
+                "given_labels": _join([labels[j] for j in np.flatnonzero(rows.y[i])], sep),
+                "suggested_labels": _join([labels[j] for j in suggested[i]], sep),
+                "score": None if np.isnan(quality[i]) else round(float(quality[i]), 4),
+                "issue": ";".join(kinds),
+                "detail": " | ".join(details),
+                "zero_shot_top": zs_top[i],
+                "labels": "",
+                "flagged": bool(flagged[i]),
+                "_row": i,
+            }
+        )
+    out.sort(key=lambda r: (r["score"] is None, r["score"] or 0.0, r["id"]))
+    return out
+
+
 # ---------------------------------------------------------------- the stage
 
 
@@ -251,16 +449,8 @@ def _builder(
     requested: str,
 ):
     def build(ctx: BuildContext) -> dict[str, Any]:
-        import datasets
+        from label_pipeline.data import load_splits, read_label_info
 
-        from label_pipeline.data import (
-            load_splits,
-            read_label_info,
-            save_dataset,
-            write_label_info,
-        )
-
-        log = stage_logger()
         labels, multi_label = read_label_info(splits_ref.dir)
         splits = load_splits(splits_ref.dir)
         rows, origin = _labelled_rows(
@@ -275,157 +465,115 @@ def _builder(
             valid, extra = None, valid
         device = choose_device(cfg.device)
         encoder = _encoder(cfg)
-        work = tempfile.TemporaryDirectory(prefix="lp-quality-")
-
-        def context() -> FitContext:
-            return FitContext(
-                device=device, seed=cfg.seed, encoder=encoder, work_dir=Path(work.name)
-            )
-
-        with work, Progress(cfg.folds, STAGE, f"out-of-fold {cfg.method}", unit="folds") as prog:
-            oof = out_of_fold_probs(
+        score_names = None
+        if zero_shot is not None:
+            score_names = functools.partial(zero_shot_scores, zero_shot, splits_ref.dir)
+        with Progress(cfg.folds, STAGE, f"out-of-fold {cfg.method}", unit="folds") as prog:
+            result = find_label_issues(
                 rows,
-                cfg.method,
-                cfg.method_params,
-                cfg.folds,
-                cfg.seed,
-                context,
-                valid,
-                on_fold=lambda: prog.update(1),
+                origin,
+                cfg,
+                device=device,
+                encoder=encoder,
+                valid=valid,
                 extra=extra,
+                conflicts=_conflicts(clean),
+                score_names=score_names,
+                on_fold=lambda: prog.update(1),
             )
-        n = len(rows)
-        if oof.ok:
-            verdict = find_mislabelled(
-                rows.y, oof.probs, multi_label, cfg.filter_by, cfg.min_margin, cfg.max_flagged_share
-            )
-            flagged, quality, suggested = verdict.flagged, verdict.quality, verdict.suggested
-        else:
-            log.warning("quality: no out-of-fold scores: %s", oof.folds)
-            flagged = np.zeros(n, bool)
-            quality = np.full(n, np.nan)
-            suggested = [[] for _ in range(n)]
-            verdict = None
-
-        conflicts = _conflicts(clean)
-        conflict_of = conflict_issues(conflicts or [], set(rows.ids or []))
-
-        zs_top: list[str] = [""] * n
-        checks: list[dict[str, Any]] = []
-        if zero_shot is not None and n:
-            scores = zero_shot_scores(zero_shot, splits_ref.dir, rows.texts)
-            zs_top = [labels[j] for j in scores.argmax(axis=1)]
-            checks = label_name_check(rows.y, scores, labels, cfg.zero_shot_min_auc)
-
-        ids = rows.ids or []
-        sep = cfg.label_separator
-        issue_rows: list[dict[str, Any]] = []
-        for i in range(n):
-            kinds, details = [], []
-            if flagged[i]:
-                kinds.append(MISLABELLED)
-                g = [j for j in np.flatnonzero(rows.y[i])]
-                details.append(
-                    "out-of-fold probability of the given label(s) "
-                    + ", ".join(f"{labels[j]} {oof.probs[i, j]:.2f}" for j in g)
-                    + "; suggested "
-                    + ", ".join(f"{labels[j]} {oof.probs[i, j]:.2f}" for j in suggested[i])
-                )
-            if ids[i] in conflict_of:
-                kinds.append(CONFLICT)
-                details.append(conflict_of[ids[i]])
-            if not kinds:
-                continue
-            issue_rows.append(
-                {
-                    "id": ids[i],
-                    "text": rows.texts[i],
-                    "split": origin[i],
-                    "given_labels": _join([labels[j] for j in np.flatnonzero(rows.y[i])], sep),
-                    "suggested_labels": _join([labels[j] for j in suggested[i]], sep),
-                    "score": None if np.isnan(quality[i]) else round(float(quality[i]), 4),
-                    "issue": ";".join(kinds),
-                    "detail": " | ".join(details),
-                    "zero_shot_top": zs_top[i],
-                    "labels": "",
-                    "flagged": bool(flagged[i]),
-                    "_row": i,
-                }
-            )
-        issue_rows.sort(key=lambda r: (r["score"] is None, r["score"] or 0.0, r["id"]))
-        _write_csv(ctx.dir / ISSUES_CSV, issue_rows)
-        probs_cols = {
-            f"prob_{name}": [float(oof.probs[r["_row"], j]) for r in issue_rows]
-            for j, name in enumerate(labels)
-        }
-        feats = {c: datasets.Value("string") for c in CSV_COLUMNS}
-        feats["score"] = datasets.Value("float32")
-        feats["flagged"] = datasets.Value("bool")
-        feats["given"] = datasets.Sequence(datasets.Value("string"))
-        feats["suggested"] = datasets.Sequence(datasets.Value("string"))
-        feats.update({c: datasets.Value("float32") for c in probs_cols})
-        table = {c: [r[c] for r in issue_rows] for c in [*CSV_COLUMNS, "flagged"]}
-        table["given"] = [
-            [labels[j] for j in np.flatnonzero(rows.y[r["_row"]])] for r in issue_rows
-        ]
-        table["suggested"] = [[labels[j] for j in suggested[r["_row"]]] for r in issue_rows]
-        table.update(probs_cols)
-        save_dataset(
-            datasets.Dataset.from_dict(table, features=datasets.Features(feats)),
-            ctx.dir / "issues",
-        )
-        (ctx.dir / "label_checks.json").write_text(json.dumps(checks, indent=1))
-        write_label_info(ctx.dir, labels, multi_label)
-        by_kind = {
-            MISLABELLED: int(flagged.sum()),
-            CONFLICT: sum(1 for r in issue_rows if CONFLICT in r["issue"]),
-        }
-        facts = {
-            "rows_checked": n,
-            "rows_by_split": {s: origin.count(s) for s in dict.fromkeys(origin)},
-            "method": cfg.method,
-            "method_requested": requested,
-            "device": device.device,
-            "folds": oof.folds,
-            "valid_use": cfg.valid_use,
-            "valid_rows_fitted": len(extra) if extra is not None else 0,
-            "fit_seconds": oof.fit_seconds,
-            "issues": len(issue_rows),
-            "issues_by_kind": by_kind,
-            "flagged_by_split": {
-                s: int(sum(flagged[i] for i in range(n) if origin[i] == s))
-                for s in dict.fromkeys(origin)
-            },
-            "cleanlab_estimate": verdict.estimated_issues if verdict else None,
-            "oof_agreement": verdict.agreement if verdict else None,
-            "conflicts_read": None if conflicts is None else len(conflicts),
-            "zero_shot": zero_shot is not None,
-            "labels_disagreeing_with_name": [c["label"] for c in checks if c["disagrees"]],
-        }
-        (ctx.dir / "quality.json").write_text(json.dumps(facts, indent=1))
-        for r in issue_rows:
-            r.pop("_row")
-        write_summary(
-            ctx.dir,
-            _summary(cfg, facts, issue_rows, checks, clean is not None, oof.ok),
-            [
-                {
-                    k: r[k]
-                    for k in ("id", "given_labels", "suggested_labels", "score", "issue", "text")
-                }
-                for r in issue_rows[: cfg.sample_rows]
-            ],
-        )
-        if by_kind[MISLABELLED]:
-            log.info(
-                "quality: %d of %d labelled rows are probably mislabelled; see %s",
-                by_kind[MISLABELLED],
-                n,
-                ctx.final(ISSUES_CSV),
-            )
-        return facts
+        if not result.oof.ok:
+            stage_logger().warning("quality: no out-of-fold scores: %s", result.oof.folds)
+        return _write(ctx, cfg, result, requested, device.device, clean is not None)
 
     return build
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _facts(cfg: QualityConfig, r: QualityResult, requested: str, device: str) -> dict[str, Any]:
+    """``quality.json`` and the manifest's facts."""
+    n, origin, flagged = r.rows_checked, r.origin, r.flagged
+    return {
+        "rows_checked": n,
+        "rows_by_split": {s: origin.count(s) for s in dict.fromkeys(origin)},
+        "method": cfg.method,
+        "method_requested": requested,
+        "device": device,
+        "folds": r.oof.folds,
+        "valid_use": cfg.valid_use,
+        "valid_rows_fitted": r.valid_rows_fitted,
+        "fit_seconds": r.oof.fit_seconds,
+        "issues": len(r.issue_rows),
+        "issues_by_kind": r.issues_by_kind(),
+        "flagged_by_split": {
+            s: int(sum(flagged[i] for i in range(n) if origin[i] == s))
+            for s in dict.fromkeys(origin)
+        },
+        "cleanlab_estimate": r.verdict.estimated_issues if r.verdict else None,
+        "oof_agreement": r.verdict.agreement if r.verdict else None,
+        "conflicts_read": r.conflicts_read,
+        "zero_shot": r.zero_shot,
+        "labels_disagreeing_with_name": [c["label"] for c in r.checks if c["disagrees"]],
+    }
+
+
+def _write(
+    ctx: BuildContext,
+    cfg: QualityConfig,
+    result: QualityResult,
+    requested: str,
+    device: str,
+    had_clean: bool,
+) -> dict[str, Any]:
+    from label_pipeline.data import write_label_info
+
+    issue_rows = result.issue_rows
+    _write_csv(ctx.dir / ISSUES_CSV, issue_rows)
+    _save_issues(ctx.dir / "issues", result)
+    (ctx.dir / "label_checks.json").write_text(json.dumps(result.checks, indent=1))
+    write_label_info(ctx.dir, result.labels, result.multi_label)
+    facts = _facts(cfg, result, requested, device)
+    (ctx.dir / "quality.json").write_text(json.dumps(facts, indent=1))
+    sample_keys = ("id", "given_labels", "suggested_labels", "score", "issue", "text")
+    write_summary(
+        ctx.dir,
+        _summary(cfg, facts, issue_rows, result.checks, had_clean, result.oof.ok),
+        [{k: r[k] for k in sample_keys} for r in issue_rows[: cfg.sample_rows]],
+    )
+    mislabelled = facts["issues_by_kind"][MISLABELLED]
+    if mislabelled:
+        stage_logger().info(
+            "quality: %d of %d labelled rows are probably mislabelled; see %s",
+            mislabelled,
+            result.rows_checked,
+            ctx.final(ISSUES_CSV),
+        )
+    return facts
+
+
+def _save_issues(path: Path, result: QualityResult) -> None:
+    """The issue rows as an Arrow dataset, with label lists and out-of-fold probabilities."""
+    import datasets
+
+    from label_pipeline.data import save_dataset
+
+    rows = result.issue_rows
+    probs_cols = {
+        f"prob_{name}": [float(p) for p in result.issue_probs[:, j]]
+        for j, name in enumerate(result.labels)
+    }
+    feats = {c: datasets.Value("string") for c in CSV_COLUMNS}
+    feats["score"] = datasets.Value("float32")
+    feats["flagged"] = datasets.Value("bool")
+    feats["given"] = datasets.Sequence(datasets.Value("string"))
+    feats["suggested"] = datasets.Sequence(datasets.Value("string"))
+    feats.update({c: datasets.Value("float32") for c in probs_cols})
+    table = {c: [r[c] for r in rows] for c in [*CSV_COLUMNS, "flagged"]}
+    table["given"] = result.given
+    table["suggested"] = result.suggested
+    table.update(probs_cols)
+    save_dataset(datasets.Dataset.from_dict(table, features=datasets.Features(feats)), path)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -464,10 +612,16 @@ def _summary(
     had_clean: bool,
     scored: bool,
 ) -> str:
-    kinds = facts["issues_by_kind"]
-    lines = [
-        f"- labelled rows checked: **{facts['rows_checked']}** "
-        f"({', '.join(f'{k} {v}' for k, v in facts['rows_by_split'].items())})",
+    lines = _overview_lines(cfg, facts, had_clean, scored)
+    if issue_rows:
+        lines += _suspicious_lines(issue_rows)
+    if checks:
+        lines += _name_check_lines(cfg, checks)
+    return "\n".join(lines) + "\n"
+
+
+def _method_line(cfg: QualityConfig, facts: dict[str, Any], scored: bool) -> str:
+    return (
         f"- out-of-fold model: `{cfg.method}`"
         + (
             f" (`quality.method: auto` on {facts['device']}: {AUTO_GPU_METHOD} on a GPU, "
@@ -481,7 +635,12 @@ def _summary(
             f"; every fold also fitted on the {facts['valid_rows_fitted']} valid rows"
             if facts["valid_rows_fitted"]
             else ""
-        ),
+        )
+    )
+
+
+def _flagged_line(cfg: QualityConfig, facts: dict[str, Any]) -> str:
+    return (
         f"- probably mislabelled (cleanlab `{cfg.filter_by}`"
         + (f", margin >= {cfg.min_margin:g}" if cfg.min_margin else "")
         + (
@@ -489,66 +648,80 @@ def _summary(
             if cfg.max_flagged_share
             else ""
         )
-        + f"): **{kinds[MISLABELLED]}**"
+        + f"): **{facts['issues_by_kind'][MISLABELLED]}**"
         + (
             f" (cleanlab flagged {facts['cleanlab_estimate']})"
             if facts["cleanlab_estimate"] is not None
             else ""
-        ),
+        )
+    )
+
+
+def _overview_lines(
+    cfg: QualityConfig, facts: dict[str, Any], had_clean: bool, scored: bool
+) -> list[str]:
+    return [
+        f"- labelled rows checked: **{facts['rows_checked']}** "
+        f"({', '.join(f'{k} {v}' for k, v in facts['rows_by_split'].items())})",
+        _method_line(cfg, facts, scored),
+        _flagged_line(cfg, facts),
         *_agreement_lines(facts.get("oof_agreement")),
-        f"- conflicting duplicates among them: **{kinds[CONFLICT]}**"
+        f"- conflicting duplicates among them: **{facts['issues_by_kind'][CONFLICT]}**"
         + ("" if had_clean else " (the clean stage's conflicts were not passed in)"),
         f"- every issue, with a blank `labels` column to fill in: `{ISSUES_CSV}` (then set "
         "`ingest.label_fixes` to the filled file)",
         "",
     ]
-    if issue_rows:
-        lines += [
-            "### Most suspicious rows",
-            "",
-            md_table(
-                [
-                    {
-                        "id": r["id"],
-                        "given": r["given_labels"],
-                        "suggested": r["suggested_labels"],
-                        "score": r["score"],
-                        "issue": r["issue"],
-                        "text": r["text"][:80],
-                    }
-                    for r in issue_rows[:15]
-                ]
-            ),
-        ]
-    if checks:
-        bad = [c["label"] for c in checks if c["disagrees"]]
-        lines += [
-            "### Labels against their names (zero-shot score of the label's name)",
-            "",
-            md_table(
-                [
-                    {
-                        "label": c["label"],
-                        "rows": c["rows"],
-                        "AUC": _f(c["auc"]),
-                        "name wins": _f(c["top_share"]),
-                        "score own rows": _f(c["mean_score_own"]),
-                        "score other rows": _f(c["mean_score_other"]),
-                        "disagrees": "yes" if c["disagrees"] else "",
-                    }
-                    for c in checks
-                ]
-            ),
-            (
-                f"Label(s) {bad}: their rows do not score higher on the label's name than the "
-                f"other rows (AUC < {cfg.zero_shot_min_auc:g}): the name does not describe "
-                "them (give zero_shot.descriptions) or their rows are labelled inconsistently."
-                if bad
-                else "Every label's rows score higher on its name than the other rows."
-            ),
-            "",
-        ]
-    return "\n".join(lines) + "\n"
+
+
+def _suspicious_lines(issue_rows: list[dict[str, Any]]) -> list[str]:
+    return [
+        "### Most suspicious rows",
+        "",
+        md_table(
+            [
+                {
+                    "id": r["id"],
+                    "given": r["given_labels"],
+                    "suggested": r["suggested_labels"],
+                    "score": r["score"],
+                    "issue": r["issue"],
+                    "text": r["text"][:80],
+                }
+                for r in issue_rows[:15]
+            ]
+        ),
+    ]
+
+
+def _name_check_lines(cfg: QualityConfig, checks: list[dict[str, Any]]) -> list[str]:
+    bad = [c["label"] for c in checks if c["disagrees"]]
+    return [
+        "### Labels against their names (zero-shot score of the label's name)",
+        "",
+        md_table(
+            [
+                {
+                    "label": c["label"],
+                    "rows": c["rows"],
+                    "AUC": _f(c["auc"]),
+                    "name wins": _f(c["top_share"]),
+                    "score own rows": _f(c["mean_score_own"]),
+                    "score other rows": _f(c["mean_score_other"]),
+                    "disagrees": "yes" if c["disagrees"] else "",
+                }
+                for c in checks
+            ]
+        ),
+        (
+            f"Label(s) {bad}: their rows do not score higher on the label's name than the "
+            f"other rows (AUC < {cfg.zero_shot_min_auc:g}): the name does not describe "
+            "them (give zero_shot.descriptions) or their rows are labelled inconsistently."
+            if bad
+            else "Every label's rows score higher on its name than the other rows."
+        ),
+        "",
+    ]
 
 
 def resolve_method(cfg: QualityConfig, device: str | None = None) -> QualityConfig:

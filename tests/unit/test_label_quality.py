@@ -429,3 +429,54 @@ def test_flow_runs_quality_before_train_and_reports_it(tmp_path, prefect_server)
         assert train_manifest["label_issues"]["flagged_training_rows"] >= 1
     report = (tmp_path / "reports" / "quality" / "report.md").read_text()
     assert "## Label quality" in report and "train.label_issues `drop`" in report
+
+
+def test_find_label_issues_is_a_plain_function_of_the_rows():
+    """The quality stage's computation, called without a store: a planted wrong label is
+    flagged with its true label, a conflict from the clean stage is listed, and the zero-shot
+    scores check every label against its name."""
+    from tasks.quality import find_label_issues
+
+    words = {"bug": "crash error", "feature": "add option", "question": "how why"}
+    true = [LABELS[i % 3] for i in range(45)]
+    texts = [f"{words[lab]} {words[lab]} row{i}" for i, lab in enumerate(true)]
+    given = list(true)
+    given[4] = "question"  # a feature row labelled question
+    y = np.eye(3, dtype=np.int64)[[LABELS.index(lab) for lab in given]]
+    ids = [f"r{i}" for i in range(45)]
+    rows = LabelledTexts(texts, y, LABELS, False, ids=ids)
+    origin = ["train"] * 40 + ["valid"] * 5
+    conflicts = [{"kind": "exact", "ids": ["r0", "r9"], "labels": [["bug"], ["feature"]]}]
+    # the name "question" scores high on the bug rows instead of its own
+    true_y = np.eye(3)[[LABELS.index(lab) for lab in true]]
+    scores = true_y[:, [0, 1, 0]] * 0.8 + 0.1
+    folds = []
+    result = find_label_issues(
+        rows,
+        origin,
+        QualityConfig(**FAST),
+        conflicts=conflicts,
+        score_names=lambda t: scores if t == texts else None,
+        on_fold=lambda: folds.append(1),
+    )
+    assert len(folds) == 5 and result.oof.ok and result.rows_checked == 45
+    first = result.issue_rows[0]
+    assert first["id"] == "r4" and first["flagged"] and first["issue"] == "mislabelled"
+    assert first["given_labels"] == "question" and first["suggested_labels"] == "feature"
+    assert result.given[0] == ["question"] and result.suggested[0] == ["feature"]
+    assert result.issue_probs.shape == (len(result.issue_rows), 3)
+    assert result.issue_probs[0, 1] > result.issue_probs[0, 2]  # feature over question
+    assert list(first) == [*CSV_COLUMNS, "flagged"]
+    by_id = {r["id"]: r for r in result.issue_rows}
+    assert (
+        "conflicting_duplicate" in by_id["r0"]["issue"] and "r9 [feature]" in by_id["r0"]["detail"]
+    )
+    assert "r0 [bug]" in by_id["r9"]["detail"]  # both copies are listed
+    assert result.issues_by_kind()["conflicting_duplicate"] == 2
+    assert result.conflicts_read == 1 and result.zero_shot
+    checks = {c["label"]: c for c in result.checks}
+    assert checks["question"]["disagrees"] and not checks["feature"]["disagrees"]
+    assert by_id["r4"]["zero_shot_top"] == "feature"
+    # scores ascend: the most suspicious row first, rows without a score last
+    scored = [r["score"] for r in result.issue_rows if r["score"] is not None]
+    assert scored == sorted(scored)
