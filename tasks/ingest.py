@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
+import pandas as pd
 
 from label_pipeline.artifacts import md_table
 from label_pipeline.data import CANONICAL_FEATURES, SPLITS, save_dataset, write_label_info
@@ -62,86 +65,103 @@ SPEC = StageSpec(
 STAGE, VERSION = SPEC.name, SPEC.version
 
 
-def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
-    """Read every input file into canonical columns. Returns (columns ``id``, ``text``,
-    ``labels``, ``split``; facts: format, labels, multi_label, counts, warnings)."""
-    warnings: list[str] = []
-    ids: list[str] = []
-    texts: list[str] = []
-    raw_labels: list[list[str]] = []
-    splits: list[str] = []
-    formats: list[str] = []
-    excluded = 0
-    files = [resolve_path(p) for p in cfg.paths()]
-    for path in files:
-        fmt = detect_format(path, cfg.format)
-        frame, fmt, n_pr = read_frame(path, fmt, cfg, warnings)
-        formats.append(fmt)
-        excluded += n_pr
-        if fmt == "github":
-            text_cols = cfg.text_columns or ["title", "body"]
-            label_col = frame["labels"]
-        else:
-            text_cols = cfg.text_columns or [cfg.text_column]
-            option = "text_columns" if cfg.text_columns else "text_column"
-            column_of(frame, text_cols[0], option, str(path))
-            label_col = column_of(frame, cfg.label_column, "label_column", str(path))
-            frame = with_derived_sections(frame, text_cols, cfg.field_columns)
-        if len(text_cols) > 1 or cfg.field_columns:
-            text_col = render_texts(frame, text_cols, cfg.field_columns, str(path))
-        elif fmt == "github":
-            text_col = [cell_text(t) for t in frame[text_cols[0]]]
-        else:
-            text_col = frame[text_cols[0]]
-        start = len(ids)
-        if cfg.id_column:
-            ids += [
-                "" if is_missing(v) else scalar_label(v)
-                for v in column_of(frame, cfg.id_column, "id_column", str(path))
-            ]
-        else:
-            ids += [f"row-{n}" for n in range(start, start + len(frame))]
-        texts += ["" if is_missing(t) else str(t) for t in text_col]
-        for n, v in enumerate(label_col):
-            try:
-                raw_labels.append(parse_labels(v, cfg.label_separator))
-            except LabelCellError as exc:
-                col = "labels[].name" if fmt == "github" else repr(cfg.label_column)
-                raise InputDataError(
-                    f"{path}: row {n + 1} (id {ids[start + n]!r}), column {col}: {exc}; write "
-                    'each row\'s labels as one flat list of names (["a", "b"]) or as text '
-                    f"joined by {cfg.label_separator!r} (ingest.label_separator)"
-                ) from None
-        if cfg.split_column:
-            values = column_of(frame, cfg.split_column, "split_column", str(path))
-            normalised = ["" if is_missing(v) else str(v).strip().lower() for v in values]
-            bad = [(start + i, v) for i, v in enumerate(normalised) if v not in SPLIT_ALIASES]
-            if bad:
-                raise InputDataError(
-                    f"{path}: column {cfg.split_column!r} has values that are not a split name "
-                    f"(rows {[r for r, _ in bad[:5]]}: {sorted({v for _, v in bad})[:5]}); use "
-                    f"{', '.join(s for s in SPLITS)} or empty (or unset ingest.split_column)"
-                )
-            splits += [SPLIT_ALIASES[v] for v in normalised]
-        else:
-            splits += [""] * len(frame)
-    source = ", ".join(str(f) for f in files)
+@dataclass
+class FileRows:
+    """The canonical columns read from one input file."""
+
+    ids: list[str]
+    texts: list[str]
+    labels: list[list[str]]
+    splits: list[str]
+    format: str
+    pull_requests_excluded: int
+
+
+def read_rows(path: Path, cfg: IngestConfig, start: int, warnings: list[str]) -> FileRows:
+    """One input file's rows as canonical columns; ``start`` numbers its rows after those of
+    the files before it (ids ``row-N`` when no id column is set)."""
+    fmt = detect_format(path, cfg.format)
+    frame, fmt, n_pr = read_frame(path, fmt, cfg, warnings)
+    if fmt == "github":
+        text_cols = cfg.text_columns or ["title", "body"]
+        label_col = frame["labels"]
+    else:
+        text_cols = cfg.text_columns or [cfg.text_column]
+        option = "text_columns" if cfg.text_columns else "text_column"
+        column_of(frame, text_cols[0], option, str(path))
+        label_col = column_of(frame, cfg.label_column, "label_column", str(path))
+        frame = with_derived_sections(frame, text_cols, cfg.field_columns)
+    if len(text_cols) > 1 or cfg.field_columns:
+        text_col = render_texts(frame, text_cols, cfg.field_columns, str(path))
+    elif fmt == "github":
+        text_col = [cell_text(t) for t in frame[text_cols[0]]]
+    else:
+        text_col = frame[text_cols[0]]
+    if cfg.id_column:
+        ids = [
+            "" if is_missing(v) else scalar_label(v)
+            for v in column_of(frame, cfg.id_column, "id_column", str(path))
+        ]
+    else:
+        ids = [f"row-{n}" for n in range(start, start + len(frame))]
+    texts = ["" if is_missing(t) else str(t) for t in text_col]
+    col = "labels[].name" if fmt == "github" else repr(cfg.label_column)
+    labels = []
+    for n, v in enumerate(label_col):
+        try:
+            labels.append(parse_labels(v, cfg.label_separator))
+        except LabelCellError as exc:
+            raise InputDataError(
+                f"{path}: row {n + 1} (id {ids[n]!r}), column {col}: {exc}; write "
+                'each row\'s labels as one flat list of names (["a", "b"]) or as text '
+                f"joined by {cfg.label_separator!r} (ingest.label_separator)"
+            ) from None
+    return FileRows(ids, texts, labels, _user_splits(frame, cfg, path, start), fmt, n_pr)
+
+
+def _user_splits(frame: pd.DataFrame, cfg: IngestConfig, path: Path, start: int) -> list[str]:
+    """The user's split of each row (``ingest.split_column``; "" when not set)."""
+    if not cfg.split_column:
+        return [""] * len(frame)
+    values = column_of(frame, cfg.split_column, "split_column", str(path))
+    normalised = ["" if is_missing(v) else str(v).strip().lower() for v in values]
+    bad = [(start + i, v) for i, v in enumerate(normalised) if v not in SPLIT_ALIASES]
+    if bad:
+        raise InputDataError(
+            f"{path}: column {cfg.split_column!r} has values that are not a split name "
+            f"(rows {[r for r, _ in bad[:5]]}: {sorted({v for _, v in bad})[:5]}); use "
+            f"{', '.join(s for s in SPLITS)} or empty (or unset ingest.split_column)"
+        )
+    return [SPLIT_ALIASES[v] for v in normalised]
+
+
+def _check_ids(ids: list[str], cfg: IngestConfig, source: str) -> None:
     if not ids:
         raise InputDataError(f"{source}: no rows; give a file with a header and at least one row")
+    if not cfg.id_column:
+        return
+    empty = [n for n, i in enumerate(ids) if not i]
+    if empty:
+        raise InputDataError(
+            f"{source}: column {cfg.id_column!r} is empty in rows {empty[:5]}; every row needs an id"
+        )
+    dup = [i for i, c in Counter(ids).items() if c > 1]
+    if dup:
+        raise InputDataError(
+            f"{source}: column {cfg.id_column!r} has {len(dup)} duplicated id(s) (e.g. {dup[:5]}); "
+            "ids must be unique: fix the column or unset ingest.id_column to number the rows"
+        )
 
-    if cfg.id_column:
-        empty = [n for n, i in enumerate(ids) if not i]
-        if empty:
-            raise InputDataError(
-                f"{source}: column {cfg.id_column!r} is empty in rows {empty[:5]}; every row needs an id"
-            )
-        dup = [i for i, c in Counter(ids).items() if c > 1]
-        if dup:
-            raise InputDataError(
-                f"{source}: column {cfg.id_column!r} has {len(dup)} duplicated id(s) (e.g. {dup[:5]}); "
-                "ids must be unique: fix the column or unset ingest.id_column to number the rows"
-            )
 
+def _mapped_labels(
+    raw_labels: list[list[str]],
+    cfg: IngestConfig,
+    label_col_name: str,
+    source: str,
+    warnings: list[str],
+) -> tuple[list[list[str]], Counter]:
+    """The labels after ``label_map``, checked: at least two labels occur. Returns (labels
+    of each row, count of each label)."""
     in_data = Counter(lab for labels in raw_labels for lab in labels)
     labels, unmapped = map_labels(raw_labels, cfg.label_map, cfg.keep_only_mapped)
     if cfg.label_map:
@@ -154,7 +174,6 @@ def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
                 f"{sum(unmapped.values())} label(s) outside label_map removed (keep_only_mapped): {top}"
             )
     counts = Counter(lab for row in labels for lab in row)
-    label_col_name = "labels[].name" if "github" in formats else repr(cfg.label_column)
     if not counts:
         hint = (
             f"none of its labels ({', '.join(sorted(in_data)[:10])}) is a label_map key: fix label_map "
@@ -170,14 +189,10 @@ def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
             "needs at least two: check ingest.label_separator / label_map, or add a label for the "
             "other rows (e.g. 'other')"
         )
-    multi_rows = [n for n, row in enumerate(labels) if len(row) > 1]
-    multi_label = bool(multi_rows) if cfg.multi_label is None else cfg.multi_label
-    if cfg.multi_label is False and multi_rows:
-        raise InputDataError(
-            f"{source}: multi_label is false but {len(multi_rows)} row(s) carry several labels "
-            f"(rows {multi_rows[:5]}, e.g. {labels[multi_rows[0]]}); set ingest.multi_label to "
-            "null or true, or fix ingest.label_separator"
-        )
+    return labels, counts
+
+
+def _check_texts(texts: list[str], cfg: IngestConfig, source: str, warnings: list[str]) -> None:
     empty_text = [n for n, t in enumerate(texts) if not t.strip()]
     if len(empty_text) == len(texts):
         raise InputDataError(
@@ -189,6 +204,34 @@ def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
             f"{len(empty_text)} row(s) with an empty text (rows {empty_text[:10]}); the clean "
             "stage drops them"
         )
+
+
+def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
+    """Read every input file into canonical columns. Returns (columns ``id``, ``text``,
+    ``labels``, ``split``; facts: format, labels, multi_label, counts, warnings)."""
+    warnings: list[str] = []
+    files = [resolve_path(p) for p in cfg.paths()]
+    parts: list[FileRows] = []
+    for path in files:
+        parts.append(read_rows(path, cfg, sum(len(p.ids) for p in parts), warnings))
+    ids = [i for p in parts for i in p.ids]
+    texts = [t for p in parts for t in p.texts]
+    splits = [s for p in parts for s in p.splits]
+    formats = [p.format for p in parts]
+    source = ", ".join(str(f) for f in files)
+    _check_ids(ids, cfg, source)
+    label_col_name = "labels[].name" if "github" in formats else repr(cfg.label_column)
+    raw_labels = [lab for p in parts for lab in p.labels]
+    labels, counts = _mapped_labels(raw_labels, cfg, label_col_name, source, warnings)
+    multi_rows = [n for n, row in enumerate(labels) if len(row) > 1]
+    multi_label = bool(multi_rows) if cfg.multi_label is None else cfg.multi_label
+    if cfg.multi_label is False and multi_rows:
+        raise InputDataError(
+            f"{source}: multi_label is false but {len(multi_rows)} row(s) carry several labels "
+            f"(rows {multi_rows[:5]}, e.g. {labels[multi_rows[0]]}); set ingest.multi_label to "
+            "null or true, or fix ingest.label_separator"
+        )
+    _check_texts(texts, cfg, source, warnings)
     facts = {
         "source": source,
         "format": formats[0] if len(set(formats)) == 1 else formats,
@@ -197,7 +240,7 @@ def ingest_rows(cfg: IngestConfig) -> tuple[dict[str, list], dict[str, Any]]:
         "multi_label": multi_label,
         "labels": sorted(counts),
         "label_counts": dict(sorted(counts.items())),
-        "pull_requests_excluded": excluded,
+        "pull_requests_excluded": sum(p.pull_requests_excluded for p in parts),
         "user_splits": dict(Counter(s for s in splits if s)),
         "warnings": warnings,
     }
