@@ -245,7 +245,13 @@ def _run_cli(args: Any) -> None:
         try:
             cfg = cfg.model_copy(update={"runner": type(cfg.runner).model_validate(merged)})
         except ValidationError as exc:
-            raise config_error(exc, "the --runner/--dask-address/--n-workers options") from None
+            raise config_error(
+                exc,
+                "the command line",
+                type(cfg.runner),
+                prefix=("runner",),
+                fix="fix --runner, --dask-address or --n-workers",
+            ) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "0")
     # a flow's task runner is fixed by its decorator: apply the configured one at call time
     result = run_with_runner(label_pipeline, cfg.runner, config=cfg)

@@ -141,27 +141,32 @@ def _field_names(model: Any, loc: tuple[Any, ...]) -> list[str] | None:
     return sorted(fields) if fields is not None else None
 
 
-def config_error(exc: Any, source: str, model: Any = None) -> ConfigError:
+def config_error(
+    exc: Any, source: str, model: Any = None, prefix: tuple[str, ...] = (), fix: str = ""
+) -> ConfigError:
     """A :class:`ConfigError` for a pydantic ``ValidationError``: every problem named by the
-    field's dotted path (``ingest.sample_rows``), what is wrong and the value given; an
-    unknown key lists the keys its section takes. ``source`` names where the config came
-    from (the file)."""
+    field's dotted path (``ingest.sample_rows``; ``prefix`` is put before the paths of a
+    section validated on its own), what is wrong and the value given; an unknown key gets
+    the closest known one and the keys its section takes. ``source`` names where the config
+    came from (the file); ``fix`` replaces the closing "fix the value(s) in <source>"."""
+    import difflib
+
     problems = []
     errors = exc.errors(include_url=False)
     for err in errors[:8]:
         loc = tuple(err.get("loc") or ())
-        where = ".".join(str(p) for p in loc) or "(top level)"
+        where = ".".join(str(p) for p in (*prefix, *loc)) or "(top level)"
         if err.get("type") == "extra_forbidden":
             names = _field_names(model, loc) if model is not None else None
-            known = f" (allowed here: {', '.join(names)})" if names else ""
-            problems.append(f"{where}: unknown setting{known}")
+            close = difflib.get_close_matches(str(loc[-1]), names or [], n=1) if loc else []
+            known = f"did you mean {close[0]!r}? " if close else ""
+            known += f"allowed here: {', '.join(names)}" if names else ""
+            problems.append(f"{where}: unknown setting" + (f" ({known.strip()})" if known else ""))
             continue
         value = err.get("input")
         shown = repr(value)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         problems.append(f"{where}: {err.get('msg', 'invalid')} (got {shown})")
     more = f"; and {len(errors) - 8} more" if len(errors) > 8 else ""
-    return ConfigError(
-        f"{source}: invalid configuration: {'; '.join(problems)}{more}; fix the value(s) in "
-        f"{source} (docs/config.md lists every setting)"
-    )
+    fix = fix or f"fix the value(s) in {source} (docs/config.md lists every setting)"
+    return ConfigError(f"{source}: invalid configuration: {'; '.join(problems)}{more}; {fix}")

@@ -517,6 +517,128 @@ class CleanResult:
     rule_changes: dict[str, int] = field(default_factory=dict)
 
 
+class _Dedup:
+    """The rows of one clean run: which are alive, which were dropped and why, and the label
+    conflicts found between copies of one text."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        texts: list[str],
+        labels: list[list[str]],
+        cleaned: list[str],
+        cfg: CleanConfig,
+    ) -> None:
+        self.ids, self.texts, self.labels, self.cleaned, self.cfg = ids, texts, labels, cleaned, cfg
+        n = len(texts)
+        self.alive = np.ones(n, dtype=bool)
+        self.dropped: list[dict[str, Any]] = []
+        self.conflicts: list[dict[str, Any]] = []
+        self.labelled = np.array([bool(x) for x in labels], dtype=bool)
+        # labelled rows first, then input order: the first survivor of a group is the one kept
+        self.priority = np.lexsort((np.arange(n), ~self.labelled))
+        self.label_key = ["\x1f".join(x) for x in labels]
+        self.key_of = [exact_key(t) for t in cleaned]
+
+    def drop(self, i: int, reason: str, of: str = "") -> None:
+        self.alive[i] = False
+        self.dropped.append(
+            {
+                "id": self.ids[i],
+                "text": self.texts[i],
+                "labels": list(self.labels[i]),
+                "reason": reason,
+                "duplicate_of": of,
+            }
+        )
+
+    def drop_empty(self) -> None:
+        for i, t in enumerate(self.cleaned):
+            if not t:
+                self.drop(i, "empty")
+            elif len(t) < self.cfg.min_chars:
+                self.drop(i, "too_short")
+
+    def _conflict(self, members: list[int], kind: str, similarity: float | None) -> bool:
+        """Report copies of one text with different label sets; True when they are dropped."""
+        labelled = [i for i in members if self.labelled[i]]
+        if len(dict.fromkeys(self.label_key[i] for i in labelled)) < 2:
+            return False
+        entry = {
+            "kind": kind,
+            "ids": [self.ids[i] for i in labelled],
+            "labels": [self.labels[i] for i in labelled],
+            "texts": [self.cleaned[i] for i in labelled][:2],
+            "action": "dropped" if self.cfg.conflicts == "drop" else "kept one copy per label set",
+        }
+        if similarity is not None:
+            entry["similarity"] = round(similarity, 3)
+        self.conflicts.append(entry)
+        if self.cfg.conflicts == "drop":
+            for i in members:
+                self.drop(i, "conflict")
+            return True
+        return False
+
+    def resolve_group(self, members: list[int], kind: str, similarity: float | None = None) -> None:
+        """Members in priority order, all copies of one text: keep, drop or report."""
+        if self._conflict(members, kind, similarity):
+            return
+        first_of: dict[str, int] = {}
+        head = members[0]
+        for i in members:
+            key = self.label_key[i] if self.labelled[i] else ""
+            if self.labelled[i] and key not in first_of:
+                first_of[key] = i
+                continue
+            if not self.labelled[i] and i == head:
+                continue
+            of = first_of.get(key, head) if self.labelled[i] else head
+            self.drop(i, "duplicate" if kind == "exact" else "near_duplicate", self.ids[of])
+
+    def exact_duplicates(self) -> None:
+        keys = pd.Series(self.key_of)
+        order = [i for i in self.priority if self.alive[i]]
+        groups = keys.iloc[order].groupby(keys.iloc[order].values, sort=False).indices
+        for positions in groups.values():
+            if len(positions) > 1:
+                self.resolve_group([order[p] for p in positions], "exact")
+
+    def near_duplicates(self) -> None:
+        cfg = self.cfg
+        rows = [i for i in self.priority if self.alive[i]]
+        sh = [shingles(self.cleaned[i], cfg.shingle_words) for i in rows]
+        # texts without a word (emoji, punctuation) have no shingles: exact matching only
+        rows = [i for i, s in zip(rows, sh, strict=True) if s]
+        sh = [s for s in sh if s]
+        sig = minhash_signatures(sh, cfg.num_perm)
+        bands, per_band = lsh_params(cfg.near_dup_threshold, cfg.num_perm)
+        # positions are in priority order, so (p, q) with p < q: q is the later copy
+        later: dict[int, list[int]] = {}
+        for p, q in candidate_pairs(sig, bands, per_band):
+            later.setdefault(q, []).append(p)
+        sets: dict[int, set[str]] = {}
+        for q in sorted(later):
+            i = rows[q]
+            if not self.alive[i]:
+                continue
+            sq = sets.setdefault(q, set(sh[q]))
+            for p in sorted(later[q]):
+                j = rows[p]
+                if not self.alive[j] or (cfg.dedup_exact and self.key_of[i] == self.key_of[j]):
+                    continue  # copies of one text were settled (or reported) above
+                sim = jaccard(sets.setdefault(p, set(sh[p])), sq)
+                if sim < cfg.near_dup_threshold:
+                    continue
+                if self.labelled[i] and self.labelled[j] and self.label_key[i] != self.label_key[j]:
+                    self.resolve_group([j, i], "near", sim)
+                    if not self.alive[i]:
+                        break
+                    continue
+                self.drop(i, "near_duplicate", self.ids[j])
+                break
+
+
 def clean_rows(
     ids: list[str], texts: list[str], labels: list[list[str]], cfg: CleanConfig
 ) -> CleanResult:
@@ -524,111 +646,17 @@ def clean_rows(
     conflicting rows. Every input row ends up either in ``kept`` or in ``dropped``."""
     cleaner = TextCleaner(cfg)
     cleaned = [cleaner(t or "") for t in texts]
-    n = len(texts)
-    alive = np.ones(n, dtype=bool)
-    dropped: list[dict[str, Any]] = []
-    conflicts: list[dict[str, Any]] = []
-
-    def drop(i: int, reason: str, of: str = "") -> None:
-        alive[i] = False
-        dropped.append(
-            {
-                "id": ids[i],
-                "text": texts[i],
-                "labels": list(labels[i]),
-                "reason": reason,
-                "duplicate_of": of,
-            }
-        )
-
-    for i, t in enumerate(cleaned):
-        if not t:
-            drop(i, "empty")
-        elif len(t) < cfg.min_chars:
-            drop(i, "too_short")
-
-    labelled = np.array([bool(x) for x in labels], dtype=bool)
-    # labelled rows first, then input order: the first survivor of a group is the one kept
-    priority = np.lexsort((np.arange(n), ~labelled))
-    label_key = ["\x1f".join(x) for x in labels]
-
-    def resolve_group(members: list[int], kind: str, similarity: float | None = None) -> None:
-        """Members in priority order, all copies of one text: keep, drop or report."""
-        sets = list(dict.fromkeys(label_key[i] for i in members if labelled[i]))
-        if len(sets) > 1:
-            entry = {
-                "kind": kind,
-                "ids": [ids[i] for i in members if labelled[i]],
-                "labels": [labels[i] for i in members if labelled[i]],
-                "texts": [cleaned[i] for i in members if labelled[i]][:2],
-                "action": "dropped" if cfg.conflicts == "drop" else "kept one copy per label set",
-            }
-            if similarity is not None:
-                entry["similarity"] = round(similarity, 3)
-            conflicts.append(entry)
-            if cfg.conflicts == "drop":
-                for i in members:
-                    drop(i, "conflict")
-                return
-        first_of: dict[str, int] = {}
-        head = members[0]
-        for i in members:
-            key = label_key[i] if labelled[i] else ""
-            if labelled[i] and key not in first_of:
-                first_of[key] = i
-                continue
-            if not labelled[i] and i == head:
-                continue
-            of = first_of.get(key, head) if labelled[i] else head
-            drop(i, "duplicate" if kind == "exact" else "near_duplicate", ids[of])
-
-    key_of = [exact_key(t) for t in cleaned]
+    rows = _Dedup(ids, texts, labels, cleaned, cfg)
+    rows.drop_empty()
     if cfg.dedup_exact:
-        keys = pd.Series(key_of)
-        order = [i for i in priority if alive[i]]
-        groups = keys.iloc[order].groupby(keys.iloc[order].values, sort=False).indices
-        for positions in groups.values():
-            if len(positions) > 1:
-                resolve_group([order[p] for p in positions], "exact")
-
+        rows.exact_duplicates()
     if cfg.near_duplicates:
-        rows = [i for i in priority if alive[i]]
-        sh = [shingles(cleaned[i], cfg.shingle_words) for i in rows]
-        # texts without a word (emoji, punctuation) have no shingles: exact matching only
-        rows = [i for i, s in zip(rows, sh, strict=True) if s]
-        sh = [s for s in sh if s]
-        sig = minhash_signatures(sh, cfg.num_perm)
-        bands, per_band = lsh_params(cfg.near_dup_threshold, cfg.num_perm)
-        pairs = candidate_pairs(sig, bands, per_band)
-        # positions are in priority order, so (p, q) with p < q: q is the later copy
-        later: dict[int, list[int]] = {}
-        for p, q in pairs:
-            later.setdefault(q, []).append(p)
-        sets: dict[int, set[str]] = {}
-        for q in sorted(later):
-            i = rows[q]
-            if not alive[i]:
-                continue
-            sq = sets.setdefault(q, set(sh[q]))
-            for p in sorted(later[q]):
-                j = rows[p]
-                if not alive[j] or (cfg.dedup_exact and key_of[i] == key_of[j]):
-                    continue  # copies of one text were settled (or reported) above
-                sim = jaccard(sets.setdefault(p, set(sh[p])), sq)
-                if sim < cfg.near_dup_threshold:
-                    continue
-                if labelled[i] and labelled[j] and label_key[i] != label_key[j]:
-                    resolve_group([j, i], "near", sim)
-                    if not alive[i]:
-                        break
-                    continue
-                drop(i, "near_duplicate", ids[j])
-                break
-
-    kept = [i for i in range(n) if alive[i]]
-    if len(kept) + len(dropped) != n:  # each row is kept or dropped exactly once
-        raise RuntimeError(f"clean: {n} rows in, {len(kept)} kept + {len(dropped)} dropped")
-    return CleanResult(kept, cleaned, dropped, conflicts, dict(cleaner.changed))
+        rows.near_duplicates()
+    n = len(texts)
+    kept = [i for i in range(n) if rows.alive[i]]
+    if len(kept) + len(rows.dropped) != n:  # each row is kept or dropped exactly once
+        raise RuntimeError(f"clean: {n} rows in, {len(kept)} kept + {len(rows.dropped)} dropped")
+    return CleanResult(kept, cleaned, rows.dropped, rows.conflicts, dict(cleaner.changed))
 
 
 # ---------------------------------------------------------------- the stage
