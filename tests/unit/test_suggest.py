@@ -251,3 +251,55 @@ def test_round_number_pool_smaller_than_n_and_errors(tmp_path):
         )
     with pytest.raises(ConfigError, match="needs one embedding per pool row"):
         active.suggest("diverse", np.full((4, 3), 1 / 3), LABELS, False, 2)
+
+
+def test_choose_rows_is_a_plain_function_of_the_pool():
+    """The suggest stage's computation, called without a store: rejected rows first, then the
+    least confident rows, the round after the training rows' highest, and embeddings asked for
+    only by the strategies that need them (for the rows not already chosen)."""
+    from tasks.suggest import REJECTED_REASON, SuggestConfig, choose_rows
+
+    probs = np.array([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.6, 0.2, 0.2], [0.34, 0.33, 0.33]])
+    ids, texts = ["a", "b", "c", "d"], ["ta", "tb", "tc", "td"]
+    guesses = [["anger"], ["anger"], ["anger"], ["anger", "joy"]]
+    out = choose_rows(
+        ids,
+        texts,
+        probs,
+        LABELS,
+        False,
+        SuggestConfig(n=3, label_separator="|"),
+        guesses=guesses,
+        train_labels=[["joy"], ["joy"], ["fear"]],
+        train_sources=["input", "round-2", "round-1"],
+        rejected=["c", "gone"],
+    )
+    assert out.strategy == "least_confidence" and out.round_no == 3 and out.source == "round-3"
+    assert [r["id"] for r in out.rows] == ["c", "d", "b"]
+    assert out.rows[0]["reason"] == REJECTED_REASON and out.rows[0]["score"] == 1.0
+    assert [r["rank"] for r in out.rows] == [1, 2, 3] and out.rejected_first == 1
+    assert out.rows[1]["guess"] == "anger|joy" and out.rows[1]["prob_anger"] == 0.34
+    assert out.rows[1]["labels"] == "" and {r["source"] for r in out.rows} == {"round-3"}
+    assert list(out.rows[0]) == out.columns and out.pool_rows == 4
+    assert out.labelled_counts == {"joy": 2, "fear": 1}
+
+    asked = []
+
+    def embed(pool_texts, train_texts):
+        asked.append((pool_texts, train_texts))
+        emb = np.eye(4)[[0, 1, 3]]  # the three rows not rejected
+        return emb, np.eye(4)[[0]]
+
+    kc = choose_rows(
+        ids,
+        texts,
+        probs,
+        LABELS,
+        False,
+        SuggestConfig(n=2, strategy="k_center"),
+        train_texts=["x"],
+        rejected=["c"],
+        embed=embed,
+    )
+    assert asked == [(["ta", "tb", "td"], ["x"])]
+    assert kc.rows[0]["id"] == "c" and kc.rows[1]["id"] in {"b", "d"}  # "a" is labelled already
