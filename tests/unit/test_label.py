@@ -208,3 +208,61 @@ def test_explicit_run_and_errors(tmp_path):
     with pytest.raises(InputDataError, match="label.method"):
         run_label(store, LabelConfig(), splits, trained, evaluated)
     assert not list((store.root / "label").glob(".tmp-*"))  # failures leave nothing behind
+
+
+def test_label_pool_is_a_plain_function_of_the_shards():
+    """The label stage's computation, called without a store: per-row labels from the decision
+    rule, counts over every shard, the sample as written (float32 probabilities), each shard
+    handed to ``on_shard``, and the expected precision checked against the valid rows."""
+    from label_pipeline.decision import Decision
+    from tasks.label import label_pool
+
+    class Fixed:
+        def predict_proba(self, texts):
+            table = {"j": [0.9, 0.05, 0.05], "a": [0.2, 0.7, 0.1], "n": [0.1, 0.2, 0.3]}
+            return np.array([table[t] for t in texts])
+
+    shards = [(["1", "2"], ["j", "a"]), (["3", "4"], ["n", "j"]), (["5"], ["a"])]
+    seen = []
+    valid_probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1]])
+    out = label_pool(
+        Fixed(),
+        Decision(rule="per_label", thresholds=[0.5, 0.5, 0.5]),
+        LABELS,
+        iter(shards),
+        valid_probs=valid_probs,
+        valid_y=np.array([[1, 0, 0], [0, 0, 1]]),
+        calibration={"describe": "temperature 1.5", "notes": ["few valid rows"]},
+        sample_rows=3,
+        on_shard=lambda s: seen.append((s.ids, s.names, s.probs.shape)),
+    )
+    assert seen == [
+        (["1", "2"], [["joy"], ["anger"]], (2, 3)),
+        (["3", "4"], [[], ["joy"]], (2, 3)),
+        (["5"], [["anger"]], (1, 3)),
+    ]
+    assert out.rows == 5 and out.shards == 3 and out.no_label == 1
+    assert out.counts.tolist() == [2, 2, 0]
+    assert out.mean_top_prob() == pytest.approx((0.9 + 0.7 + 0.3 + 0.9 + 0.7) / 5)
+    assert [r["id"] for r in out.sample] == ["1", "2", "3"]
+    assert out.sample[0] == {
+        "id": "1",
+        "text": "j",
+        "predicted_labels": ["joy"],
+        "prob_joy": float(np.float32(0.9)),
+        "prob_anger": float(np.float32(0.05)),
+        "prob_fear": float(np.float32(0.05)),
+    }
+    exp = out.expected
+    assert exp["calibration"] == "temperature 1.5" and exp["calibration_notes"] == [
+        "few valid rows"
+    ]
+    # the same rule on valid: joy right, anger wrong (the row is fear)
+    assert exp["overall"]["valid_precision"] == pytest.approx(0.5)
+    per = {r["label"]: r for r in exp["per_label"]}
+    assert per["joy"]["expected_precision"] == pytest.approx(0.9)
+    # no valid rows and no calibrator: the precision is expected, not checked
+    bare = label_pool(Fixed(), Decision(rule="argmax"), LABELS, [(["1"], ["n"])])
+    assert bare.counts.tolist() == [0, 0, 1] and bare.sample[0]["predicted_labels"] == ["fear"]
+    assert bare.expected["calibration"] == "none (the train stage did not calibrate)"
+    assert bare.expected["overall"]["valid_precision"] is None
