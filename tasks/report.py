@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,23 +70,20 @@ def _manifest(ref: StageRef) -> dict[str, Any]:
     return _read_json(ref.dir / "manifest.json") or {}
 
 
-def _stage_rows(refs: dict[str, StageRef]) -> list[dict[str, Any]]:
-    rows = []
-    for name in _ordered(refs):
-        ref, man = refs[name], _manifest(refs[name])
-        rows.append(
-            {
-                "stage": name,
-                "fingerprint": ref.fingerprint,
-                "cache": "hit" if ref.cached else "computed",
-                "seconds": man.get("seconds"),
-                "directory": ref.path,
-            }
-        )
-    return rows
+def _stage_rows(stages: dict[str, StageView]) -> list[dict[str, Any]]:
+    return [
+        {
+            "stage": name,
+            "fingerprint": stages[name].fingerprint,
+            "cache": "hit" if stages[name].cached else "computed",
+            "seconds": stages[name].manifest.get("seconds"),
+            "directory": stages[name].path,
+        }
+        for name in _ordered(stages)
+    ]
 
 
-def _ordered(refs: dict[str, StageRef]) -> list[str]:
+def _ordered(refs: dict[str, Any]) -> list[str]:
     known = [s for s in STAGE_ORDER if s in refs]
     return known + sorted(s for s in refs if s not in STAGE_ORDER)
 
@@ -233,7 +231,24 @@ def label_quality_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[st
     the agreement of the zero-shot pseudo-labels with the final model on the pool; and the
     same as plain values for ``metrics.json``. Also publishes the most suspicious rows as
     the ``report-label-issues`` table."""
+    lines, out, sample = _label_quality(refs)
+    _publish_issues(sample)
+    return lines, out
+
+
+def _publish_issues(sample: list[dict[str, Any]]) -> None:
+    if sample:
+        publish_table(
+            STAGE, "label-issues", sample, description="labelled rows that are probably wrong"
+        )
+
+
+def _label_quality(
+    refs: dict[str, StageRef],
+) -> tuple[list[str], dict[str, Any], list[dict[str, Any]]]:
+    """:func:`label_quality_section`'s lines and values, and the rows it publishes."""
     lines: list[str] = []
+    sample: list[dict[str, Any]] = []
     out: dict[str, Any] = {}
     quality = refs.get("quality")
     if quality is not None:
@@ -267,9 +282,6 @@ def label_quality_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[st
             lines.append(
                 md_table([{**r, "text": str(r.get("text", ""))[:80]} for r in sample[:10]])
             )
-            publish_table(
-                STAGE, "label-issues", sample, description="labelled rows that are probably wrong"
-            )
         bad = [c for c in checks if c.get("disagrees")]
         if bad:
             lines += [
@@ -297,7 +309,162 @@ def label_quality_section(refs: dict[str, StageRef]) -> tuple[list[str], dict[st
                 "",
                 md_table([{**p, "agreement": _f(p["agreement"])} for p in agreement["per_label"]]),
             ]
-    return lines, out
+    return lines, out, sample
+
+
+@dataclass
+class StageView:
+    """What the report reads of one stage: its reference, manifest, a few facts (see
+    :func:`_facts`) and its figures."""
+
+    fingerprint: str
+    cached: bool
+    path: str
+    manifest: dict[str, Any]
+    facts: list[str]
+    figures: list[Path]
+
+
+@dataclass
+class ReportInputs:
+    """Everything the report reads of the stages of one run (:func:`read_report_inputs`)."""
+
+    stages: dict[str, StageView]
+    #: the evaluate stage's ``metrics.json`` and ``best.json`` (None: evaluate did not run)
+    evaluation: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
+    #: :func:`calibration_section` and :func:`label_quality_section` (lines, values)
+    calibration: tuple[list[str], dict[str, Any]] = field(default_factory=lambda: ([], {}))
+    label_quality: tuple[list[str], dict[str, Any]] = field(default_factory=lambda: ([], {}))
+    #: the quality stage's most suspicious rows (published as ``report-label-issues``)
+    issue_sample: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """The report of one run: ``report.md``, ``metrics.json``, the rows of the results table
+    and the figures to copy (name in ``figures/`` -> source)."""
+
+    markdown: str
+    metrics: dict[str, Any]
+    results: list[dict[str, Any]]
+    figures: dict[str, Path]
+
+
+def read_report_inputs(refs: dict[str, StageRef]) -> ReportInputs:
+    """Read the manifests, facts, figures and evaluation files of the stages in ``refs``."""
+    stages = {
+        n: StageView(
+            fingerprint=r.fingerprint,
+            cached=r.cached,
+            path=r.path,
+            manifest=_manifest(r),
+            facts=_facts(n, r),
+            figures=sorted((r.dir / "figures").glob("*.png")),
+        )
+        for n, r in refs.items()
+    }
+    inputs = ReportInputs(stages=stages, calibration=calibration_section(refs))
+    evaluated = refs.get("evaluate")
+    if evaluated is not None:
+        inputs.evaluation = _read_json(evaluated.dir / "metrics.json") or {}
+        inputs.best = _read_json(evaluated.dir / "best.json")
+    lines, values, inputs.issue_sample = _label_quality(refs)
+    inputs.label_quality = (lines, values)
+    return inputs
+
+
+def _results_section(
+    ev: dict[str, Any], best: dict[str, Any] | None
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The "Results (test split)" lines of the evaluate stage's metrics, and the table rows."""
+    multi_label = bool(ev.get("multi_label", True))
+    results = results_table(ev.get("runs", []), multi_label)
+    lines = ["", "## Results (test split)", ""]
+    if best:
+        lines.append(
+            f"Final model: **{best['method']}** trained on slice `{best['slice']}` "
+            f"(chosen on {best['metric']} {_f(best['valid'].get('micro_f1'))} micro / "
+            f"{_f(best['valid'].get('macro_f1'))} macro); test micro-F1 "
+            f"{_f(best['test']['micro_f1'])}{interval_text(best['test'], 'micro_f1')}, "
+            f"macro-F1 {_f(best['test']['macro_f1'])}{interval_text(best['test'], 'macro_f1')}"
+            " (95 % bootstrap intervals over the test rows: how far the score could move on"
+            " another draw of as many rows)."
+        )
+        if best.get("reason"):
+            lines += ["", f"Why: {best['reason']}."]
+        lines.append("")
+    if ev.get("unlearnable"):
+        lines.append(
+            "**Unlearnable labels** (no training example in the slice; no model can predict "
+            "them from data — label some rows of them): "
+            + "; ".join(f"slice `{s}`: {', '.join(v)}" for s, v in ev["unlearnable"].items())
+        )
+        lines.append("")
+    per_slice = ev.get("chosen_per_slice") or []
+    if len(per_slice) > 1:
+        lines += ["Chosen per slice (on valid):", ""]
+        lines += [md_table(chosen_table(per_slice, multi_label)), ""]
+        more = label_more_lines(ev.get("label_more") or [], multi_label)
+        lines += [*more, ""] if more else []
+    zero = ev.get("zero_shot")
+    if zero:
+        lines.append(
+            f"Zero-shot on test: micro-F1 {_f(zero['test'].get('micro_f1'))}, macro-F1 "
+            f"{_f(zero['test'].get('macro_f1'))}."
+        )
+        lines.append("")
+    lines.append(md_table(results))
+    return lines, results
+
+
+def compose_report(title: str, name: str, generated: str, inputs: ReportInputs) -> Report:
+    """The report of the run ``name`` (``generated``: when, as text) from what was read."""
+    lines = [f"# {title}: {name}", "", f"Generated {generated}."]
+    lines += ["", "## Stages", "", md_table(_stage_rows(inputs.stages))]
+    metrics: dict[str, Any] = {
+        "run": name,
+        "stages": {
+            n: {"fingerprint": v.fingerprint, "cached": v.cached, "path": v.path, **v.manifest}
+            for n, v in inputs.stages.items()
+        },
+    }
+    figures: dict[str, Path] = {}
+    for stage in _ordered(inputs.stages):
+        view = inputs.stages[stage]
+        figures.update({f"{stage}-{png.name}": png for png in view.figures})
+        if view.facts:
+            lines += ["", f"## {stage}", "", *view.facts]
+    results: list[dict[str, Any]] = []
+    if inputs.evaluation is not None:
+        metrics["evaluation"] = inputs.evaluation
+        metrics["best"] = inputs.best
+        section, results = _results_section(inputs.evaluation, inputs.best)
+        lines += section
+    lines += inputs.calibration[0]
+    metrics["calibration"] = inputs.calibration[1]
+    lines += inputs.label_quality[0]
+    metrics["label_quality"] = inputs.label_quality[1]
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}](figures/{f})" for f in figures]
+    return Report("\n".join(lines) + "\n", metrics, results, figures)
+
+
+def write_report(out_dir: Path, report: Report, issue_sample: list[dict[str, Any]]) -> None:
+    """Write ``report.md``, ``metrics.json`` and ``figures/`` into ``out_dir`` and publish
+    the report to the Prefect UI."""
+    for target, png in report.figures.items():
+        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, out_dir / "figures" / target)
+    _publish_issues(issue_sample)
+    (out_dir / "report.md").write_text(report.markdown)
+    (out_dir / "metrics.json").write_text(json.dumps(to_jsonable(report.metrics), indent=1))
+    summary = report.markdown.split("## Figures")[0]
+    publish_markdown(STAGE, "summary", summary, description="run report")
+    if report.results:
+        publish_table(
+            STAGE, "results", report.results, description="test metrics per method and slice"
+        )
 
 
 def build_report(
@@ -308,85 +475,11 @@ def build_report(
     ``name`` is the run's name (default: the directory's name)."""
     name = name or out_dir.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig_dir = out_dir / "figures"
-    title = cfg.title
-    lines = [f"# {title}: {name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}."]
-    lines += ["", "## Stages", "", md_table(_stage_rows(refs))]
-
-    metrics: dict[str, Any] = {
-        "run": name,
-        "stages": {
-            n: {"fingerprint": r.fingerprint, "cached": r.cached, "path": r.path, **_manifest(r)}
-            for n, r in refs.items()
-        },
-    }
-    figures: list[str] = []
-    for name in _ordered(refs):
-        facts = _facts(name, refs[name])
-        for png in sorted((refs[name].dir / "figures").glob("*.png")):
-            target = fig_dir / f"{name}-{png.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(png, target)
-            figures.append(target.name)
-        if facts:
-            lines += ["", f"## {name}", "", *facts]
-
-    results: list[dict[str, Any]] = []
-    evaluated = refs.get("evaluate")
-    if evaluated is not None:
-        ev = _read_json(evaluated.dir / "metrics.json") or {}
-        best = _read_json(evaluated.dir / "best.json")
-        metrics["evaluation"] = ev
-        metrics["best"] = best
-        results = results_table(ev.get("runs", []), bool(ev.get("multi_label", True)))
-        lines += ["", "## Results (test split)", ""]
-        if best:
-            lines.append(
-                f"Final model: **{best['method']}** trained on slice `{best['slice']}` "
-                f"(chosen on {best['metric']} {_f(best['valid'].get('micro_f1'))} micro / "
-                f"{_f(best['valid'].get('macro_f1'))} macro); test micro-F1 "
-                f"{_f(best['test']['micro_f1'])}{interval_text(best['test'], 'micro_f1')}, "
-                f"macro-F1 {_f(best['test']['macro_f1'])}{interval_text(best['test'], 'macro_f1')}"
-                " (95 % bootstrap intervals over the test rows: how far the score could move on"
-                " another draw of as many rows)."
-            )
-            if best.get("reason"):
-                lines += ["", f"Why: {best['reason']}."]
-            lines.append("")
-        if ev.get("unlearnable"):
-            lines.append(
-                "**Unlearnable labels** (no training example in the slice; no model can predict "
-                "them from data — label some rows of them): "
-                + "; ".join(f"slice `{s}`: {', '.join(v)}" for s, v in ev["unlearnable"].items())
-            )
-            lines.append("")
-        per_slice = ev.get("chosen_per_slice") or []
-        if len(per_slice) > 1:
-            lines += ["Chosen per slice (on valid):", ""]
-            lines += [md_table(chosen_table(per_slice, bool(ev.get("multi_label", True)))), ""]
-            more = label_more_lines(ev.get("label_more") or [], bool(ev.get("multi_label", True)))
-            lines += [*more, ""] if more else []
-        zero = ev.get("zero_shot")
-        if zero:
-            lines.append(
-                f"Zero-shot on test: micro-F1 {_f(zero['test'].get('micro_f1'))}, macro-F1 "
-                f"{_f(zero['test'].get('macro_f1'))}."
-            )
-            lines.append("")
-        lines.append(md_table(results))
-    cal_lines, metrics["calibration"] = calibration_section(refs)
-    lines += cal_lines
-    quality_lines, metrics["label_quality"] = label_quality_section(refs)
-    lines += quality_lines
-    if figures:
-        lines += ["", "## Figures", ""] + [f"![{f}](figures/{f})" for f in figures]
-    markdown = "\n".join(lines) + "\n"
-    (out_dir / "report.md").write_text(markdown)
-    (out_dir / "metrics.json").write_text(json.dumps(to_jsonable(metrics), indent=1))
-    publish_markdown(STAGE, "summary", markdown.split("## Figures")[0], description="run report")
-    if results:
-        publish_table(STAGE, "results", results, description="test metrics per method and slice")
-    return metrics
+    generated = time.strftime("%Y-%m-%d %H:%M:%S")
+    inputs = read_report_inputs(refs)
+    report = compose_report(cfg.title, name, generated, inputs)
+    write_report(out_dir, report, inputs.issue_sample)
+    return report.metrics
 
 
 def run_report(cfg: ReportConfig, refs: dict[str, StageRef], out: str | Path) -> Path:

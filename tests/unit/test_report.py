@@ -63,3 +63,66 @@ def test_bench_config_adds_variants_and_all_slices():
         bench_config(base, ["mixup"], None)
     with pytest.raises(ConfigError, match="not in train.methods"):
         bench_config(base, ["pseudo"], ["embed_lr"])
+
+
+def test_compose_report_from_plain_inputs(tmp_path):
+    """The report's compute part: markdown and metrics from what was read, no files."""
+    from tasks.report import ReportInputs, StageView, compose_report
+
+    def view(fingerprint, facts=(), figures=(), **manifest):
+        return StageView(
+            fingerprint,
+            False,
+            f"/store/{fingerprint}",
+            manifest,
+            list(facts),
+            [tmp_path / f for f in figures],
+        )
+
+    run = {
+        "method": "naive_bayes",
+        "slice": "all",
+        "train_rows": 48,
+        "fallback": "",
+        "test": {"micro_f1": 0.9, "macro_f1": 0.8, "log_loss": 0.3},
+        "valid": {"micro_f1": 0.85, "macro_f1": 0.75},
+    }
+    best = {
+        "method": "naive_bayes",
+        "slice": "all",
+        "metric": "valid micro_f1",
+        "valid": {"micro_f1": 0.85, "macro_f1": 0.75},
+        "test": {"micro_f1": 0.9, "macro_f1": 0.8, "interval_95": {"macro_f1": [0.7, 0.9]}},
+        "reason": "it is the best baseline",
+    }
+    inputs = ReportInputs(
+        # given out of stage order: the report lists them in pipeline order
+        stages={
+            "evaluate": view("ev1", figures=["curve.png"], seconds=1.5),
+            "split": view("sp1", facts=["- rows: `108`"]),
+        },
+        evaluation={"multi_label": True, "runs": [run], "unlearnable": {"8": ["question"]}},
+        best=best,
+        calibration=(["", "## Calibration"], {"final": None}),
+    )
+    report = compose_report("My report", "toy", "2024-01-01 00:00:00", inputs)
+    md = report.markdown
+    assert md.startswith("# My report: toy\n\nGenerated 2024-01-01 00:00:00.")
+    assert md.index("| split | sp1 |") < md.index("| evaluate | ev1 |")
+    assert "## split\n\n- rows: `108`" in md and "## evaluate" not in md  # no facts, no section
+    assert "Final model: **naive_bayes** trained on slice `all`" in md
+    assert "macro-F1 0.800 [0.700–0.900]" in md and "Why: it is the best baseline." in md
+    assert "slice `8`: question" in md and "## Calibration" in md
+    assert md.endswith("## Figures\n\n![evaluate-curve.png](figures/evaluate-curve.png)\n")
+    assert report.figures == {"evaluate-curve.png": tmp_path / "curve.png"}
+    assert [r["test micro-F1"] for r in report.results] == ["0.900"]
+    assert list(report.metrics) == [
+        "run",
+        "stages",
+        "evaluation",
+        "best",
+        "calibration",
+        "label_quality",
+    ]
+    assert report.metrics["stages"]["evaluate"]["seconds"] == 1.5
+    assert not list(tmp_path.iterdir())  # nothing written
