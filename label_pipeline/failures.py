@@ -62,7 +62,10 @@ def is_user_error(exc: BaseException | None) -> bool:
 def user_message(exc: BaseException, prog: str = "label-pipeline") -> str:
     """The paragraph that ends a run on a user error (no trailing newline)."""
     kind = next(k for cls, k in _KINDS if isinstance(exc, cls))
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    # a message's own line breaks (a list of places tried) stay; blank lines would end the
+    # paragraph
+    text = "\n".join(line.rstrip() for line in str(exc).splitlines() if line.strip())
+    text = text or type(exc).__name__
     return f"{prog}: {kind}: {text}\n({DEBUG_ENV}=1 or --debug shows the traceback)"
 
 

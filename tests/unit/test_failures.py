@@ -81,5 +81,5 @@ def test_validation_error_names_each_field_path():
 
 
 def test_message_is_one_paragraph():
-    text = user_message(InputDataError("a\n\nb"), "prog")
-    assert text.split("\n")[0] == "prog: input data error: a b" and "\n\n" not in text
+    text = user_message(InputDataError("a\n\nb  \n"), "prog")
+    assert text.split("\n")[:2] == ["prog: input data error: a", "b"] and "\n\n" not in text
