@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import socket
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.runners import RunnerConfig
 from label_pipeline.shards import map_shards
-from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore, owned_tmp_dir
 from label_pipeline.zeroshot import get_backend
 from label_pipeline.zeroshot.base import ZeroShotBackend
 from label_pipeline.zeroshot.loading import (
@@ -136,16 +137,17 @@ def score_shard(
     shards_dir: str | Path,
     encoder_dir: str | Path | None = None,
     progress: Progress | None = None,
-) -> Path:
+    wait: bool = True,
+) -> Path | None:
     """Score shard ``shard_index`` of :func:`plan_shards` and write it to
     ``<shards_dir>/shard-NNNNN/`` (a Dataset: ``id``, ``text``, ``score_<label>``, ``truncated``,
     plus ``shard.json``). Written to a temporary sibling and renamed when complete; a shard
     already there is reused, not recomputed. Returns the shard directory.
+
+    Concurrent runs (and threads) claim a shard before scoring it (:func:`claim_shard`), so
+    each shard is scored once: a shard another run is scoring is waited for and then reused,
+    or with ``wait=False`` left to it (returns None).
     """
-    import datasets
-
-    from label_pipeline.data import load_splits
-
     shards = plan_shards(splits_dir, cfg.shard_size)
     if not 0 <= shard_index < len(shards):
         raise ValueError(
@@ -153,8 +155,71 @@ def score_shard(
         )
     shard = shards[shard_index]
     out = Path(shards_dir) / shard.name
-    if (out / SHARD_DONE).is_file():
+    if (out / SHARD_DONE).is_file() or _stage_complete(Path(shards_dir)):
         return out
+    with claim_shard(Path(shards_dir), shard.name, wait) as claimed:
+        if not claimed:
+            return None
+        # scored by another run while this one waited, or the stage is already complete
+        if (out / SHARD_DONE).is_file() or _stage_complete(Path(shards_dir)):
+            return out
+        _score_into(cfg, splits_dir, shard, out, encoder_dir, progress)
+    return out
+
+
+@contextlib.contextmanager
+def claim_shard(shards_dir: Path, name: str, wait: bool = True) -> Iterator[bool]:
+    """Hold shard ``name``'s lock file (``<shards_dir>/.<name>.lock``, ``flock``) for the
+    block: yields True once held, or False at once when another run (or thread) holds it and
+    ``wait`` is False. The kernel releases the lock of a killed run."""
+    import fcntl
+
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    with open(shards_dir / f".{name}.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield False
+                return
+            stage_logger().info(
+                "zero_shot: waiting for %s, which another run is scoring, to reuse it", name
+            )
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _scored_by_this_process(shard_dir: Path) -> bool:
+    try:
+        meta = json.loads((shard_dir / SHARD_DONE).read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("pid") == os.getpid() and meta.get("host") == socket.gethostname()
+
+
+def _stage_complete(shards_dir: Path) -> bool:
+    """The stage whose shards live in ``shards_dir`` (``.shards-<fp>``) is complete (the run
+    that completed it removes the shards)."""
+    fp = shards_dir.name.removeprefix(".shards-")
+    return (shards_dir.parent / fp / "manifest.json").is_file()
+
+
+def _score_into(
+    cfg: ZeroShotConfig,
+    splits_dir: str | Path,
+    shard: Shard,
+    out: Path,
+    encoder_dir: str | Path | None,
+    progress: Progress | None,
+) -> None:
+    """Score ``shard`` and write it to ``out`` (the caller holds its claim)."""
+    import datasets
+
+    from label_pipeline.data import load_splits
+
     spec = label_spec(splits_dir, cfg)
     backend, resolved = load_backend(cfg, encoder_dir)
     rows = load_splits(splits_dir)[shard.split].select(range(shard.start, shard.stop))
@@ -177,9 +242,8 @@ def score_shard(
     data: dict[str, Any] = {"id": ids, "text": texts}
     data.update({c: score_mat[:, j] for j, c in enumerate(score_columns(spec.labels))})
     data["truncated"] = trunc
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{shard.name}-{uuid.uuid4().hex[:8]}"
-    try:
+    # the temporary directory names its writer, so a killed run's is swept (store.py)
+    with owned_tmp_dir(out.parent, ".tmp-", shard.name) as tmp:
         datasets.Dataset.from_dict(data, features=_shard_features(spec.labels)).save_to_disk(
             str(tmp)
         )
@@ -193,15 +257,21 @@ def score_shard(
             "backend": resolved.name,
             "model": resolved.model_ref,
             "device": backend.device.describe(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
         }
         (tmp / SHARD_DONE).write_text(json.dumps(meta, indent=2))
         if out.exists():  # an unfinished copy from an older attempt (no shard.json)
             shutil.rmtree(out)
         tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    stage_logger().info(
+        "zero_shot: scored %s (%s rows %d-%d) in %.1f s",
+        shard.name,
+        shard.split,
+        shard.start,
+        shard.stop,
+        meta["seconds"],
+    )
 
 
 # ---------------------------------------------------------------- assembling the stage
@@ -364,8 +434,20 @@ def _build(
     if resolved.note:
         log.info("zero_shot: %s", resolved.note)
     with Progress(sum(s.stop - s.start for s in todo), STAGE, "zero-shot scoring") as progress:
-        for s in todo:
+        # the shards no other run is scoring first, then wait for (and reuse) the others
+        elsewhere = [
+            s
+            for s in todo
+            if score_shard(
+                cfg, splits_dir, s.index, shards_dir, encoder_dir, progress=progress, wait=False
+            )
+            is None
+        ]
+        for s in elsewhere:
             score_shard(cfg, splits_dir, s.index, shards_dir, encoder_dir, progress=progress)
+    if elsewhere:  # those another run scored count as reused
+        mine = {s for s in todo if _scored_by_this_process(shards_dir / s.name)}
+        done, todo = done + [s for s in todo if s not in mine], [s for s in todo if s in mine]
     score_seconds = time.time() - started
     return _assemble(
         ctx,

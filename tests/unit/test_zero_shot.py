@@ -279,7 +279,8 @@ def test_stage_resumes_from_the_last_finished_shard(tmp_path, tiny_nli, monkeypa
         run_zero_shot(store, cfg, splits)
     fp = zs.stage_fingerprint(cfg, splits)
     shards_dir = zs.shards_dir_for(store, fp)
-    assert sorted(p.name for p in shards_dir.iterdir()) == [f"shard-{i:05d}" for i in range(4)]
+    finished = sorted(p.name for p in shards_dir.iterdir() if not p.name.startswith("."))
+    assert finished == [f"shard-{i:05d}" for i in range(4)]  # hidden: the shards' lock files
     assert not store.path("zero_shot", fp).exists()  # no half-written stage directory
 
     scored.clear()
@@ -294,6 +295,46 @@ def test_stage_resumes_from_the_last_finished_shard(tmp_path, tiny_nli, monkeypa
     assert sum(scored) == sum(s.stop - s.start for s in plan[4:]) == 24
     assert ref.manifest()["shards_reused"] == 4
     assert len(datasets.load_from_disk(str(ref.dir / "unlabeled"))) == 24
+
+
+def test_concurrent_scorers_claim_shards_so_each_is_scored_once(tmp_path, tiny_nli, monkeypatch):
+    """Two scorers (threads here; runs in other processes take the same flock) over the same
+    shards: a shard the other is scoring is waited for and reused, never scored twice; a
+    scorer that does not wait leaves it (None)."""
+    import threading
+    import time
+    from collections import Counter
+
+    splits = make_splits(tmp_path / "split", n_unlabeled=24)
+    cfg = nli_cfg(tiny_nli)
+    plan = plan_shards(splits.dir, cfg.shard_size)
+    shards_dir = tmp_path / "zero_shot" / ".shards-fp"
+    real = zs._score_into
+    scored: Counter = Counter()
+
+    def slow(cfg, splits_dir, shard, *a, **k):
+        scored[shard.name] += 1
+        time.sleep(0.3)
+        return real(cfg, splits_dir, shard, *a, **k)
+
+    monkeypatch.setattr(zs, "_score_into", slow)
+    with zs.claim_shard(shards_dir, plan[0].name):  # "another run" is scoring shard 0
+        assert score_shard(cfg, splits.dir, 0, shards_dir, wait=False) is None
+    workers = [
+        threading.Thread(
+            target=lambda: [score_shard(cfg, splits.dir, s.index, shards_dir) for s in plan]
+        )
+        for _ in range(2)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert scored == Counter({s.name: 1 for s in plan})
+    assert all((shards_dir / s.name / zs.SHARD_DONE).is_file() for s in plan)
+    meta = json.loads((shards_dir / plan[0].name / zs.SHARD_DONE).read_text())
+    assert meta["pid"] == os.getpid()
+    assert not [p for p in shards_dir.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_score_shard_is_a_standalone_reusable_unit(tmp_path, tiny_nli):
