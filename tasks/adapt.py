@@ -29,6 +29,7 @@ Output directory:
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
@@ -45,6 +46,8 @@ from label_pipeline.errors import ConfigError, EmptyPoolError
 from label_pipeline.mlm import (
     MaskedLM,
     MaskedLMTraining,
+    PackedBlocks,
+    TrainResult,
     heldout_perplexity,
     load_masked_lm,
     pack_texts,
@@ -267,7 +270,9 @@ def fill_mask_samples(
 
     if not texts:
         return []
-    tok, model = mlm.tokenizer, mlm.model
+    # a call with padding and truncation leaves them set in a fast tokenizer, which saves
+    # them in tokenizer.json: mask with a copy, so the model's own tokenizer stays as trained
+    tok, model = copy.deepcopy(mlm.tokenizer), mlm.model
     enc = tok(
         list(texts),
         truncation=True,
@@ -356,12 +361,109 @@ def check_blocks(blocks: int, cfg: AdaptConfig) -> None:
         )
 
 
+@dataclass
+class Adaptation:
+    """One adaptation run: the adapted masked LM and what the stage writes about it."""
+
+    mlm: MaskedLM
+    #: ``metrics.json`` without the log history; the stage's manifest facts
+    facts: dict[str, Any]
+    training: TrainResult
+    #: fill-mask predictions of the adapted model on held-out rows (``sample.json``)
+    samples: list[dict[str, Any]]
+
+
+def adapt_encoder(
+    texts: AdaptTexts, model_dir: str | Path, cfg: AdaptConfig, work_dir: Path
+) -> Adaptation:
+    """Train the masked LM at ``model_dir`` on ``texts.train`` (checkpoints in ``work_dir``,
+    resumed from there), measuring held-out perplexity before and after."""
+    from transformers import set_seed
+
+    log = stage_logger()
+    set_seed(cfg.seed)  # a newly created head starts from the same weights on every run
+    mlm = load_masked_lm(model_dir)
+    log.info("adapt: %s", mlm.note)
+    device = choose_device(cfg.device)
+    blocks = pack_texts(mlm.tokenizer, texts.train, cfg.max_length, offsets=cfg.whole_word_masking)
+    held = pack_texts(mlm.tokenizer, texts.heldout, cfg.max_length, offsets=cfg.whole_word_masking)
+    eval_bs, training = device.batch_size, cfg.training()
+    before = heldout_perplexity(mlm, held, training, device, eval_bs)
+
+    check_blocks(blocks.blocks, cfg)
+    result = train_masked_lm(mlm, blocks, training, device, work_dir, stage=STAGE)
+    after = heldout_perplexity(mlm, held, training, device, eval_bs)
+    facts = _adapt_facts(cfg, mlm, texts, blocks, held, result, device, (before, after))
+    samples = fill_mask_samples(mlm, texts.heldout[: cfg.sample_rows], device)
+    return Adaptation(mlm, facts, result, samples)
+
+
+def _adapt_facts(
+    cfg: AdaptConfig,
+    mlm: MaskedLM,
+    texts: AdaptTexts,
+    blocks: PackedBlocks,
+    held: PackedBlocks,
+    result: TrainResult,
+    device: DeviceChoice,
+    perplexity: tuple[float | None, float | None],
+) -> dict[str, Any]:
+    return {
+        "model": cfg.model,
+        "source_dir": str(mlm.source_dir),
+        "head_created": mlm.head_created,
+        "counts": texts.counts,
+        "tokens": blocks.tokens,
+        "blocks": blocks.blocks,
+        "max_length": cfg.max_length,
+        "padding_fraction": round(blocks.padding_fraction, 6),
+        "truncated_texts": blocks.truncated,
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "train_seconds": round(result.seconds, 2),
+        "stopped_by": result.stopped_by,
+        "resumed_from_step": result.resumed_from_step,
+        "budget": {
+            "epochs": cfg.epochs,
+            "max_steps": cfg.max_steps,
+            "max_minutes": cfg.max_minutes,
+            "batch_size": cfg.batch_size,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+            "learning_rate": cfg.learning_rate,
+            "head_learning_rate": cfg.head_learning_rate if mlm.head_created else None,
+        },
+        "device": device.device,
+        "precision": device.precision,
+        "perplexity_before": perplexity[0],
+        "perplexity_after": perplexity[1],
+        "heldout_blocks": held.blocks,
+    }
+
+
+def write_adaptation(directory: Path, adapted: Adaptation, cfg: AdaptConfig) -> None:
+    """Write ``model/``, ``metrics.json``, the loss curve and the summary into ``directory``."""
+    mlm, facts = adapted.mlm, adapted.facts
+    out = directory / "model"
+    mlm.model.save_pretrained(str(out))
+    mlm.tokenizer.save_pretrained(str(out))
+    log_history = adapted.training.log_history
+    (directory / "metrics.json").write_text(
+        json.dumps({**facts, "log_history": log_history}, indent=2)
+    )
+    before, after = facts["perplexity_before"], facts["perplexity_after"]
+    plot_loss_curve(
+        log_history,
+        directory / "figures" / "loss_curve.png",
+        f"adapt {Path(cfg.model).name}: perplexity {before and round(before, 1)} -> "
+        f"{after and round(after, 1)} (held-out)",
+    )
+    write_summary(directory, _summary(facts, mlm.note), adapted.samples)
+
+
 def _builder(cfg: AdaptConfig, splits: StageRef):
     def build(ctx: BuildContext) -> dict[str, Any]:
-        log = stage_logger()
-        dd = load_splits(splits.dir)
         texts = select_texts(
-            dd,
+            load_splits(splits.dir),
             cfg.heldout_fraction,
             cfg.heldout_max_rows,
             cfg.include_train,
@@ -369,78 +471,17 @@ def _builder(cfg: AdaptConfig, splits: StageRef):
             source=str(splits.dir / "splits"),
         )
         model_dir = resolve_model(cfg.model, "adapt.model")
-        from transformers import set_seed
-
-        set_seed(cfg.seed)  # a newly created head starts from the same weights on every run
-        mlm = load_masked_lm(model_dir)
-        log.info("adapt: %s", mlm.note)
-        device = choose_device(cfg.device)
-        blocks = pack_texts(
-            mlm.tokenizer, texts.train, cfg.max_length, offsets=cfg.whole_word_masking
-        )
-        held = pack_texts(
-            mlm.tokenizer, texts.heldout, cfg.max_length, offsets=cfg.whole_word_masking
-        )
-        eval_bs, training = device.batch_size, cfg.training()
-        before = heldout_perplexity(mlm, held, training, device, eval_bs)
-
-        check_blocks(blocks.blocks, cfg)
         work_dir = ctx.dir.parent / f".work-{ctx.fingerprint}"
-        result = train_masked_lm(mlm, blocks, training, device, work_dir, stage=STAGE)
-        after = heldout_perplexity(mlm, held, training, device, eval_bs)
-
-        out = ctx.dir / "model"
-        mlm.model.save_pretrained(str(out))
-        mlm.tokenizer.save_pretrained(str(out))
-        facts: dict[str, Any] = {
-            "model": cfg.model,
-            "source_dir": str(mlm.source_dir),
-            "head_created": mlm.head_created,
-            "counts": texts.counts,
-            "tokens": blocks.tokens,
-            "blocks": blocks.blocks,
-            "max_length": cfg.max_length,
-            "padding_fraction": round(blocks.padding_fraction, 6),
-            "truncated_texts": blocks.truncated,
-            "steps": result.steps,
-            "tokens_seen": result.tokens_seen,
-            "train_seconds": round(result.seconds, 2),
-            "stopped_by": result.stopped_by,
-            "resumed_from_step": result.resumed_from_step,
-            "budget": {
-                "epochs": cfg.epochs,
-                "max_steps": cfg.max_steps,
-                "max_minutes": cfg.max_minutes,
-                "batch_size": cfg.batch_size,
-                "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-                "learning_rate": cfg.learning_rate,
-                "head_learning_rate": cfg.head_learning_rate if mlm.head_created else None,
-            },
-            "device": device.device,
-            "precision": device.precision,
-            "perplexity_before": before,
-            "perplexity_after": after,
-            "heldout_blocks": held.blocks,
-        }
-        (ctx.dir / "metrics.json").write_text(
-            json.dumps({**facts, "log_history": result.log_history}, indent=2)
-        )
-        plot_loss_curve(
-            result.log_history,
-            ctx.dir / "figures" / "loss_curve.png",
-            f"adapt {Path(cfg.model).name}: perplexity {before and round(before, 1)} -> "
-            f"{after and round(after, 1)} (held-out)",
-        )
-        samples = fill_mask_samples(mlm, texts.heldout[: cfg.sample_rows], device)
-        write_summary(ctx.dir, _summary(facts, mlm.note), samples)
-        log.info(
+        adapted = adapt_encoder(texts, model_dir, cfg, work_dir)
+        write_adaptation(ctx.dir, adapted, cfg)
+        stage_logger().info(
             "adapt: %d steps in %.1fs, held-out perplexity %s -> %s",
-            result.steps,
-            result.seconds,
-            before,
-            after,
+            adapted.training.steps,
+            adapted.training.seconds,
+            adapted.facts["perplexity_before"],
+            adapted.facts["perplexity_after"],
         )
-        return facts
+        return adapted.facts
 
     return build
 

@@ -245,6 +245,32 @@ def test_whole_word_masking_trains(base_dir, tmp_path):
     assert result.steps == 3
 
 
+def test_adapt_encoder_trains_the_selected_texts_without_writing_the_stage(base_dir, tmp_path):
+    """The stage's compute part on texts the test builds: no store, only its work directory."""
+    from tasks.adapt import AdaptTexts, adapt_encoder
+
+    texts = AdaptTexts(
+        train=_texts(120, "pool", 4),
+        heldout=_texts(6, "held", 5),
+        counts={"unlabeled_train_rows": 120, "train_rows": 0, "heldout_rows": 6},
+    )
+    cfg = AdaptConfig(model=str(base_dir), max_steps=3, sample_rows=2, device={"device": "cpu"})
+    cfg = cfg.model_copy(update=FAST)
+    adapted = adapt_encoder(texts, base_dir, cfg, tmp_path / "work")
+    facts = adapted.facts
+    assert adapted.training.steps == facts["steps"] == 3 and facts["stopped_by"] == "max_steps"
+    assert facts["head_created"] and facts["counts"] is texts.counts
+    assert facts["heldout_blocks"] >= 1 and facts["blocks"] >= cfg.batch_size
+    assert facts["perplexity_before"] > 0 and facts["perplexity_after"] > 0
+    assert facts["budget"]["head_learning_rate"] == cfg.head_learning_rate
+    assert [s["masked_text"].count("[MASK]") for s in adapted.samples] == [1, 1]
+    assert adapted.mlm.model.get_output_embeddings() is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["work"]  # nothing but its checkpoints
+    # the same texts and seed: the same held-out perplexity before training
+    again = adapt_encoder(texts, base_dir, cfg, tmp_path / "work2")
+    assert again.facts["perplexity_before"] == pytest.approx(facts["perplexity_before"])
+
+
 @pytest.mark.slow
 def test_stage_trains_saves_loadable_model_and_caches(base_dir, tmp_path):
     from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
