@@ -9,13 +9,15 @@ stage's record of one trained method at one slice: ``method``, ``slice``, ``slic
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from label_pipeline.artifacts import num as _f
-from label_pipeline.decision import apply_decision, load_decision
+from label_pipeline.decision import Decision, apply_decision, load_decision
 from label_pipeline.metrics import bootstrap_difference, paired_bootstrap_p
 
 #: the method name of the train stage's average of a slice's best runs
@@ -37,18 +39,59 @@ def interval_text(r: dict[str, Any], metric: str) -> str:
     return f" [{_f(iv[0])}–{_f(iv[1])}]" if iv else ""
 
 
-def run_predictions(run_dir: str | Path, split: str = "valid") -> np.ndarray:
+@dataclass
+class SavedRun:
+    """What the train stage saved of one run (its ``runs/<method>/<slice>/`` directory),
+    read once: probabilities per split (and before calibration, where saved), the decision
+    rule and ``fit.json``. The functions below take ``saved`` (``run_dir`` -> ``SavedRun``)
+    to use these instead of reading the run directories."""
+
+    probs: dict[str, np.ndarray]
+    decision: Decision
+    uncalibrated: dict[str, np.ndarray] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def predictions(self, split: str) -> np.ndarray:
+        """The 0/1 decisions on ``split``."""
+        return apply_decision(self.probs[split], self.decision)
+
+
+def load_saved_run(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> SavedRun:
+    """Read a run directory of the train stage (see :class:`SavedRun`)."""
+    run_dir = Path(run_dir)
+    decision = load_decision(run_dir)
+    probs, uncalibrated = {}, {}
+    for split in splits:
+        probs[split] = np.load(run_dir / f"{split}_probs.npy").astype(np.float64)
+        raw = run_dir / f"{split}_probs_uncalibrated.npy"
+        if raw.is_file():
+            uncalibrated[split] = np.load(raw).astype(np.float64)
+    fit_path = run_dir / "fit.json"
+    fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
+    return SavedRun(probs, decision, uncalibrated, fit)
+
+
+def run_predictions(
+    run_dir: str | Path, split: str = "valid", saved: Mapping[str, SavedRun] | None = None
+) -> np.ndarray:
     """A saved run's 0/1 decisions on ``split`` (its probabilities and decision rule)."""
+    if saved is not None and str(run_dir) in saved:
+        return saved[str(run_dir)].predictions(split)
     probs = np.load(Path(run_dir) / f"{split}_probs.npy").astype(np.float64)
     return apply_decision(probs, load_decision(run_dir))
 
 
-def average_members_of(run: dict[str, Any]) -> list[str]:
+def average_members_of(
+    run: dict[str, Any], saved: Mapping[str, SavedRun] | None = None
+) -> list[str]:
     """The methods an ``average`` run averages (from its ``fit.json``)."""
-    fit = Path(run.get("run_dir", "")) / "fit.json"
-    if not fit.is_file():
-        return ["the best runs"]
-    members = json.loads(fit.read_text()).get("info", {}).get("members", [])
+    run_dir = str(run.get("run_dir", ""))
+    if saved is not None and run_dir in saved:
+        fit = saved[run_dir].fit
+    else:
+        path = Path(run_dir) / "fit.json"
+        fit = json.loads(path.read_text()) if path.is_file() else {}
+    members = fit.get("info", {}).get("members", [])
     return [m["method"] for m in members] or ["the best runs"]
 
 
@@ -72,6 +115,7 @@ def choose_final(
     prefer_average: bool = False,
     y_valid: np.ndarray | None = None,
     single_over_average_p: float = 0.0,
+    saved: Mapping[str, SavedRun] | None = None,
 ) -> dict[str, Any] | None:
     """The final model among ``runs`` (at ``slice_name``, default the largest slice) and why.
 
@@ -84,8 +128,8 @@ def choose_final(
     ``tasks.train.average_run``) is chosen instead whenever it is healthy and not below the
     best baseline, unless (``y_valid`` given, ``single_over_average_p`` > 0) the best single
     run beats it on valid beyond luck: :func:`label_pipeline.metrics.paired_bootstrap_p` of
-    their valid decisions (``run_predictions`` of each ``run_dir``) below
-    ``single_over_average_p``.
+    their valid decisions (``run_predictions`` of each ``run_dir``, from ``saved`` when
+    given) below ``single_over_average_p``.
 
     Returns ``{"run", "reason", "candidates", "best_baseline", "tolerance"}`` or None when
     there are no runs.
@@ -128,8 +172,8 @@ def choose_final(
         ):
             p = paired_bootstrap_p(
                 y_valid,
-                run_predictions(best_single["run_dir"]),
-                run_predictions(chosen["run_dir"]),
+                run_predictions(best_single["run_dir"], saved=saved),
+                run_predictions(chosen["run_dir"], saved=saved),
                 metric,
             )
             verdict = "beyond" if p < single_over_average_p else "within"
@@ -157,7 +201,7 @@ def choose_final(
     best_run = ranked[0]
     if chosen["method"] == AVERAGE:
         reason += (
-            f"; the average of {', '.join(average_members_of(chosen))} is preferred to a single "
+            f"; the average of {', '.join(average_members_of(chosen, saved))} is preferred to a single "
             "run when it is not below the best baseline (evaluate.prefer_average)"
         )
         reason += single_note
@@ -195,6 +239,7 @@ def chosen_per_slice(
     prefer_average: bool = False,
     y_valid: np.ndarray | None = None,
     single_over_average_p: float = 0.0,
+    saved: Mapping[str, SavedRun] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`choose_final` at every slice, smallest first: ``slice``, ``size``, ``method``,
     test micro/macro-F1 (and accuracy), ``reason``."""
@@ -209,6 +254,7 @@ def chosen_per_slice(
             prefer_average,
             y_valid,
             single_over_average_p,
+            saved,
         )
         if c is None:
             continue
@@ -227,14 +273,18 @@ def chosen_per_slice(
     return out
 
 
-def label_more(per_slice: list[dict[str, Any]], y_test: np.ndarray) -> list[dict[str, Any]]:
+def label_more(
+    per_slice: list[dict[str, Any]],
+    y_test: np.ndarray,
+    saved: Mapping[str, SavedRun] | None = None,
+) -> list[dict[str, Any]]:
     """Did more labelled rows help? For each pair of consecutive slices of ``per_slice``
     (smallest first), the chosen model's test micro-F1 (accuracy for single-label) and
     macro-F1 at the larger slice minus those at the smaller, with the 95 % interval of the
     difference over paired resamples of the test rows
     (:func:`label_pipeline.metrics.bootstrap_difference`)."""
     out = []
-    preds = [run_predictions(c["run_dir"], "test") for c in per_slice]
+    preds = [run_predictions(c["run_dir"], "test", saved) for c in per_slice]
     for i in range(1, len(per_slice)):
         small, large, a, b = per_slice[i - 1], per_slice[i], preds[i - 1], preds[i]
         entry: dict[str, Any] = {

@@ -31,6 +31,7 @@ Output directory:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from label_pipeline.artifacts import md_table
 from label_pipeline.artifacts import num as _f
 from label_pipeline.choice import (
+    SavedRun,
     calibration_table,
     choose_final,
     chosen_curve,
@@ -49,9 +51,10 @@ from label_pipeline.choice import (
     interval_text,
     label_more,
     label_more_lines,
+    load_saved_run,
     results_table,
 )
-from label_pipeline.decision import apply_decision, load_decision
+from label_pipeline.decision import apply_decision
 from label_pipeline.errors import InputDataError
 from label_pipeline.metrics import (
     bootstrap_interval,
@@ -119,26 +122,29 @@ def zero_shot_line(zero_shot_dir: Path | None) -> dict[str, Any] | None:
     return out
 
 
-def evaluate_run(
-    run_dir: Path, y_valid: np.ndarray, y_test: np.ndarray, labels: list[str], multi_label: bool
+def score_run(
+    run_dir: str,
+    saved: SavedRun,
+    y_valid: np.ndarray,
+    y_test: np.ndarray,
+    labels: list[str],
+    multi_label: bool,
 ) -> dict[str, Any]:
-    """Valid and test metrics of one saved run (probabilities + decision rule)."""
-    decision = load_decision(run_dir)
-    out = {}
+    """Valid and test metrics of one saved run (probabilities + decision rule); ``run_dir``
+    names it in errors."""
+    out: dict[str, Any] = {}
     for split, y in (("valid", y_valid), ("test", y_test)):
-        probs = np.load(run_dir / f"{split}_probs.npy").astype(np.float64)
+        probs = saved.probs[split]
         if probs.shape != y.shape:
             raise InputDataError(
-                f"{run_dir / f'{split}_probs.npy'} has shape {probs.shape} but the {split} split "
-                f"has {y.shape}; the train and split stages do not match, re-run train"
+                f"{Path(run_dir) / f'{split}_probs.npy'} has shape {probs.shape} but the {split} "
+                f"split has {y.shape}; the train and split stages do not match, re-run train"
             )
-        pred = apply_decision(probs, decision)
+        pred = apply_decision(probs, saved.decision)
         out[split] = classification_metrics(y, probs, pred, labels, multi_label)
         out[split]["interval_95"] = score_intervals(y, pred)
-    out["decision"] = decision.to_json()
-    out["calibration"] = calibration_of_run(
-        run_dir, {"valid": y_valid, "test": y_test}, multi_label
-    )
+    out["decision"] = saved.decision.to_json()
+    out["calibration"] = calibration_of_run(saved, {"valid": y_valid, "test": y_test}, multi_label)
     return out
 
 
@@ -149,45 +155,43 @@ def score_intervals(y: np.ndarray, pred: np.ndarray) -> dict[str, list[float]]:
     return {m: list(bootstrap_interval(y, pred, m)) for m in ("micro_f1", "macro_f1")}
 
 
-def evaluate_runs(
-    train_dir: Path,
+def score_runs(
     train_runs: list[dict[str, Any]],
+    saved: dict[str, SavedRun],
     y_valid: np.ndarray,
     y_test: np.ndarray,
     labels: list[str],
     multi_label: bool,
 ) -> list[dict[str, Any]]:
-    """:func:`evaluate_run` of each entry of a train stage's ``runs.json`` (its ``dir`` under
-    ``train_dir``), in order: the rows :func:`choose_final` picks from."""
+    """:func:`score_run` of each entry of a train stage's ``runs.json``, with its saved run
+    (``saved``: ``run_dir`` -> run, in the same order), in order: the rows
+    :func:`choose_final` picks from."""
     runs = []
-    for order, tr in enumerate(train_runs):
-        run_dir = Path(train_dir) / tr["dir"]
+    for order, (tr, (run_dir, run)) in enumerate(zip(train_runs, saved.items(), strict=True)):
         runs.append(
             {
                 "method": tr["method"],
                 "slice": tr["slice"],
                 "slice_size": tr["slice_size"],
                 "train_rows": tr.get("train_rows"),
-                "run_dir": str(run_dir),
+                "run_dir": run_dir,
                 "fallback": tr.get("fallback", ""),
                 "order": order,
-                **evaluate_run(run_dir, y_valid, y_test, labels, multi_label),
+                **score_run(run_dir, run, y_valid, y_test, labels, multi_label),
             }
         )
     return runs
 
 
 def calibration_of_run(
-    run_dir: Path, ys: dict[str, np.ndarray], multi_label: bool
+    saved: SavedRun, ys: dict[str, np.ndarray], multi_label: bool
 ) -> dict[str, Any]:
     """Calibration scores of a run's saved probabilities per split: ``after`` (the saved,
     calibrated ones) and ``before`` (``<split>_probs_uncalibrated.npy``, when the train stage
     calibrated), with the calibrator's facts from ``fit.json``."""
     from label_pipeline.calibration import calibration_scores
 
-    fit_path = run_dir / "fit.json"
-    fit = json.loads(fit_path.read_text()) if fit_path.is_file() else {}
-    cal = fit.get("calibration") or {}
+    cal = saved.fit.get("calibration") or {}
     out: dict[str, Any] = {
         "method": cal.get("method", "none"),
         "describe": cal.get("describe", "none (identity)"),
@@ -195,9 +199,8 @@ def calibration_of_run(
         "notes": cal.get("notes", []),
     }
     for split, y in ys.items():
-        after = np.load(run_dir / f"{split}_probs.npy").astype(np.float64)
-        raw_path = run_dir / f"{split}_probs_uncalibrated.npy"
-        before = np.load(raw_path).astype(np.float64) if raw_path.is_file() else after
+        after = saved.probs[split]
+        before = saved.uncalibrated.get(split, after)
         out[split] = {
             "before": calibration_scores(y, before, multi_label),
             "after": calibration_scores(y, after, multi_label),
@@ -205,19 +208,19 @@ def calibration_of_run(
     return out
 
 
-def plot_final_reliability(
-    run_dir: Path, y_test: np.ndarray, multi_label: bool, path: Path, title: str
-) -> None:
-    """The reliability diagram of one run on test, uncalibrated and calibrated."""
-    from label_pipeline.calibration import plot_reliability
-
-    after = np.load(run_dir / "test_probs.npy").astype(np.float64)
-    raw_path = run_dir / "test_probs_uncalibrated.npy"
+def reliability_curves(
+    saved: SavedRun, y_test: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The curves of a run's reliability diagram on test: uncalibrated and calibrated (or
+    as trained, when the train stage did not calibrate)."""
     curves = {}
-    if raw_path.is_file():
-        curves["uncalibrated"] = (y_test, np.load(raw_path).astype(np.float64))
-    curves["calibrated" if raw_path.is_file() else "as trained"] = (y_test, after)
-    plot_reliability(curves, multi_label, path, title)
+    if "test" in saved.uncalibrated:
+        curves["uncalibrated"] = (y_test, saved.uncalibrated["test"])
+    curves["calibrated" if "test" in saved.uncalibrated else "as trained"] = (
+        y_test,
+        saved.probs["test"],
+    )
+    return curves
 
 
 def learning_curves(runs: list[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
@@ -272,11 +275,147 @@ def plot_learning_curve(
     plt.close(fig)
 
 
+@dataclass
+class Evaluation:
+    """The evaluation of a train stage's runs (:func:`evaluate_trained`)."""
+
+    labels: list[str]
+    multi_label: bool
+    runs: list[dict[str, Any]]
+    curves: dict[str, dict[str, list[Any]]]
+    zero: dict[str, Any] | None
+    per_slice: list[dict[str, Any]]
+    more: list[dict[str, Any]]
+    unlearnable: dict[str, list[str]]
+    #: ``best.json`` (None: no run), and the final model's reliability curves on test
+    best: dict[str, Any] | None = None
+    reliability: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def facts(self) -> dict[str, Any]:
+        """The stage's manifest facts."""
+        best = self.best
+        return {
+            "runs": len(self.runs),
+            "best": best and {k: best[k] for k in ("method", "slice", "test")},
+            "zero_shot_test": self.zero and self.zero.get("test"),
+            "final_calibration": best and best["calibration"],
+        }
+
+
+def evaluate_trained(
+    train_runs: list[dict[str, Any]],
+    saved: dict[str, SavedRun],
+    ys: dict[str, np.ndarray],
+    labels: list[str],
+    multi_label: bool,
+    zero: dict[str, Any] | None,
+    cfg: EvaluateConfig,
+) -> Evaluation:
+    """Score every run (``train_runs``: the train stage's ``runs.json``; ``saved``: each
+    run's saved files by ``run_dir``, in the same order; ``ys``: valid and test label
+    matrices), choose the final model on valid at every slice and at the largest."""
+    runs = score_runs(train_runs, saved, ys["valid"], ys["test"], labels, multi_label)
+    n_valid = len(ys["valid"])
+    choose = {
+        "prefer_average": cfg.prefer_average,
+        "y_valid": ys["valid"],
+        "single_over_average_p": cfg.single_over_average_p,
+        "saved": saved,
+    }
+    choice = choose_final(runs, cfg.select_by, cfg.select_tolerance, n_valid, **choose)
+    per_slice = chosen_per_slice(runs, cfg.select_by, cfg.select_tolerance, n_valid, **choose)
+    unlearnable = {tr["slice"]: tr["unlearnable"] for tr in train_runs if tr.get("unlearnable")}
+    out = Evaluation(
+        labels=labels,
+        multi_label=multi_label,
+        runs=runs,
+        curves=learning_curves(runs),
+        zero=zero,
+        per_slice=per_slice,
+        more=label_more(per_slice, ys["test"], saved),
+        unlearnable=unlearnable,
+    )
+    best = choice and choice["run"]
+    if best is not None:
+        out.best = {
+            "method": best["method"],
+            "slice": best["slice"],
+            "run_dir": best["run_dir"],
+            "model_dir": str(Path(best["run_dir"]) / "model"),
+            "metric": f"valid {cfg.select_by}",
+            "valid": {k: best["valid"][k] for k in ("micro_f1", "macro_f1")},
+            "test": {k: best["test"][k] for k in ("micro_f1", "macro_f1", "interval_95")},
+            "decision": best["decision"],
+            "calibration": final_calibration(best),
+            "reason": choice["reason"],
+            "candidates": choice["candidates"],
+            "best_baseline": choice["best_baseline"],
+            "unlearnable": unlearnable.get(best["slice"], []),
+        }
+        out.reliability = reliability_curves(saved[best["run_dir"]], ys["test"])
+    return out
+
+
+def write_evaluation(directory: Path, ev: Evaluation, cfg: EvaluateConfig) -> None:
+    """Write the figures, ``best.json``, ``calibration.json``, ``metrics.json``,
+    ``learning_curves.json`` and the summary of an evaluation into ``directory``."""
+    from label_pipeline.calibration import plot_reliability
+
+    figures = directory / "figures"
+    curves = ev.curves
+    if len(ev.per_slice) > 1:
+        curves = {**curves, "chosen": chosen_curve(ev.per_slice)}
+    for metric in ("micro_f1", "macro_f1"):
+        short = metric.split("_")[0]
+        plot_learning_curve(curves, metric, ev.zero, figures / f"learning_curve_{short}.png")
+    best = ev.best
+    if best is not None:
+        (directory / "best.json").write_text(json.dumps(_clean(best), indent=2))
+        title = f"Reliability on test: {best['method']} (slice {best['slice']})"
+        plot_reliability(ev.reliability, ev.multi_label, figures / "reliability.png", title)
+    calibration = {
+        "final": best and best["calibration"],
+        "runs": [{"method": r["method"], "slice": r["slice"], **r["calibration"]} for r in ev.runs],
+    }
+    (directory / "calibration.json").write_text(json.dumps(_clean(calibration), indent=1))
+    metrics = {
+        "labels": ev.labels,
+        "multi_label": ev.multi_label,
+        "runs": ev.runs,
+        "zero_shot": ev.zero,
+        "chosen_per_slice": ev.per_slice,
+        "label_more": ev.more,
+        "unlearnable": ev.unlearnable,
+    }
+    (directory / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))
+    curves_json = {"methods": ev.curves, "zero_shot": ev.zero, "chosen_per_slice": ev.per_slice}
+    (directory / "learning_curves.json").write_text(json.dumps(_clean(curves_json), indent=1))
+    _write_summary(
+        directory,
+        ev.runs,
+        ev.zero,
+        best,
+        ev.multi_label,
+        cfg,
+        ev.per_slice,
+        ev.unlearnable,
+        ev.more,
+    )
+
+
+def read_saved_runs(train_dir: Path, train_runs: list[dict[str, Any]]) -> dict[str, SavedRun]:
+    """The saved files of each run of ``runs.json`` (its ``dir`` under ``train_dir``), by
+    ``run_dir``, in order."""
+    return {
+        str(Path(train_dir) / tr["dir"]): load_saved_run(Path(train_dir) / tr["dir"])
+        for tr in train_runs
+    }
+
+
 def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: StageRef | None):
     def build(ctx: BuildContext) -> dict[str, Any]:
         from label_pipeline.data import label_matrix, load_splits, read_label_info
 
-        log = stage_logger()
         labels, multi_label = read_label_info(splits_ref.dir)
         runs_path = trained.dir / "runs.json"
         if not runs_path.is_file():
@@ -287,105 +426,15 @@ def _builder(cfg: EvaluateConfig, splits_ref: StageRef, trained: StageRef, zs: S
             s: label_matrix([list(x) for x in splits[s]["labels"]], labels)
             for s in ("valid", "test")
         }
-        runs = evaluate_runs(trained.dir, train_runs, ys["valid"], ys["test"], labels, multi_label)
+        saved = read_saved_runs(trained.dir, train_runs)
         zero = zero_shot_line(zs.dir if zs is not None else None)
         if zs is not None and zero is None:
-            log.warning("evaluate: %s has no usable test metrics; no zero-shot line", zs.dir)
-        curves = learning_curves(runs)
-        n_valid = len(ys["valid"])
-        choice = choose_final(
-            runs,
-            cfg.select_by,
-            cfg.select_tolerance,
-            n_valid,
-            prefer_average=cfg.prefer_average,
-            y_valid=ys["valid"],
-            single_over_average_p=cfg.single_over_average_p,
-        )
-        best = choice and choice["run"]
-        per_slice = chosen_per_slice(
-            runs,
-            cfg.select_by,
-            cfg.select_tolerance,
-            n_valid,
-            cfg.prefer_average,
-            ys["valid"],
-            cfg.single_over_average_p,
-        )
-        more = label_more(per_slice, ys["test"])
-        unlearnable = {tr["slice"]: tr["unlearnable"] for tr in train_runs if tr.get("unlearnable")}
-        for metric in ("micro_f1", "macro_f1"):
-            short = metric.split("_")[0]
-            plot_learning_curve(
-                {**curves, "chosen": chosen_curve(per_slice)} if len(per_slice) > 1 else curves,
-                metric,
-                zero,
-                ctx.dir / "figures" / f"learning_curve_{short}.png",
+            stage_logger().warning(
+                "evaluate: %s has no usable test metrics; no zero-shot line", zs.dir
             )
-        best_json = None
-        if best is not None:
-            best_json = {
-                "method": best["method"],
-                "slice": best["slice"],
-                "run_dir": best["run_dir"],
-                "model_dir": str(Path(best["run_dir"]) / "model"),
-                "metric": f"valid {cfg.select_by}",
-                "valid": {k: best["valid"][k] for k in ("micro_f1", "macro_f1")},
-                "test": {k: best["test"][k] for k in ("micro_f1", "macro_f1", "interval_95")},
-                "decision": best["decision"],
-                "calibration": final_calibration(best),
-                "reason": choice["reason"],
-                "candidates": choice["candidates"],
-                "best_baseline": choice["best_baseline"],
-                "unlearnable": unlearnable.get(best["slice"], []),
-            }
-            (ctx.dir / "best.json").write_text(json.dumps(_clean(best_json), indent=2))
-            plot_final_reliability(
-                Path(best["run_dir"]),
-                ys["test"],
-                multi_label,
-                ctx.dir / "figures" / "reliability.png",
-                f"Reliability on test: {best['method']} (slice {best['slice']})",
-            )
-        (ctx.dir / "calibration.json").write_text(
-            json.dumps(
-                _clean(
-                    {
-                        "final": best_json and best_json["calibration"],
-                        "runs": [
-                            {"method": r["method"], "slice": r["slice"], **r["calibration"]}
-                            for r in runs
-                        ],
-                    }
-                ),
-                indent=1,
-            )
-        )
-        metrics = {
-            "labels": labels,
-            "multi_label": multi_label,
-            "runs": runs,
-            "zero_shot": zero,
-            "chosen_per_slice": per_slice,
-            "label_more": more,
-            "unlearnable": unlearnable,
-        }
-        (ctx.dir / "metrics.json").write_text(json.dumps(_clean(metrics), indent=1))
-        (ctx.dir / "learning_curves.json").write_text(
-            json.dumps(
-                _clean({"methods": curves, "zero_shot": zero, "chosen_per_slice": per_slice}),
-                indent=1,
-            )
-        )
-        _write_summary(
-            ctx.dir, runs, zero, best_json, multi_label, cfg, per_slice, unlearnable, more
-        )
-        return {
-            "runs": len(runs),
-            "best": best_json and {k: best_json[k] for k in ("method", "slice", "test")},
-            "zero_shot_test": zero and zero.get("test"),
-            "final_calibration": best_json and best_json["calibration"],
-        }
+        ev = evaluate_trained(train_runs, saved, ys, labels, multi_label, zero, cfg)
+        write_evaluation(ctx.dir, ev, cfg)
+        return ev.facts()
 
     return build
 
@@ -466,6 +515,4 @@ def run_evaluate(
     trained = store.localize(trained)
     zero_shot = store.localize(zero_shot) if zero_shot is not None else None
     inputs = {"splits": splits, "trained": trained, "zero_shot": zero_shot}
-    return store.build_stage(
-        SPEC, cfg, inputs, _builder(cfg, splits, trained, zero_shot), refresh
-    )
+    return store.build_stage(SPEC, cfg, inputs, _builder(cfg, splits, trained, zero_shot), refresh)

@@ -197,3 +197,61 @@ def test_bootstrap_difference_tells_a_real_gain_from_noise():
     diff, lo, hi = bootstrap_difference(y, good, other, "macro_f1")
     assert lo < 0 < hi
     assert bootstrap_difference(y, good, good)[1:] == (0.0, 0.0)
+
+
+def test_evaluate_trained_scores_and_chooses_from_runs_held_in_memory():
+    """The stage's compute part on runs the test builds: no run directory is read (the
+    ``run_dir`` names do not exist)."""
+    from sklearn.metrics import accuracy_score
+
+    from label_pipeline.choice import SavedRun
+    from label_pipeline.decision import Decision
+    from tasks.evaluate import evaluate_trained
+
+    rng = np.random.default_rng(0)
+    labels = ["bug", "feature", "question"]
+    ys = {s: np.eye(3, dtype=np.int64)[rng.integers(0, 3, 60)] for s in ("valid", "test")}
+
+    def probs(y, right):
+        """Probabilities that put the true label first on a ``right`` fraction of rows."""
+        wrong = np.roll(y, 1, axis=1)
+        pick = (rng.random(len(y)) < right)[:, None]
+        return np.where(pick, y, wrong) * 0.6 + 0.4 / 3
+
+    quality = {("naive_bayes", "8"): 0.6, ("finetune", "8"): 0.7}
+    quality |= {("naive_bayes", "all"): 0.8, ("finetune", "all"): 0.9, ("average", "all"): 0.9}
+    train_runs, saved = [], {}
+    for (method, slice_name), right in quality.items():
+        size = 8 if slice_name == "8" else 48
+        train_runs.append({"method": method, "slice": slice_name, "slice_size": size})
+        run = SavedRun({s: probs(ys[s], right) for s in ys}, Decision("argmax"))
+        if method == "average":
+            run.fit = {"info": {"members": [{"method": "finetune"}, {"method": "naive_bayes"}]}}
+            run.uncalibrated = {"test": np.full((60, 3), 1 / 3)}
+        saved[f"/nowhere/runs/{method}/{slice_name}"] = run
+    train_runs[0]["unlearnable"] = ["question"]
+
+    ev = evaluate_trained(train_runs, saved, ys, labels, False, None, EvaluateConfig())
+    nb = ev.runs[2]
+    assert (nb["method"], nb["slice"], nb["run_dir"]) == (
+        "naive_bayes",
+        "all",
+        "/nowhere/runs/naive_bayes/all",
+    )
+    pred = saved[nb["run_dir"]].predictions("test")
+    assert nb["test"]["accuracy"] == pytest.approx(accuracy_score(ys["test"], pred))
+    assert ev.curves["naive_bayes"]["size"] == [8, 48]
+    # the average is not below the best baseline: it ships, naming its members
+    assert ev.best["method"] == "average" and ev.best["slice"] == "all"
+    assert "the average of finetune, naive_bayes" in ev.best["reason"]
+    assert [c["method"] for c in ev.per_slice] == ["finetune", "average"]
+    (more,) = ev.more
+    assert more["micro_f1"]["difference"] == pytest.approx(
+        ev.per_slice[1]["micro_f1"] - ev.per_slice[0]["micro_f1"]
+    )
+    assert ev.unlearnable == {"8": ["question"]}
+    assert list(ev.reliability) == ["uncalibrated", "calibrated"]
+    assert (
+        ev.runs[-1]["calibration"]["test"]["before"] != ev.runs[-1]["calibration"]["test"]["after"]
+    )
+    assert ev.facts()["best"]["method"] == "average" and ev.facts()["runs"] == 5
