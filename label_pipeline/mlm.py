@@ -349,6 +349,101 @@ def heldout_perplexity(
     return float(math.exp(min(total / count, 50.0)))
 
 
+def fitted_head_perplexity(
+    mlm: MaskedLM,
+    fit_blocks: PackedBlocks,
+    held_blocks: PackedBlocks,
+    cfg: MaskedLMTraining,
+    device: DeviceChoice,
+    steps: int = 200,
+    batch_size: int = 32,
+    lr: float = 1e-2,
+) -> float | None:
+    """Held-out perplexity of the encoder as it is, read through a masked-LM head fitted to it.
+
+    A head created for a checkpoint without one (``mlm.head_created``, e.g. a sentence encoder)
+    is random, so the perplexity of the untouched model measures that head, not the encoder
+    (hundreds of thousands on a 30k vocabulary). Here the encoder stays frozen: its hidden
+    states at masked positions of ``fit_blocks`` are computed once, a copy of the head (all of
+    it but the decoder tied to the input embeddings, which stays frozen) is fitted to them with AdamW (``lr``) for ``steps`` steps of 512 positions, and held-out perplexity is
+    measured with that copy at the same fixed masks as :func:`heldout_perplexity`. The model
+    itself is not changed. For a checkpoint that brought its own head this is
+    :func:`heldout_perplexity`."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    if not mlm.head_created:
+        return heldout_perplexity(mlm, held_blocks, cfg, device, batch_size)
+    head = mlm_head(mlm.model)
+    if held_blocks.blocks == 0 or fit_blocks.blocks == 0 or not isinstance(head, torch.nn.Module):
+        return None
+    was_training = mlm.model.training
+    mlm.model.eval()
+    mlm.model.to(device.device)
+    states, targets = _masked_states(mlm, fit_blocks, cfg, device, batch_size, cfg.seed + 1)
+    held_states, held_targets = _masked_states(mlm, held_blocks, cfg, device, batch_size, cfg.seed)
+    mlm.model.train(was_training)
+    head = copy.deepcopy(head)  # shares nothing with the model
+    vocab = len(mlm.tokenizer)
+    params = []
+    for param in head.parameters():  # all but the decoder tied to the input embeddings
+        fit = not (param.ndim == 2 and param.shape[0] >= vocab)
+        param.requires_grad_(fit)
+        params += [param] if fit else []
+    if not params or not len(held_targets):
+        return None
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    head.train()
+    for _ in range(steps):
+        idx = torch.randint(len(targets), (min(512, len(targets)),), generator=gen)
+        logits = head(states[idx].to(device.device)).float()
+        loss = F.cross_entropy(logits, targets[idx].to(device.device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(held_targets), 4096):
+            logits = head(held_states[start : start + 4096].to(device.device)).float()
+            gold = held_targets[start : start + 4096].to(device.device)
+            total += float(F.cross_entropy(logits, gold, reduction="sum"))
+    return float(math.exp(min(total / len(held_targets), 50.0)))
+
+
+def _masked_states(
+    mlm: MaskedLM,
+    blocks: PackedBlocks,
+    cfg: MaskedLMTraining,
+    device: DeviceChoice,
+    batch_size: int,
+    seed: int,
+) -> tuple[Any, Any]:
+    """The frozen encoder's hidden states at the masked positions of ``blocks`` (masks drawn
+    with ``seed``) and the tokens there, on the CPU."""
+    import torch
+
+    collator = make_collator(mlm.tokenizer, cfg, seed=seed)
+    cols = list(blocks.columns)
+    states, targets = [], []
+    with torch.no_grad():
+        for start in range(0, blocks.blocks, batch_size):
+            examples = [
+                {k: blocks.columns[k][i] for k in cols}
+                for i in range(start, min(start + batch_size, blocks.blocks))
+            ]
+            batch = {k: v.to(device.device) for k, v in collator(examples).items()}
+            sel = batch["labels"] != -100
+            forward = {k: v for k, v in batch.items() if k in _ENCODER_INPUTS}
+            hidden = mlm.model.base_model(**forward)[0]
+            states.append(hidden[sel].float().cpu())
+            targets.append(batch["labels"][sel].cpu())
+    return torch.cat(states), torch.cat(targets)
+
+
 @functools.cache
 def callback_classes() -> tuple[type, type]:
     """``(StepProgress, WallClockLimit)``: the stage's Trainer callbacks (built on first use,

@@ -37,3 +37,41 @@ def test_head_on_masked_positions_equals_full_forward(build, tiny_mlm_dir):
     assert fast.shape == (4, model.config.vocab_size)
     torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fallback, full)
+
+
+def test_fitted_head_perplexity_reads_the_encoder_not_the_random_head(tmp_path):
+    """A created head is random: its perplexity is that of the head. Fitting a copy of the
+    head on the frozen encoder gives a lower figure, at least as good as the held-out tokens'
+    own frequencies (what a head learns first), and the model is left exactly as it was."""
+    from label_pipeline.devices import DeviceConfig, choose_device
+    from label_pipeline.mlm import (
+        MaskedLMTraining,
+        _masked_states,
+        fitted_head_perplexity,
+        heldout_perplexity,
+        load_masked_lm,
+        pack_texts,
+    )
+    from label_pipeline.testing import DEFAULT_CORPUS, make_tiny_bert
+
+    base = make_tiny_bert(tmp_path / "base", "base")
+    mlm = load_masked_lm(base)
+    assert mlm.head_created
+    texts = [f"{t} {i}" for i in range(20) for t in DEFAULT_CORPUS]
+    fit, held = (
+        pack_texts(mlm.tokenizer, texts[:-40], 32),
+        pack_texts(mlm.tokenizer, texts[-40:], 32),
+    )
+    cfg, cpu = MaskedLMTraining(seed=3), choose_device(DeviceConfig(device="cpu"))
+    before = {k: v.clone() for k, v in mlm.model.state_dict().items()}
+    raw = heldout_perplexity(mlm, held, cfg, cpu)
+    fitted = fitted_head_perplexity(mlm, fit, held, cfg, cpu, steps=200)
+    assert fitted is not None and raw is not None and fitted < raw
+    _, held_tokens = _masked_states(mlm, held, cfg, cpu, 32, cfg.seed)
+    _, fit_tokens = _masked_states(mlm, fit, cfg, cpu, 32, cfg.seed + 1)
+    freq = torch.bincount(fit_tokens, minlength=len(mlm.tokenizer)).double() + 0.5
+    unigram = float(torch.exp(-torch.log(freq / freq.sum())[held_tokens].mean()))
+    assert fitted < unigram * 1.05
+    after = mlm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert heldout_perplexity(mlm, held, cfg, cpu) == raw  # same masks, same model
