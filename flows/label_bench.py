@@ -29,6 +29,8 @@ from flows.config import PipelineConfig
 from flows.label_pipeline import run_stages
 from label_pipeline.devices import choose_device
 from label_pipeline.errors import ConfigError
+from label_pipeline.failures import DEBUG_ENV, report_user_errors
+from label_pipeline.temp_server import guard_temporary_server, stop_temporary_server
 from tasks import report as report_stage
 from tasks.train import ALL_SLICES, MODIFIERS, parse_method
 
@@ -111,7 +113,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="*", default=[], choices=sorted(MODIFIERS))
     parser.add_argument("--variant-methods", nargs="*", default=None)
     parser.add_argument("--store", default=None, help="stage store directory (default .store)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    guard_temporary_server()  # stops with this process, however it ends
+    with report_user_errors("label-bench", before_exit=stop_temporary_server):
+        _run_cli(args)
+
+
+def _run_cli(args: Any) -> None:
     cfg = PipelineConfig.from_file(args.config) if args.config else PipelineConfig()
     if args.store:
         cfg = cfg.model_copy(update={"store": args.store})
