@@ -341,8 +341,8 @@ def _json_records(path: Path, text: str) -> list[Any]:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise InputDataError(
-                f"{path}: line {n} is not valid JSON ({exc.msg}); a JSONL file holds one JSON "
-                "object per line"
+                f"{path}: line {n} is not valid JSON (column {exc.colno}: {exc.msg}); a JSONL file "
+                "holds one JSON object per line"
             ) from None
     return records
 

@@ -90,7 +90,7 @@ CASES: list[tuple[str, dict[str, str | bytes], Any, list[str], int, list[str]]] 
         {"ingest": {"path": "{tmp}/in.jsonl"}},
         [],
         2,
-        ["{tmp}/in.jsonl", "line 2 is not valid JSON"],
+        ["{tmp}/in.jsonl", "line 2 is not valid JSON (column 15"],
     ),
     (
         "unknown_extension",
