@@ -465,6 +465,73 @@ def _build(
     )
 
 
+@dataclass
+class Selected:
+    """The selection rule chosen on valid and what it gives: per split, the scored rows with
+    the selected labels (``valid`` / ``test``: ``predicted`` and the gold ``labels``;
+    ``unlabeled``: ``labels``), the metrics, and the pseudo-labels' calibration and expected
+    precision."""
+
+    sel: Selection
+    metrics: dict[str, Any]
+    outputs: dict[str, Any]
+    calibration: dict[str, Any]
+    expected: dict[str, Any]
+
+
+def select_pseudo_labels(
+    scored: dict[str, Any], splits: Any, cfg: ZeroShotConfig, spec: LabelSpec
+) -> Selected:
+    """Choose the selection rule on the valid scores and apply it to every scored split
+    (``scored``: split -> Dataset of ``id``, ``text``, ``score_<label>``, ``truncated``)."""
+    labels = spec.labels
+    valid_scores = _score_matrix(scored["valid"], labels)
+    valid_true = _gold(splits, "valid", [str(i) for i in scored["valid"]["id"]], labels)
+    sel = choose_selection(
+        valid_scores,
+        valid_true,
+        labels,
+        spec.multi_label,
+        metric=cfg.metric,
+        rule=cfg.rule,
+        per_label=cfg.per_label_thresholds,
+        confidence_floor=cfg.confidence_floor,
+    )
+    metrics: dict[str, Any] = {
+        "selection": {"rule": sel.rule, "value": sel.value, "metric": sel.metric}
+    }
+    outputs: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        ds = scored[split]
+        y_true = _gold(splits, split, [str(i) for i in ds["id"]], labels)
+        y_pred = apply_selection(sel, _score_matrix(ds, labels), labels)
+        metrics[split] = _eval(y_true, y_pred)
+        metrics[f"n_{split}"] = len(ds)
+        ds = _with_selection(ds, sel, labels, "predicted")
+        gold = [[labels[j] for j in np.flatnonzero(row)] for row in y_true]
+        outputs[split] = ds.add_column("labels", gold, feature=_LABELS_FEATURE())
+    outputs["unlabeled"] = _with_selection(scored["unlabeled"], sel, labels, "labels")
+    calibration, expected = pseudo_label_precision(
+        cfg, sel, valid_scores, valid_true, scored["unlabeled"], labels, spec.multi_label
+    )
+    return Selected(sel, metrics, outputs, calibration, expected)
+
+
+def _write_selected(directory: Path, res: Selected, labels: list[str], multi_label: bool) -> None:
+    from label_pipeline.data import write_label_info
+
+    for split in ("valid", "test", "unlabeled"):
+        _save(res.outputs[split], directory / split)
+    (directory / "calibration.json").write_text(json.dumps(res.calibration, indent=2))
+    (directory / "expected_precision.json").write_text(json.dumps(res.expected, indent=2))
+    write_label_info(directory, labels, multi_label)
+    (directory / "metrics.json").write_text(json.dumps(res.metrics, indent=2))
+    (directory / "selection.json").write_text(
+        json.dumps({"labels": labels, **res.sel.to_json()}, indent=2)
+    )
+    (directory / "selection_curve.json").write_text(json.dumps(res.sel.curves, indent=1))
+
+
 def _assemble(
     ctx: BuildContext,
     cfg: ZeroShotConfig,
@@ -479,68 +546,27 @@ def _assemble(
     done: list[Shard],
     score_seconds: float,
 ) -> dict[str, Any]:
-    from label_pipeline.data import write_label_info
-
     log = stage_logger()
     labels = spec.labels
-
     scored = {
         split: _load_split_scores(shards_dir, shards, split, labels) for split in SCORED_SPLITS
     }
-    valid_scores = _score_matrix(scored["valid"], labels)
-    valid_true = _gold(splits, "valid", [str(i) for i in scored["valid"]["id"]], labels)
-    sel = choose_selection(
-        valid_scores,
-        valid_true,
-        labels,
-        spec.multi_label,
-        metric=cfg.metric,
-        rule=cfg.rule,
-        per_label=cfg.per_label_thresholds,
-        confidence_floor=cfg.confidence_floor,
-    )
+    res = select_pseudo_labels(scored, splits, cfg, spec)
+    sel, metrics, calibration, expected = res.sel, res.metrics, res.calibration, res.expected
     if sel.note:
         log.warning("zero_shot: %s", sel.note)
-
-    metrics: dict[str, Any] = {
-        "selection": {"rule": sel.rule, "value": sel.value, "metric": sel.metric}
-    }
-    for split in ("valid", "test"):
-        ds = scored[split]
-        gold_ids = [str(i) for i in ds["id"]]
-        y_true = _gold(splits, split, gold_ids, labels)
-        y_pred = apply_selection(sel, _score_matrix(ds, labels), labels)
-        metrics[split] = _eval(y_true, y_pred)
-        metrics[f"n_{split}"] = len(ds)
-        ds = _with_selection(ds, sel, labels, "predicted")
-        gold = [[labels[j] for j in np.flatnonzero(row)] for row in y_true]
-        ds = ds.add_column("labels", gold, feature=_LABELS_FEATURE())
-        _save(ds, ctx.dir / split)
-    unlabeled = _with_selection(scored["unlabeled"], sel, labels, "labels")
-    _save(unlabeled, ctx.dir / "unlabeled")
-    calibration, expected = pseudo_label_precision(
-        cfg, sel, valid_scores, valid_true, scored["unlabeled"], labels, spec.multi_label
-    )
-    (ctx.dir / "calibration.json").write_text(json.dumps(calibration, indent=2))
-    (ctx.dir / "expected_precision.json").write_text(json.dumps(expected, indent=2))
     for note in calibration["notes"]:
         log.warning("zero_shot: calibration: %s", note)
-
-    write_label_info(ctx.dir, labels, spec.multi_label)
-    (ctx.dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (ctx.dir / "selection.json").write_text(
-        json.dumps({"labels": labels, **sel.to_json()}, indent=2)
-    )
-    (ctx.dir / "selection_curve.json").write_text(json.dumps(sel.curves, indent=1))
+    _write_selected(ctx.dir, res, labels, spec.multi_label)
     title = (
         f"zero-shot ({resolved.name}): validation {cfg.metric.replace('_', '-')} by selection rule"
     )
     _plot_curves(sel, ctx.dir / "figures" / "selection_curve.png", title)
-
     n_truncated = {
         split: int(np.sum(scored[split]["truncated"])) if len(scored[split]) else 0
         for split in SCORED_SPLITS
     }
+    unlabeled = res.outputs["unlabeled"]
     pseudo = unlabeled["labels"] if len(unlabeled) else []
     labelled = [
         list(r)
@@ -552,10 +578,10 @@ def _assemble(
         cfg, spec, sel, metrics, resolved, backend, n_truncated, pseudo, labelled, unlabeled
     )
     write_summary(ctx.dir, summary + _precision_summary(calibration, expected), sample)
-    n_rows = sum(s.stop - s.start for s in shards)
+    scored_now = sum(s.stop - s.start for s in todo)
     return {
         "rows": {split: len(scored[split]) for split in SCORED_SPLITS},
-        "rows_scored_now": sum(s.stop - s.start for s in todo),
+        "rows_scored_now": scored_now,
         "shards": len(shards),
         "shards_reused": len(done),
         "truncated": n_truncated,
@@ -564,10 +590,10 @@ def _assemble(
         "device": backend.device.describe(),
         "selection": {"rule": sel.rule, "value": sel.value},
         "test": metrics.get("test"),
-        "rows_per_second": round(sum(s.stop - s.start for s in todo) / score_seconds, 2)
+        "rows_per_second": round(scored_now / score_seconds, 2)
         if todo and score_seconds > 0
         else None,
-        "rows_total": n_rows,
+        "rows_total": sum(s.stop - s.start for s in shards),
         "calibration": calibration["describe"],
         "expected_precision": expected["overall"]["expected_precision"],
         "expected_precision_interval": expected["overall"]["interval"],
