@@ -79,7 +79,7 @@ def _pieces(
 class BackTranslationAugmenter(Augmenter):
     """Round-trips every text through a pivot language, in batches."""
 
-    config_class = BackTranslationConfig
+    Settings = BackTranslationConfig
     cfg: BackTranslationConfig
 
     def check_available(self) -> None:

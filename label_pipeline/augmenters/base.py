@@ -2,35 +2,37 @@
 
 An augmenter turns a list of texts into up to ``n`` new variants of each. Add one by
 adding a module ``label_pipeline/augmenters/<name>.py`` that defines a
-:class:`MethodConfig` subclass and an :class:`Augmenter` subclass decorated with
-``@register_augmenter("<name>")`` (and a field of that config type on
-``tasks.augment.AugmentConfig``); :func:`get_augmenter` imports the module on first use.
+:class:`MethodConfig` subclass (its settings) and an :class:`Augmenter` subclass naming it
+as ``Settings``, decorated with ``@register_augmenter("<name>")`` (and a field of that config
+type on ``tasks.augment.AugmentConfig``); :func:`get_augmenter` imports the module on first
+use.
 """
 
 from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from label_pipeline.registry import Registry
+from label_pipeline.registry import PluginSettings, Registry, checked_settings
 
 if TYPE_CHECKING:
     from label_pipeline.devices import DeviceChoice
 
-_AUGMENTERS: Registry[Augmenter] = Registry(
+AUGMENTERS: Registry[Augmenter] = Registry(
     "label_pipeline.augmenters",
-    not_members={"base"},
-    unknown="augment: {name!r} is not a known augmentation method; choose one of {choices}",
+    "augment: {name!r} is not a known augmentation method; choose one of {choices}",
+    module_per_member=True,
+    not_members={"base", "nlpaug_compat"},
 )
 
 
-class MethodConfig(BaseModel):
+class MethodConfig(PluginSettings):
     """Settings every augmentation method shares.
 
     Attributes:
@@ -43,8 +45,6 @@ class MethodConfig(BaseModel):
             sentence and word boundaries, each piece augmented) or ``truncate``-d (only the
             first piece is augmented or kept); either way it is counted in the summary.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     n_per_row: int = Field(1, ge=0, le=50)
@@ -74,17 +74,30 @@ class Augmenter(ABC):
     """One augmentation method, set up once and applied to a whole list of texts.
 
     Args:
-        cfg: the method's config (a :class:`MethodConfig` subclass).
+        cfg: the method's config (its ``Settings``, or their values by name).
         device: where model work runs (from ``choose_device``).
         model_dir: a model directory handed in by the stage (the adapted MLM), if any.
     """
 
     name: ClassVar[str] = ""
+    #: the method's settings (``augment.<name>``)
+    Settings: ClassVar[type[MethodConfig]] = MethodConfig
+    #: the same class under its former name
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.config_class = cls.Settings
+
     def __init__(
-        self, cfg: MethodConfig, device: DeviceChoice, model_dir: Path | None = None
+        self,
+        cfg: MethodConfig | Mapping[str, Any],
+        device: DeviceChoice,
+        model_dir: Path | None = None,
     ) -> None:
+        if not isinstance(cfg, self.Settings):
+            values = cfg.model_dump() if isinstance(cfg, MethodConfig) else cfg
+            cfg = checked_settings(self.Settings, values, f"augment.{self.name}")
         self.cfg = cfg
         self.device = device
         self.model_dir = model_dir
@@ -105,17 +118,17 @@ class Augmenter(ABC):
 
 def register_augmenter(name: str) -> Callable[[type[Augmenter]], type[Augmenter]]:
     """Class decorator: make an augmenter available under ``name``."""
-    return _AUGMENTERS.register(name)
+    return AUGMENTERS.register(name)
 
 
 def available_augmenters() -> list[str]:
     """Names of every augmenter module in this package (imported or not)."""
-    return _AUGMENTERS.available()
+    return AUGMENTERS.names()
 
 
 def get_augmenter(name: str) -> type[Augmenter]:
     """The augmenter class registered as ``name`` (importing its module if needed)."""
-    return _AUGMENTERS.get(name)
+    return AUGMENTERS.get(name)
 
 
 # --- helpers shared by augmenters ------------------------------------------------------

@@ -279,7 +279,7 @@ def _match_case(original: str, new: str) -> str:
 class ContextualAugmenter(Augmenter):
     """Masked-LM substitution over the whole list of texts in length-sorted batches."""
 
-    config_class = ContextualConfig
+    Settings = ContextualConfig
     cfg: ContextualConfig
 
     def resolve(self) -> Path:

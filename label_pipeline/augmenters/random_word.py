@@ -34,7 +34,7 @@ class RandomWordConfig(MethodConfig):
 class RandomWordAugmenter(Augmenter):
     """Swaps or deletes a fraction of the words; no model, no resources, any language."""
 
-    config_class = RandomWordConfig
+    Settings = RandomWordConfig
     cfg: RandomWordConfig
 
     def augment_texts(self, texts: Sequence[str], n: int, progress: Any = None) -> AugmentOutput:

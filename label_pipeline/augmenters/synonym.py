@@ -35,7 +35,7 @@ class SynonymAugmenter(Augmenter):
     """Replaces a fraction of the words with WordNet synonyms (POS-tagged with NLTK's
     averaged perceptron). Non-English words have no synonyms and stay as they are."""
 
-    config_class = SynonymConfig
+    Settings = SynonymConfig
     cfg: SynonymConfig
 
     def check_available(self) -> None:

@@ -2,8 +2,10 @@
 
 A backend turns texts and a label set into a (rows x labels) matrix of scores in [0, 1].
 Add one by adding a module ``label_pipeline/zeroshot/<name>.py`` that defines a
-:class:`ZeroShotBackend` subclass decorated with ``@register_backend("<name>")``;
-:func:`get_backend` imports the module on first use.
+:class:`ZeroShotBackend` subclass decorated with ``@register_backend("<name>")``, with its
+options as a settings model (``Settings``, a :class:`BackendSettings` whose fields are named
+after the ``ZeroShotConfig`` fields they are read from); :func:`get_backend` imports the
+module on first use.
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ import numpy as np
 
 from label_pipeline.errors import ConfigError
 from label_pipeline.models import model_loading
-from label_pipeline.registry import Registry
+from label_pipeline.registry import PluginSettings, Registry, checked_settings
 
 if TYPE_CHECKING:
     from label_pipeline.devices import DeviceChoice
 
-_BACKENDS: Registry[ZeroShotBackend] = Registry(
+BACKENDS: Registry[ZeroShotBackend] = Registry(
     "label_pipeline.zeroshot",
-    not_members={"base", "selection"},
-    unknown="zero_shot.backend={name!r} is not a known backend; "
-    "choose one of {choices} (or 'auto')",
+    "zero_shot.backend={name!r} is not a known backend; choose one of {choices} (or 'auto')",
+    module_per_member=True,
+    not_members={"base", "selection", "loading", "cls_only"},
 )
+
+
+class BackendSettings(PluginSettings):
+    """Base of a zero-shot backend's options (read from the ``zero_shot`` config section)."""
 
 
 @dataclass
@@ -51,19 +57,23 @@ class ScoreResult:
 class ZeroShotBackend(ABC):
     """Scores texts against labels with one model, loaded once and reused across shards.
 
-    Subclasses read their options and load the model in :meth:`_load`.
+    Subclasses load the model in :meth:`_load`, with their options checked into
+    ``self.settings`` (a :class:`ConfigError` names a bad one by its ``zero_shot`` field).
 
     Args:
         model_dir: local model directory (from :func:`label_pipeline.models.resolve_model`).
         device: where to run and at which precision (from ``choose_device``).
         batch_size: model inputs per forward pass.
         max_length: input tokens per model input; None = the model's own limit (at most 512).
-        options: backend-specific settings (template, temperature, verbalisers...).
+        options: backend-specific settings (template, temperature, verbalisers...): the
+            fields of ``Settings``.
     """
 
     name: ClassVar[str] = ""
     #: the ``ZeroShotConfig`` field that names this backend's model
     model_field: ClassVar[str] = ""
+    #: the backend's options, each named after the ``ZeroShotConfig`` field it is read from
+    Settings: ClassVar[type[BackendSettings]] = BackendSettings
 
     def __init__(
         self,
@@ -77,12 +87,13 @@ class ZeroShotBackend(ABC):
         self.device = device
         self.batch_size = int(batch_size)
         self.max_length = max_length
-        self.options = options
+        self.settings = checked_settings(self.Settings, options, "zero_shot")
         self._load()
 
     @abstractmethod
     def _load(self) -> None:
-        """Read ``self.options`` and load the model; called at the end of ``__init__``."""
+        """Load the model (the options are in ``self.settings``); called at the end of
+        ``__init__``."""
 
     def _load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
@@ -102,8 +113,8 @@ class ZeroShotBackend(ABC):
 
     @classmethod
     def options_from_config(cls, cfg: Any) -> dict[str, Any]:
-        """Backend options taken from a ``ZeroShotConfig`` (override to read more fields)."""
-        return {}
+        """The backend's options read from a ``ZeroShotConfig`` (the fields of ``Settings``)."""
+        return {field: getattr(cfg, field) for field in cls.Settings.model_fields}
 
     @abstractmethod
     def score(
@@ -126,17 +137,17 @@ class ZeroShotBackend(ABC):
 
 def register_backend(name: str) -> Callable[[type[ZeroShotBackend]], type[ZeroShotBackend]]:
     """Class decorator: make a backend available under ``name``."""
-    return _BACKENDS.register(name)
+    return BACKENDS.register(name)
 
 
 def available_backends() -> list[str]:
     """Names of every backend module in this package (imported or not)."""
-    return _BACKENDS.available()
+    return BACKENDS.names()
 
 
 def get_backend(name: str) -> type[ZeroShotBackend]:
     """The backend class registered as ``name`` (importing its module if needed)."""
-    return _BACKENDS.get(name)
+    return BACKENDS.get(name)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:

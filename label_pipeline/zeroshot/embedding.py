@@ -15,13 +15,18 @@ How cosine similarities become scores in [0, 1]:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from label_pipeline.errors import ConfigError
 from label_pipeline.models import model_loading
-from label_pipeline.zeroshot.base import ScoreResult, ZeroShotBackend, register_backend
+from label_pipeline.zeroshot.base import (
+    BackendSettings,
+    ScoreResult,
+    ZeroShotBackend,
+    register_backend,
+)
 
 
 def cosine_to_scores(cos: np.ndarray, multi_label: bool, temperature: float) -> np.ndarray:
@@ -35,25 +40,32 @@ def cosine_to_scores(cos: np.ndarray, multi_label: bool, temperature: float) -> 
     return e / e.sum(axis=1, keepdims=True)
 
 
+class EmbeddingSettings(BackendSettings):
+    """Options of the ``embedding`` backend."""
+
+    temperature: float = Field(
+        0.05, gt=0.0, description="softmax temperature for single-label scores"
+    )
+    label_template: str = Field(
+        "{}", description="text around each label text before embedding, with ``{}``"
+    )
+
+
 @register_backend("embedding")
 class EmbeddingBackend(ZeroShotBackend):
     """Bi-encoder backend on a sentence-transformers model (a plain transformers encoder
-    directory also works: sentence-transformers adds mean pooling).
-
-    Options:
-        temperature: softmax temperature for single-label scores.
-        label_template: text around each label text before embedding, with ``{}``.
-    """
+    directory also works: sentence-transformers adds mean pooling; options:
+    :class:`EmbeddingSettings`)."""
 
     model_field = "embedding_model"
+    Settings = EmbeddingSettings
+    settings: EmbeddingSettings
 
     def _load(self) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.temperature = float(self.options.get("temperature", 0.05))
-        if self.temperature <= 0:
-            raise ConfigError(f"zero_shot.temperature must be > 0, got {self.temperature}")
-        self.label_template = self.options.get("label_template", "{}")
+        self.temperature = self.settings.temperature
+        self.label_template = self.settings.label_template
         with model_loading():
             self.model = SentenceTransformer(str(self.model_dir), device=self.device.device)
         if self.device.device == "cuda" and self.device.precision in {"fp16", "bf16"}:
@@ -68,10 +80,6 @@ class EmbeddingBackend(ZeroShotBackend):
             self.model.max_seq_length = limit = int(self.max_length)
         self.limit = limit
         self._label_cache: dict[tuple[str, ...], np.ndarray] = {}
-
-    @classmethod
-    def options_from_config(cls, cfg: Any) -> dict[str, Any]:
-        return {"temperature": cfg.temperature, "label_template": cfg.label_template}
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised embeddings (rows x dim); sentence-transformers sorts by length itself."""

@@ -18,9 +18,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from label_pipeline.errors import ConfigError
+from label_pipeline.registry import setting_error
 from label_pipeline.zeroshot.base import (
+    BackendSettings,
     ScoreResult,
     ZeroShotBackend,
     length_sorted_batches,
@@ -41,27 +44,41 @@ def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
     raise ConfigError(f"cannot tell where {type(tokenizer).__name__} adds its special tokens")
 
 
+class FillMaskSettings(BackendSettings):
+    """Options of the ``fill_mask`` backend."""
+
+    fill_mask_prompt: str = Field(
+        "This text is about {}.",
+        description="appended to each text, with ``{}`` where the mask token goes",
+    )
+    verbalizers: dict[str, str] | None = Field(
+        None, description="label -> the single word that stands for it at the mask"
+    )
+
+    @field_validator("fill_mask_prompt")
+    @classmethod
+    def _one_slot(cls, value: str) -> str:
+        if value.count("{}") != 1:
+            raise setting_error(
+                f"fill_mask_prompt={value!r} must hold exactly one '{{}}' where the mask goes, e.g. "
+                '"This text is about {}."'
+            )
+        return value
+
+
 @register_backend("fill_mask")
 class FillMaskBackend(ZeroShotBackend):
-    """Masked-LM prompt backend.
-
-    Options:
-        prompt: appended to each text, with ``{}`` where the mask token goes.
-        verbalizers: label -> the single word that stands for it at the mask.
-    """
+    """Masked-LM prompt backend (options: :class:`FillMaskSettings`)."""
 
     model_field = "fill_mask_model"
+    Settings = FillMaskSettings
+    settings: FillMaskSettings
 
     def _load(self) -> None:
         from transformers import AutoModelForMaskedLM
 
-        self.prompt = self.options.get("prompt", "This text is about {}.")
-        if self.prompt.count("{}") != 1:
-            raise ConfigError(
-                f"zero_shot.fill_mask_prompt={self.prompt!r} must hold exactly one '{{}}' where the "
-                'mask goes, e.g. "This text is about {}."'
-            )
-        self.verbalizers: dict[str, str] = dict(self.options.get("verbalizers") or {})
+        self.prompt = self.settings.fill_mask_prompt
+        self.verbalizers: dict[str, str] = dict(self.settings.verbalizers or {})
         self.tokenizer = self._load_tokenizer()
         if self.tokenizer.mask_token is None:
             raise ConfigError(
@@ -84,10 +101,6 @@ class FillMaskBackend(ZeroShotBackend):
             )
         self._prefix, self._suffix = _special_affixes(self.tokenizer)
         self._word_cache: dict[tuple[str, ...], np.ndarray] = {}
-
-    @classmethod
-    def options_from_config(cls, cfg: Any) -> dict[str, Any]:
-        return {"prompt": cfg.fill_mask_prompt, "verbalizers": cfg.verbalizers}
 
     def label_token_ids(self, labels: Sequence[str]) -> np.ndarray:
         """The vocabulary id standing for each label at the mask."""

@@ -14,12 +14,14 @@ compute their last layer for the first token only (:mod:`label_pipeline.zeroshot
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from label_pipeline.errors import ConfigError
+from label_pipeline.registry import setting_error
 from label_pipeline.zeroshot.base import (
+    BackendSettings,
     ScoreResult,
     ZeroShotBackend,
     length_sorted_batches,
@@ -58,25 +60,37 @@ def nli_scores(logits: np.ndarray, entail_id: int, contra_id: int, multi_label: 
     return _softmax(logits[..., entail_id], axis=-1)
 
 
+class NLISettings(BackendSettings):
+    """Options of the ``nli`` backend."""
+
+    hypothesis_template: str = Field(
+        "This text is about {}.",
+        description='hypothesis with ``{}`` for the label text, e.g. "This text is about {}."',
+    )
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{}" not in value:
+            raise setting_error(
+                f"hypothesis_template={value!r} has no '{{}}' where the label goes; "
+                'write it like "This text is about {}."'
+            )
+        return value
+
+
 @register_backend("nli")
 class NLIBackend(ZeroShotBackend):
-    """NLI cross-encoder backend.
-
-    Options:
-        hypothesis_template: hypothesis with ``{}`` for the label text, e.g. "This text is about {}.".
-    """
+    """NLI cross-encoder backend (options: :class:`NLISettings`)."""
 
     model_field = "nli_model"
+    Settings = NLISettings
+    settings: NLISettings
 
     def _load(self) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        self.template = self.options.get("hypothesis_template", "This text is about {}.")
-        if "{}" not in self.template:
-            raise ConfigError(
-                f"zero_shot.hypothesis_template={self.template!r} has no '{{}}' where the label goes; "
-                'write it like "This text is about {}."'
-            )
+        self.template = self.settings.hypothesis_template
         self.tokenizer = self._load_tokenizer()
         self.model = self._load_model(AutoModelForSequenceClassification)
         self.entail_id, self.contra_id = nli_label_ids(
@@ -94,10 +108,6 @@ class NLIBackend(ZeroShotBackend):
             return_tensors="pt",
         ).to(self.device.device)
         self.cls_only = enable_cls_only(self.model, dict(probe))
-
-    @classmethod
-    def options_from_config(cls, cfg: Any) -> dict[str, Any]:
-        return {"hypothesis_template": cfg.hypothesis_template}
 
     def logits(
         self, texts: Sequence[str], label_texts: Sequence[str]
