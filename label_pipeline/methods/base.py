@@ -1,19 +1,39 @@
 """The interface every classification method implements (baselines and fine-tuning).
 
-A method is a small class registered under a name; add one by adding one module to
-``label_pipeline/methods/`` that decorates its class with :func:`register`.
+A method is a small class registered under a name with a typed settings model
+(``Settings``, a :class:`MethodSettings`: ``train.method_params.<name>``); add one by adding
+one module to ``label_pipeline/methods/`` that decorates its class with :func:`register`.
+The settings are checked when the config is loaded (:func:`check_method_params`) and when the
+method is built: ``Method(**settings)`` sets each setting as an attribute of the same name.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from label_pipeline.devices import DeviceChoice
+from label_pipeline.errors import ConfigError
+from label_pipeline.registry import (
+    UNKNOWN,
+    PluginSettings,
+    Registry,
+    checked_settings,
+    relocated,
+    validate_settings,
+)
+
+#: validation context of settings the train stage fits with (config load, not a saved
+#: model's): an ``ensemble`` may not list itself as a member
+CONFIGURED = {"configured": True}
 
 
 @dataclass
@@ -62,11 +82,51 @@ class FitContext:
     info: dict[str, Any] = field(default_factory=dict)  # facts the method reports back
 
 
+class MethodSettings(PluginSettings):
+    """Base of a method's settings model (``train.method_params.<method>``)."""
+
+
 class Method(ABC):
     """fit / predict_proba / save / load, scikit-learn style: no work in ``__init__``,
-    ``fit`` returns self, fitted state ends in ``_``."""
+    ``fit`` returns self, fitted state ends in ``_``.
+
+    ``Method(**settings)`` checks the keyword arguments through ``Settings`` (a
+    :class:`ConfigError` names each bad one as ``train.method_params.<name>.<setting>``)
+    and sets each setting as an attribute; the class's signature lists the settings. A
+    method without ``Settings`` defines its own ``__init__``.
+    """
 
     name: ClassVar[str]
+    #: the method's settings model; None: its own ``__init__`` (not checked at config load)
+    Settings: ClassVar[type[MethodSettings] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.Settings is not None:
+            cls.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+                [
+                    inspect.Parameter(
+                        key,
+                        inspect.Parameter.KEYWORD_ONLY,
+                        default=info.get_default(call_default_factory=True),
+                        annotation=info.annotation,
+                    )
+                    for key, info in cls.Settings.model_fields.items()
+                ]
+            )
+
+    def __init__(self, **params: Any) -> None:
+        if self.Settings is None:
+            if params:
+                raise TypeError(f"{type(self).__name__} takes no settings, got {sorted(params)}")
+            return
+        settings = checked_settings(self.Settings, params, f"train.method_params.{self.name}")
+        for key in type(settings).model_fields:
+            setattr(self, key, getattr(settings, key))
+
+    def get_params(self) -> dict[str, Any]:
+        """The settings, by name (what ``Method(**settings)`` rebuilds this method from)."""
+        return {key: getattr(self, key) for key in (self.Settings or MethodSettings).model_fields}
 
     @abstractmethod
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Method:
@@ -113,13 +173,57 @@ def label_frequencies(train: LabelledTexts) -> np.ndarray:
     return freq / total if total > 0 else np.full(k, 1.0 / k)
 
 
-REGISTRY: dict[str, type[Method]] = {}
+METHODS: Registry[Method] = Registry(
+    "label_pipeline.methods", "train.methods: unknown method {name!r}; available: {choices}"
+)
+#: the registered method classes by name (``METHODS.classes``)
+REGISTRY: dict[str, type[Method]] = METHODS.classes
 
 
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available by its ``name``."""
-    REGISTRY[cls.name] = cls
-    return cls
+    return METHODS.add(cls)
+
+
+def check_method_params(method_params: Mapping[str, Mapping[str, Any]]) -> None:
+    """Check ``train.method_params`` (settings by method name) through each method's
+    ``Settings``, as the config is loaded: a :class:`ValidationError` locates every bad
+    setting at (method, setting, ...) and every unknown method at (method,). A method
+    without ``Settings`` is not checked."""
+    errors: list[InitErrorDetails] = []
+    for name, params in method_params.items():
+        try:
+            settings = METHODS.settings(name)
+        except ConfigError as exc:  # an unknown method: the message lists the available ones
+            msg = str(exc).removeprefix("train.methods: ")
+            kind = PydanticCustomError(UNKNOWN, "{message}", {"message": msg})
+            errors.append(InitErrorDetails(type=kind, loc=(name,), input=params))
+            continue
+        if settings is None:
+            continue
+        try:
+            validate_settings(settings, params, CONFIGURED)
+        except ValidationError as exc:
+            errors.extend(relocated(exc, name))
+    if errors:
+        raise ValidationError.from_exception_data("method_params", errors)
+
+
+def nested_settings_errors(
+    name: str, params: Mapping[str, Any] | None, info: Any, *loc: str
+) -> list[InitErrorDetails]:
+    """The errors of ``params`` as the settings of the method ``name``, located under
+    ``loc``: for a method whose settings hold other methods' (an ensemble's members, a
+    distillation's teacher and student). ``info``: the enclosing validator's
+    ``ValidationInfo`` (its context is passed on)."""
+    settings = METHODS.settings(name)
+    if settings is None:
+        return []
+    try:
+        validate_settings(settings, params, getattr(info, "context", None))
+    except ValidationError as exc:
+        return relocated(exc, *loc)
+    return []
 
 
 def load_saved(name: str, path: Path, device: DeviceChoice | None = None) -> Method:
@@ -141,12 +245,5 @@ def load_saved(name: str, path: Path, device: DeviceChoice | None = None) -> Met
 
 
 def get_method(name: str) -> type[Method]:
-    from label_pipeline import methods as _pkg  # noqa: F401  (imports every method module)
-
-    if name not in REGISTRY:
-        from label_pipeline.errors import ConfigError
-
-        raise ConfigError(
-            f"train.methods: unknown method {name!r}; available: {', '.join(sorted(REGISTRY))}"
-        )
-    return REGISTRY[name]
+    """The method class registered as ``name`` (a :class:`ConfigError` lists the others)."""
+    return METHODS.get(name)

@@ -12,14 +12,21 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import joblib
 import numpy as np
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
-from label_pipeline.errors import ConfigError
-from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
+from label_pipeline.methods.base import (
+    FitContext,
+    LabelledTexts,
+    Method,
+    MethodSettings,
+    register,
+)
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model
+from label_pipeline.registry import relocated, setting_error
 
 STATE_FILE = "state.joblib"
 PARAMS_FILE = "params.json"
@@ -107,13 +114,10 @@ def _note_missing(train: LabelledTexts, ctx: FitContext) -> None:
 class _SklearnTextMethod(Method):
     """Shared save/load for methods whose whole state pickles with joblib."""
 
-    def _params(self) -> dict[str, Any]:
-        raise NotImplementedError
-
     def save(self, path: Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / PARAMS_FILE).write_text(json.dumps({"method": self.name, **self._params()}))
+        (path / PARAMS_FILE).write_text(json.dumps({"method": self.name, **self.get_params()}))
         joblib.dump(self._state(), path / STATE_FILE)
 
     def _state(self) -> dict[str, Any]:
@@ -129,25 +133,20 @@ class _SklearnTextMethod(Method):
         return obj
 
 
+class NaiveBayesSettings(MethodSettings):
+    """Settings of ``naive_bayes`` (``train.method_params.naive_bayes``)."""
+
+    alpha: float = Field(1.0, gt=0.0, description="additive smoothing")
+    lowercase: bool = Field(True, description="lowercase before counting tokens")
+
+
 @register
 class NaiveBayes(_SklearnTextMethod):
-    """Token counts + multinomial Naive Bayes (the classic few-label baseline).
-
-    Params:
-        alpha: additive smoothing.
-        lowercase: lowercase before counting tokens.
-    """
+    """Token counts + multinomial Naive Bayes (the classic few-label baseline; settings:
+    :class:`NaiveBayesSettings`)."""
 
     name = "naive_bayes"
-
-    def __init__(self, alpha: float = 1.0, lowercase: bool = True) -> None:
-        if alpha <= 0:
-            raise ConfigError(f"train.method_params.naive_bayes.alpha must be > 0, got {alpha}")
-        self.alpha = float(alpha)
-        self.lowercase = bool(lowercase)
-
-    def _params(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "lowercase": self.lowercase}
+    Settings = NaiveBayesSettings
 
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Method:
         from sklearn.feature_extraction.text import CountVectorizer
@@ -196,48 +195,39 @@ def _cv_folds(train: LabelledTexts, folds: int, seed: int) -> tuple[list[Any], s
     return list(cv.split(np.zeros(n), train.y_index)), f"{k}-fold stratified"
 
 
+class TfidfNaiveBayesSettings(MethodSettings):
+    """Settings of ``tfidf_nb`` (``train.method_params.tfidf_nb``)."""
+
+    alphas: list[float] = Field(
+        default_factory=lambda: list(ALPHA_GRID),
+        description="the smoothing grid tried by cross-validation (each > 0)",
+    )
+    folds: int = Field(
+        5,
+        ge=2,
+        description="at most this many CV folds (fewer when the slice is small; when even 2 "
+        "folds are impossible, ``default_alpha`` is used and the fit facts say why)",
+    )
+    default_alpha: float = Field(0.1, description="smoothing when CV is impossible")
+    ngram_max: int = Field(3, description="longest n-gram")
+    min_df: int = Field(1, description="minimum document frequency of an n-gram")
+
+    @field_validator("alphas")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value or min(value) <= 0:
+            raise setting_error(f"alphas must be > 0, got {value}")
+        return value
+
+
 @register
 class TfidfNaiveBayes(_SklearnTextMethod):
     """TF-IDF of word 1-3-grams + multinomial Naive Bayes, smoothing tuned by k-fold CV on
-    the training rows (micro-F1 at threshold 0.5, or accuracy for single-label).
-
-    Params:
-        alphas: the smoothing grid.
-        folds: at most this many CV folds (fewer when the slice is small; when even 2 folds
-            are impossible, ``default_alpha`` is used and ``ctx.info`` says why).
-        default_alpha: smoothing when CV is impossible.
-        ngram_max: longest n-gram.
-        min_df: minimum document frequency of an n-gram.
-    """
+    the training rows (micro-F1 at threshold 0.5, or accuracy for single-label; settings:
+    :class:`TfidfNaiveBayesSettings`)."""
 
     name = "tfidf_nb"
-
-    def __init__(
-        self,
-        alphas: list[float] | tuple[float, ...] = ALPHA_GRID,
-        folds: int = 5,
-        default_alpha: float = 0.1,
-        ngram_max: int = 3,
-        min_df: int = 1,
-    ) -> None:
-        if not alphas or min(alphas) <= 0:
-            raise ConfigError(f"train.method_params.tfidf_nb.alphas must be > 0, got {alphas}")
-        if folds < 2:
-            raise ConfigError(f"train.method_params.tfidf_nb.folds must be >= 2, got {folds}")
-        self.alphas = [float(a) for a in alphas]
-        self.folds = int(folds)
-        self.default_alpha = float(default_alpha)
-        self.ngram_max = int(ngram_max)
-        self.min_df = int(min_df)
-
-    def _params(self) -> dict[str, Any]:
-        return {
-            "alphas": self.alphas,
-            "folds": self.folds,
-            "default_alpha": self.default_alpha,
-            "ngram_max": self.ngram_max,
-            "min_df": self.min_df,
-        }
+    Settings = TfidfNaiveBayesSettings
 
     def _vectorizer(self) -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -309,21 +299,45 @@ def _resolve_encoder(explicit: str | None, ctx: FitContext | None) -> str:
     return str(resolve_model(ref, purpose="train.encoder"))
 
 
+def _long_text_options(value: dict[str, Any]) -> dict[str, Any]:
+    from label_pipeline.embeddings import LongText
+
+    try:
+        LongText.model_validate(value)
+    except ValidationError as exc:
+        raise ValidationError.from_exception_data(
+            "embed_options", relocated(exc, model=LongText)
+        ) from None
+    return value
+
+
+#: how long texts are read by the frozen-encoder methods: options of ``LongText``
+EmbedOptions = Annotated[
+    dict[str, Any],
+    AfterValidator(_long_text_options),
+    Field(
+        description="how long texts are read, keyword options of "
+        "``label_pipeline.embeddings.embed_texts`` (``long_text``, ``pooling``, "
+        "``title_weight``, ...; default: its defaults)"
+    ),
+]
+Encoder = Annotated[
+    str | None,
+    Field(
+        description="sentence encoder reference; default the training context's encoder, else "
+        "all-MiniLM-L6-v2"
+    ),
+]
+BatchSize = Annotated[
+    int | None, Field(description="texts per encoder forward pass (default: the device's)")
+]
+
+
 class _EmbeddingMethod(_SklearnTextMethod):
     """Methods on frozen, mean-pooled encoder embeddings (``label_pipeline.embeddings``)."""
 
-    def __init__(
-        self,
-        encoder: str | None = None,
-        batch_size: int | None = None,
-        embed_options: dict[str, Any] | None = None,
-    ) -> None:
-        from label_pipeline.embeddings import long_text_options
-
-        self.encoder = encoder
-        self.batch_size = batch_size
-        self.embed_options = dict(embed_options or {})
-        long_text_options(**self.embed_options)  # fails early, naming a bad option
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self._device = None
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -342,52 +356,34 @@ class _EmbeddingMethod(_SklearnTextMethod):
         return self._embed(train.texts)
 
 
+class EmbeddingLogRegSettings(MethodSettings):
+    """Settings of ``embed_lr`` (``train.method_params.embed_lr``)."""
+
+    encoder: Encoder = None
+    C: float = Field(
+        10.0,
+        gt=0.0,
+        description="inverse regularisation strength (embeddings are unit-length, so the "
+        "default is larger than scikit-learn's)",
+    )
+    class_weight: Literal["balanced"] | dict[int, float] | None = Field(
+        None, description="``None`` or ``balanced`` (or a weight per class index)"
+    )
+    max_iter: int = Field(2000, description="iterations of the logistic-regression solver")
+    batch_size: BatchSize = None
+    embed_options: EmbedOptions = Field(default_factory=dict)
+
+
 @register
 class EmbeddingLogReg(_EmbeddingMethod):
-    """Frozen encoder embeddings + logistic regression ("feature extraction").
-
-    Params:
-        encoder: model reference; default the training context's encoder, else
-            all-MiniLM-L6-v2.
-        C: inverse regularisation strength (embeddings are unit-length, so the default is
-            larger than scikit-learn's).
-        class_weight: ``None`` or ``"balanced"``.
-        batch_size: texts per encoder forward pass (default: the device's).
-        embed_options: how long texts are read, keyword options of
-            ``label_pipeline.embeddings.embed_texts`` (``long_text``, ``pooling``,
-            ``title_weight``, ...; default: its defaults).
-    """
+    """Frozen encoder embeddings + logistic regression ("feature extraction"; settings:
+    :class:`EmbeddingLogRegSettings`)."""
 
     name = "embed_lr"
-
-    def __init__(
-        self,
-        encoder: str | None = None,
-        C: float = 10.0,  # noqa: N803 (scikit-learn's name)
-        class_weight: str | None = None,
-        max_iter: int = 2000,
-        batch_size: int | None = None,
-        embed_options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(encoder, batch_size, embed_options)
-        if C <= 0:
-            raise ConfigError(f"train.method_params.embed_lr.C must be > 0, got {C}")
-        self.C = float(C)
-        self.class_weight = class_weight
-        self.max_iter = int(max_iter)
+    Settings = EmbeddingLogRegSettings
 
     def balances_labels(self) -> bool:
         return self.class_weight == "balanced"
-
-    def _params(self) -> dict[str, Any]:
-        return {
-            "encoder": self.encoder,
-            "C": self.C,
-            "class_weight": self.class_weight,
-            "max_iter": self.max_iter,
-            "batch_size": self.batch_size,
-            "embed_options": self.embed_options,
-        }
 
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Method:
         from sklearn.linear_model import LogisticRegression
@@ -424,44 +420,28 @@ def knn_votes(sims: np.ndarray, y: np.ndarray, w: np.ndarray, k: int) -> np.ndar
     return votes / np.maximum(wt.sum(axis=1, keepdims=True), 1e-12)
 
 
+class EmbeddingKNNSettings(MethodSettings):
+    """Settings of ``knn`` (``train.method_params.knn``)."""
+
+    encoder: Encoder = None
+    max_k: int = Field(15, ge=1, description="largest ``k`` tried on the validation split")
+    default_k: int = Field(5, ge=1, description="``k`` when there is nothing to tune on")
+    batch_size: BatchSize = None
+    embed_options: EmbedOptions = Field(default_factory=dict)
+
+
 @register
 class EmbeddingKNN(_EmbeddingMethod):
     """Nearest neighbours in embedding space (cosine): a label is predicted when at least
     ``m`` of the ``k`` nearest training rows carry it; probability = votes / k.
 
     ``k`` (and ``m``, multi-label) are tuned on the validation split for micro-F1. Without
-    a usable validation split, ``k = min(default_k, rows)`` and ``m = ceil(k / 2)``.
-
-    Params:
-        encoder, embed_options: as for ``embed_lr``.
-        max_k: largest ``k`` tried.
-        default_k: ``k`` when there is nothing to tune on.
+    a usable validation split, ``k = min(default_k, rows)`` and ``m = ceil(k / 2)``
+    (settings: :class:`EmbeddingKNNSettings`).
     """
 
     name = "knn"
-
-    def __init__(
-        self,
-        encoder: str | None = None,
-        max_k: int = 15,
-        default_k: int = 5,
-        batch_size: int | None = None,
-        embed_options: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(encoder, batch_size, embed_options)
-        if max_k < 1 or default_k < 1:
-            raise ConfigError("train.method_params.knn.max_k and default_k must be >= 1")
-        self.max_k = int(max_k)
-        self.default_k = int(default_k)
-
-    def _params(self) -> dict[str, Any]:
-        return {
-            "encoder": self.encoder,
-            "max_k": self.max_k,
-            "default_k": self.default_k,
-            "batch_size": self.batch_size,
-            "embed_options": self.embed_options,
-        }
+    Settings = EmbeddingKNNSettings
 
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Method:
         from label_pipeline.metrics import f1_micro_macro

@@ -23,24 +23,30 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from label_pipeline.devices import DeviceChoice
 from label_pipeline.errors import ConfigError, TrainingDivergedError
-from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
-from label_pipeline.methods.finetune import (
-    FineTune,
+from label_pipeline.methods.base import FitContext, LabelledTexts, MethodSettings, register
+from label_pipeline.methods.finetune import FineTune
+from label_pipeline.methods.self_training import (
+    Floor,
+    PerLabel,
+    PoolSize,
+    Rounds,
+    SelfTrainingParams,
+    Weight,
+    run_self_training,
+)
+from label_pipeline.methods.transformer import (
+    TransformerMethod,
     autocast,
-    check_labelled,
-    device_of,
-    encoder_dir,
     inference_batches,
-    read_method_meta,
     seed_everything,
     write_method_meta,
 )
-from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
-from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
+from label_pipeline.registry import relocated, validate_settings
 
 
 def no_shared_label_batches(
@@ -141,67 +147,74 @@ def mean_pooled_embeddings(
     return out
 
 
-@register
-class SetFit(Method):
-    """Contrastive warm-up of the encoder on same-label pairs, then a head.
+class SetFitSettings(MethodSettings):
+    """Settings of ``setfit`` (``train.method_params.setfit``)."""
 
-    Args:
-        pairs_per_row: positive pairs anchored on each training row per epoch.
-        epochs: contrastive epochs (fresh pairs and batches each epoch).
-        batch_size: most pairs per batch (label sets cap it: a single-label task with k labels
-            holds at most k pairs).
-        lr: encoder learning rate for the warm-up.
-        scale: similarity scale (inverse temperature) of the ranking loss.
-        symmetric: also rank anchors for each positive.
-        max_length: tokens per text.
-        head: ``logistic`` (logistic regression on embeddings) or ``finetune`` (end-to-end
-            fine-tuning of the warmed encoder with ``finetune_params``).
-        head_c: inverse regularisation strength of the logistic head.
-        class_weighting: ``balanced`` or ``none`` for the logistic head.
-        finetune_params: parameters of :class:`FineTune` for ``head="finetune"``.
-        eval_batch_size: texts per inference step; None = the device's batch size.
-        self_training_*: see :mod:`label_pipeline.methods.self_training`.
-    """
+    pairs_per_row: int = Field(
+        10,
+        ge=0,
+        description="positive pairs anchored on each training row per epoch (0 = no warm-up)",
+    )
+    epochs: int = Field(
+        1,
+        ge=0,
+        description="contrastive epochs (fresh pairs and batches each epoch; 0 = no warm-up)",
+    )
+    batch_size: int = Field(
+        16,
+        ge=2,
+        description="most pairs per batch, at least 2 (in-batch negatives; label sets cap it: a "
+        "single-label task with k labels holds at most k pairs)",
+    )
+    lr: float = Field(2e-5, gt=0.0, description="encoder learning rate for the warm-up")
+    scale: float = Field(
+        20.0, description="similarity scale (inverse temperature) of the ranking loss"
+    )
+    symmetric: bool = Field(True, description="also rank anchors for each positive")
+    max_length: int = Field(128, description="tokens per text")
+    head: Literal["logistic", "finetune"] = Field(
+        "logistic",
+        description="``logistic`` (logistic regression on embeddings) or ``finetune`` "
+        "(end-to-end fine-tuning of the warmed encoder with ``finetune_params``)",
+    )
+    head_c: float = Field(
+        10.0, gt=0.0, description="inverse regularisation strength of the logistic head"
+    )
+    class_weighting: Literal["balanced", "none"] = Field(
+        "balanced", description="``balanced`` or ``none`` for the logistic head"
+    )
+    finetune_params: dict[str, Any] | None = Field(
+        None,
+        description="settings of ``finetune`` (see its section) for ``head: finetune``",
+    )
+    eval_batch_size: int | None = Field(
+        None, description="texts per inference step; None = the device's batch size"
+    )
+    self_training_rounds: Rounds = 0
+    self_training_floor: Floor = 0.9
+    self_training_per_label: PerLabel = 64
+    self_training_weight: Weight = 0.5
+    self_training_pool_size: PoolSize = 2000
+
+    @field_validator("finetune_params")
+    @classmethod
+    def _finetune_settings(
+        cls, value: dict[str, Any] | None, info: ValidationInfo
+    ) -> dict[str, Any] | None:
+        try:
+            validate_settings(FineTune.Settings, value, info.context)
+        except ValidationError as exc:
+            raise ValidationError.from_exception_data(cls.__name__, relocated(exc)) from None
+        return value
+
+
+@register
+class SetFit(TransformerMethod):
+    """Contrastive warm-up of the encoder on same-label pairs, then a head (settings:
+    :class:`SetFitSettings`)."""
 
     name = "setfit"
-
-    def __init__(
-        self,
-        pairs_per_row: int = 10,
-        epochs: int = 1,
-        batch_size: int = 16,
-        lr: float = 2e-5,
-        scale: float = 20.0,
-        symmetric: bool = True,
-        max_length: int = 128,
-        head: Literal["logistic", "finetune"] = "logistic",
-        head_c: float = 10.0,
-        class_weighting: Literal["balanced", "none"] = "balanced",
-        finetune_params: dict[str, Any] | None = None,
-        eval_batch_size: int | None = None,
-        self_training_rounds: int = 0,
-        self_training_floor: float = 0.9,
-        self_training_per_label: int = 64,
-        self_training_weight: float = 0.5,
-        self_training_pool_size: int = 2000,
-    ) -> None:
-        self.pairs_per_row = pairs_per_row
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.scale = scale
-        self.symmetric = symmetric
-        self.max_length = max_length
-        self.head = head
-        self.head_c = head_c
-        self.class_weighting = class_weighting
-        self.finetune_params = finetune_params
-        self.eval_batch_size = eval_batch_size
-        self.self_training_rounds = self_training_rounds
-        self.self_training_floor = self_training_floor
-        self.self_training_per_label = self_training_per_label
-        self.self_training_weight = self_training_weight
-        self.self_training_pool_size = self_training_pool_size
+    Settings = SetFitSettings
 
     def balances_labels(self) -> bool:
         """The head's weighting: the fine-tuned head's ``class_weighting`` or the logistic's."""
@@ -209,50 +222,21 @@ class SetFit(Method):
             return FineTune(**(self.finetune_params or {})).balances_labels()
         return self.class_weighting == "balanced"
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "pairs_per_row epochs batch_size lr scale symmetric max_length head head_c "
-                "class_weighting finetune_params eval_batch_size self_training_rounds "
-                "self_training_floor self_training_per_label self_training_weight "
-                "self_training_pool_size"
-            ).split()
-        }
-
-    def _validate(self) -> None:
-        p = f"train.method_params.{self.name}"
-        if self.pairs_per_row < 0 or self.epochs < 0:
-            raise ConfigError(f"{p}.pairs_per_row and epochs must be >= 0 (0 = no warm-up)")
-        if self.batch_size < 2:
-            raise ConfigError(f"{p}.batch_size={self.batch_size} must be >= 2 (in-batch negatives)")
-        if self.head not in {"logistic", "finetune"}:
-            raise ConfigError(f"{p}.head={self.head!r} must be 'logistic' or 'finetune'")
-        if not self.lr > 0 or not self.head_c > 0:
-            raise ConfigError(f"{p}.lr and head_c must be > 0")
-        SelfTrainingParams(
+    def _self_training_params(self) -> SelfTrainingParams:
+        return SelfTrainingParams(
             self.self_training_rounds,
             self.self_training_floor,
             self.self_training_per_label,
             self.self_training_weight,
             self.self_training_pool_size,
-        ).validate(self.name)
+        )
 
     # ------------------------------------------------------------ fit
 
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> SetFit:
         """Warm the encoder up on ``train`` pairs, then fit the head (``valid``: the end-to-end
         head's early stopping and the self-training check)."""
-        self._validate()
-        check_labelled(train, "train", self.name)
-        if valid is not None and len(valid) == 0:
-            valid = None
-        self.label_names_ = list(train.label_names)
-        self.multi_label_ = bool(train.multi_label)
-        self.device_ = device_of(ctx)
-        start = encoder_dir(ctx)
-        ctx.info.setdefault("encoder", str(start))
-        ctx.info.setdefault("device", self.device_.describe())
+        valid, start = self._start_fit(train, valid, ctx)
         run_self_training(
             fit_once=lambda rows: self._fit_once(rows, valid, ctx, start),
             predict=self.predict_proba,
@@ -261,13 +245,7 @@ class SetFit(Method):
             train=train,
             valid=valid,
             ctx=ctx,
-            params=SelfTrainingParams(
-                self.self_training_rounds,
-                self.self_training_floor,
-                self.self_training_per_label,
-                self.self_training_weight,
-                self.self_training_pool_size,
-            ),
+            params=self._self_training_params(),
         )
         ctx.info["history"] = self.history_
         return self
@@ -275,14 +253,10 @@ class SetFit(Method):
     def _fit_once(
         self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext, start: Path
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
         seed_everything(ctx.seed)
         # quiet: an adapted encoder's masked-LM head and the pooler are unused here
-        with model_loading(quiet=True):
-            tokenizer = AutoTokenizer.from_pretrained(str(start))
-            encoder = AutoModel.from_pretrained(str(start)).to(self.device_.device)
-        self.tokenizer_, self.encoder_ = tokenizer, encoder
+        self._load_encoder(start, quiet=True)
+        encoder, tokenizer = self.encoder_, self.tokenizer_
         self.history_ = {"rows": len(train), "warmup": self._warm_up(train, ctx)}
         self.finetuned_ = None
         self.head_ = None
@@ -458,8 +432,7 @@ class SetFit(Method):
         if self.finetuned_ is not None:
             self.finetuned_.save(path / "finetune")
         else:
-            self.encoder_.save_pretrained(str(path / "encoder"))
-            self.tokenizer_.save_pretrained(str(path / "encoder"))
+            self._save_encoder(path / "encoder")
             state = {"head": self.head_, "constant": self.constant_}
             with open(path / "head.pkl", "wb") as fh:
                 pickle.dump(state, fh)
@@ -467,19 +440,14 @@ class SetFit(Method):
 
     @classmethod
     def load(cls, path: Path, device: DeviceChoice | None = None) -> SetFit:
-        from transformers import AutoModel, AutoTokenizer
-
         path = Path(path)
-        self = read_method_meta(cls, path, device)
+        self = cls._start_load(path, device)
         self.finetuned_ = None
         if (path / "finetune").is_dir():
             self.finetuned_ = FineTune.load(path / "finetune", device=self.device_)
             self.encoder_ = self.tokenizer_ = self.head_ = None
             return self
-        with model_loading():
-            self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "encoder"))
-            self.encoder_ = AutoModel.from_pretrained(str(path / "encoder"))
-        self.encoder_.to(self.device_.device)
+        self._load_encoder(path / "encoder")
         self.encoder_.eval()
         with open(path / "head.pkl", "rb") as fh:
             state = pickle.load(fh)

@@ -27,118 +27,126 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from label_pipeline.devices import DeviceChoice
 from label_pipeline.errors import ConfigError
 from label_pipeline.methods.base import (
-    REGISTRY,
+    METHODS,
     FitContext,
     LabelledTexts,
     Method,
+    MethodSettings,
     get_method,
     load_saved,
+    nested_settings_errors,
     register,
 )
-from label_pipeline.methods.finetune import (
-    check_labelled,
-    device_of,
-    read_method_meta,
-    write_method_meta,
-)
 from label_pipeline.methods.self_training import sample_pool, valid_score
+from label_pipeline.methods.transformer import TransformerMethod, write_method_meta
 from label_pipeline.progress import stage_logger
+from label_pipeline.registry import setting_error
 
 #: the student's parameters when none are given: ``finetune`` learning the pool's label mix
 DEFAULT_STUDENT_PARAMS: dict[str, Any] = {"class_weighting": "none", "epochs": 4, "patience": 2}
 MODEL_DIR = "model"
 
 
-@register
-class Distill(Method):
-    """Teacher → pool probabilities → student (see the module docstring).
+def other_methods(exclude: str) -> list[str]:
+    """Every registered method name but ``exclude``, sorted."""
+    return [m for m in METHODS.names() if m != exclude]
 
-    Args:
-        teacher: registered method name of the teacher (not ``distill``).
-        teacher_params: the teacher's constructor parameters.
-        student: registered method name of the student (not ``distill``).
-        student_params: the student's constructor parameters (None =
-            :data:`DEFAULT_STUDENT_PARAMS` for ``finetune``, ``{}`` otherwise).
-        pool_size: most pool rows the teacher labels.
-        weight: row weight of a pool row in the student's loss (labelled rows weigh 1).
-        label_shift: ``pool`` reweights the teacher's pool probabilities to the pool's
-            estimated label frequencies (single-label only), ``none`` leaves them.
-        soft: True trains the student on the teacher's probabilities, False on its most
-            probable label (single-label) or its labels at 0.5 (multi-label).
-    """
+
+class DistillSettings(MethodSettings):
+    """Settings of ``distill`` (``train.method_params.distill``)."""
+
+    teacher: str = Field(
+        "ensemble", description="registered method name of the teacher (not ``distill``)"
+    )
+    teacher_params: dict[str, Any] = Field(
+        default_factory=dict, description="the teacher's settings (see its section)"
+    )
+    student: str = Field(
+        "finetune", description="registered method name of the student (not ``distill``)"
+    )
+    student_params: dict[str, Any] | None = Field(
+        None,
+        description="the student's settings (see its section); None = "
+        f"``{DEFAULT_STUDENT_PARAMS}`` for ``finetune``, none otherwise",
+    )
+    pool_size: int = Field(4000, ge=1, description="most pool rows the teacher labels")
+    weight: float = Field(
+        1.0,
+        description="row weight of a pool row in the student's loss, in (0, 1] (labelled "
+        "rows weigh 1)",
+    )
+    label_shift: Literal["none", "pool"] = Field(
+        "none",
+        description="``pool`` reweights the teacher's pool probabilities to the pool's estimated "
+        "label frequencies (single-label only), ``none`` leaves them",
+    )
+    soft: bool = Field(
+        True,
+        description="True trains the student on the teacher's probabilities, False on its most "
+        "probable label (single-label) or its labels at 0.5 (multi-label)",
+    )
+
+    @field_validator("teacher_params", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("teacher", "student")
+    @classmethod
+    def _usable(cls, value: str, info: ValidationInfo) -> str:
+        if value == Distill.name or value not in METHODS.names():
+            raise setting_error(
+                f"{info.field_name}={value!r} cannot be used; available: "
+                f"{', '.join(other_methods(Distill.name))}"
+            )
+        return value
+
+    @field_validator("weight")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise setting_error(f"weight={value} must lie in (0, 1]")
+        return value
+
+    @model_validator(mode="after")
+    def _roles(self, info: ValidationInfo) -> DistillSettings:
+        """The student's default settings; the teacher's and the student's settings, each
+        through its own model."""
+        if self.student_params is None:
+            self.student_params = dict(DEFAULT_STUDENT_PARAMS) if self.student == "finetune" else {}
+        errors = [
+            *nested_settings_errors(self.teacher, self.teacher_params, info, "teacher_params"),
+            *nested_settings_errors(self.student, self.student_params, info, "student_params"),
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
+
+@register
+class Distill(TransformerMethod):
+    """Teacher → pool probabilities → student (see the module docstring; settings:
+    :class:`DistillSettings`)."""
 
     name = "distill"
+    Settings = DistillSettings
 
-    def __init__(
-        self,
-        teacher: str = "ensemble",
-        teacher_params: dict[str, Any] | None = None,
-        student: str = "finetune",
-        student_params: dict[str, Any] | None = None,
-        pool_size: int = 4000,
-        weight: float = 1.0,
-        label_shift: Literal["none", "pool"] = "none",
-        soft: bool = True,
-    ) -> None:
-        self.teacher = teacher
-        self.teacher_params = dict(teacher_params or {})
-        self.student = student
-        self.student_params = (
-            dict(student_params)
-            if student_params is not None
-            else (dict(DEFAULT_STUDENT_PARAMS) if student == "finetune" else {})
-        )
-        self.pool_size = int(pool_size)
-        self.weight = float(weight)
-        self.label_shift = label_shift
-        self.soft = bool(soft)
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "teacher": self.teacher,
-            "teacher_params": self.teacher_params,
-            "student": self.student,
-            "student_params": self.student_params,
-            "pool_size": self.pool_size,
-            "weight": self.weight,
-            "label_shift": self.label_shift,
-            "soft": self.soft,
-        }
-
-    def _validate(self, multi_label: bool) -> None:
-        p = f"train.method_params.{self.name}"
-        for role in ("teacher", "student"):
-            name = getattr(self, role)
-            if name not in REGISTRY or name == self.name:
-                raise ConfigError(
-                    f"{p}.{role}={name!r} cannot be used; available: "
-                    f"{', '.join(sorted(set(REGISTRY) - {self.name}))}"
-                )
-        if self.pool_size < 1:
-            raise ConfigError(f"{p}.pool_size={self.pool_size} must be >= 1")
-        if not 0.0 < self.weight <= 1.0:
-            raise ConfigError(f"{p}.weight={self.weight} must lie in (0, 1]")
-        if self.label_shift not in {"none", "pool"}:
-            raise ConfigError(f"{p}.label_shift={self.label_shift!r} must be 'none' or 'pool'")
+    def _check_task(self, multi_label: bool) -> None:
         if self.label_shift == "pool" and multi_label:
             raise ConfigError(
-                f"{p}.label_shift='pool' applies to single-label tasks only; set it to 'none' "
-                "(multi-label decisions are tuned per label on valid)"
+                f"train.method_params.{self.name}.label_shift='pool' applies to single-label "
+                "tasks only; set it to 'none' (multi-label decisions are tuned per label on valid)"
             )
 
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Distill:
         """Fit the teacher, label the pool with it, fit the student on both."""
-        self._validate(bool(train.multi_label))
-        check_labelled(train, "train", self.name)
-        if valid is not None and len(valid) == 0:
-            valid = None
-        self.label_names_ = list(train.label_names)
-        self.multi_label_ = bool(train.multi_label)
-        self.device_ = device_of(ctx)
+        self._check_task(bool(train.multi_label))
+        valid, _ = self._start_fit(train, valid, ctx, encoder=False)
         log = stage_logger()
         facts: dict[str, Any] = {}
         ctx.info["distill"] = facts
@@ -263,7 +271,7 @@ class Distill(Method):
     @classmethod
     def load(cls, path: Path, device: DeviceChoice | None = None) -> Distill:
         path = Path(path)
-        self = read_method_meta(cls, path, device)
+        self = cls._start_load(path, device)
         self.model_name_ = self.history_["model"]
         self.prior_ = np.asarray(self.history_["source_prior"], dtype=np.float64)
         self.model_ = load_saved(self.model_name_, path / MODEL_DIR, self.device_)

@@ -15,82 +15,113 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from label_pipeline.devices import DeviceChoice
 from label_pipeline.errors import ConfigError
 from label_pipeline.methods.base import (
-    REGISTRY,
+    METHODS,
     FitContext,
     LabelledTexts,
     Method,
+    MethodSettings,
     get_method,
     load_saved,
+    nested_settings_errors,
     register,
 )
-from label_pipeline.methods.finetune import (
-    check_labelled,
-    checked_proba,
-    device_of,
-    read_method_meta,
-    write_method_meta,
-)
 from label_pipeline.methods.self_training import valid_score
+from label_pipeline.methods.transformer import TransformerMethod, checked_proba, write_method_meta
 from label_pipeline.progress import stage_logger
+from label_pipeline.registry import field_error, setting_error
 
 MEMBERS_DIR = "members"
 
 
-@register
-class Ensemble(Method):
-    """Average of several methods' probabilities.
+def _cannot_be_members(bad: list[str]) -> str:
+    others = [m for m in METHODS.names() if m != Ensemble.name]
+    return f"members: {bad} cannot be members; available: {', '.join(others)}"
 
-    Args:
-        members: registered method names (each at most once; not ``ensemble``).
-        member_params: constructor parameters per member name.
-        weights: one positive weight per member (default: equal).
-    """
 
-    name = "ensemble"
+class EnsembleSettings(MethodSettings):
+    """Settings of ``ensemble`` (``train.method_params.ensemble``)."""
 
-    def __init__(
-        self,
-        members: list[str] | None = None,
-        member_params: dict[str, dict[str, Any]] | None = None,
-        weights: list[float] | None = None,
-    ) -> None:
-        self.members = list(members) if members is not None else ["setfit", "finetune"]
-        self.member_params = dict(member_params or {})
-        self.weights = None if weights is None else [float(w) for w in weights]
+    members: list[str] = Field(
+        default_factory=lambda: ["setfit", "finetune"],
+        description="registered method names (each at most once; not ``ensemble``)",
+    )
+    member_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="settings per member name (see each method's section)",
+    )
+    weights: list[float] | None = Field(
+        None, description="one positive weight per member (default: equal)"
+    )
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "members": self.members,
-            "member_params": self.member_params,
-            "weights": self.weights,
-        }
+    @field_validator("members", "member_params", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            return value
+        return ["setfit", "finetune"] if info.field_name == "members" else {}
 
-    def _validate(self) -> None:
-        p = f"train.method_params.{self.name}"
-        if not self.members:
-            raise ConfigError(f"{p}.members is empty; name two or more methods")
-        if len(set(self.members)) != len(self.members):
-            raise ConfigError(f"{p}.members lists a method twice: {self.members}")
-        bad = [m for m in self.members if m not in REGISTRY or m == self.name]
+    @field_validator("members")
+    @classmethod
+    def _known_once(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value:
+            raise setting_error("members is empty; name two or more methods")
+        if len(set(value)) != len(value):
+            raise setting_error(f"members lists a method twice: {value}")
+        itself = Ensemble.name if (info.context or {}).get("configured") else None
+        bad = [m for m in value if m not in METHODS.names() or m == itself]
         if bad:
-            raise ConfigError(
-                f"{p}.members: {bad} cannot be members; available: "
-                f"{', '.join(sorted(set(REGISTRY) - {self.name}))}"
-            )
+            raise setting_error(_cannot_be_members(bad))
+        return value
+
+    @model_validator(mode="after")
+    def _per_member(self, info: ValidationInfo) -> EnsembleSettings:
+        """Member settings name members and pass their own models; one weight each."""
+        title = type(self).__name__
         extra = sorted(set(self.member_params) - set(self.members))
         if extra:
-            raise ConfigError(f"{p}.member_params names {extra}, which are not in members")
+            raise field_error(
+                title,
+                "member_params",
+                f"member_params names {extra}, which are not in members",
+                self.member_params,
+            )
         if self.weights is not None and (
             len(self.weights) != len(self.members) or min(self.weights) <= 0
         ):
-            raise ConfigError(
-                f"{p}.weights must hold one positive weight per member ({len(self.members)}), "
-                f"got {self.weights}"
+            raise field_error(
+                title,
+                "weights",
+                f"weights must hold one positive weight per member ({len(self.members)}), "
+                f"got {self.weights}",
+                self.weights,
             )
+        errors = [
+            error
+            for name, params in self.member_params.items()
+            for error in nested_settings_errors(name, params, info, "member_params", name)
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(title, errors)
+        return self
+
+
+@register
+class Ensemble(TransformerMethod):
+    """Average of several methods' probabilities (settings: :class:`EnsembleSettings`)."""
+
+    name = "ensemble"
+    Settings = EnsembleSettings
+
+    def _check_members(self) -> None:
+        """An ensemble that is fitted cannot list itself (a saved one, an ``average`` run,
+        may hold an ``ensemble`` model)."""
+        if self.name in self.members:
+            raise ConfigError(f"train.method_params.{self.name}.{_cannot_be_members([self.name])}")
 
     def _weights(self) -> np.ndarray:
         w = np.ones(len(self.members)) if self.weights is None else np.asarray(self.weights)
@@ -98,11 +129,8 @@ class Ensemble(Method):
 
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> Ensemble:
         """Fit every member on the same rows; record each one's validation score."""
-        self._validate()
-        check_labelled(train, "train", self.name)
-        self.label_names_ = list(train.label_names)
-        self.multi_label_ = bool(train.multi_label)
-        self.device_ = device_of(ctx)
+        self._check_members()
+        self._start_fit(train, valid, ctx, encoder=False)  # members get valid as it is
         self.history_: dict[str, Any] = {"members": {}}
         self.members_: dict[str, Method] = {}
         facts: dict[str, Any] = {}
@@ -164,7 +192,7 @@ class Ensemble(Method):
     @classmethod
     def load(cls, path: Path, device: DeviceChoice | None = None) -> Ensemble:
         path = Path(path)
-        self = read_method_meta(cls, path, device)
+        self = cls._start_load(path, device)
         self.members_ = {
             name: load_saved(name, path / MEMBERS_DIR / name, self.device_) for name in self.members
         }

@@ -17,307 +17,150 @@ Self-training on the unlabeled pool is built in: ``self_training_rounds > 0`` (s
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from label_pipeline.devices import DeviceChoice, choose_device
+from label_pipeline.devices import DeviceChoice
 from label_pipeline.embeddings import encoder_inputs, encoder_windows
-from label_pipeline.errors import ConfigError, TrainingDivergedError
-from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
-from label_pipeline.methods.self_training import SelfTrainingParams, run_self_training
+from label_pipeline.errors import TrainingDivergedError
+from label_pipeline.methods.base import FitContext, LabelledTexts, MethodSettings, register
+from label_pipeline.methods.self_training import (
+    Floor,
+    PerLabel,
+    PoolSize,
+    Rounds,
+    SelfTrainingParams,
+    Weight,
+    run_self_training,
+)
+
+# the helpers the transformer methods share, importable from here as before
+from label_pipeline.methods.transformer import (  # noqa: F401
+    PARAMS_FILE,
+    TransformerMethod,
+    autocast,
+    check_labelled,
+    checked_proba,
+    cpu_state,
+    device_of,
+    encoder_dir,
+    inference_batches,
+    length_grouped_batches,
+    logits_to_proba,
+    read_method_meta,
+    seed_everything,
+    sorted_batches,
+    write_method_meta,
+)
 from label_pipeline.models import model_loading
 from label_pipeline.progress import stage_logger
 
-PARAMS_FILE = "method.json"
 #: how the fine-tuned classifiers read a text longer than ``max_length``
 TRUNCATIONS = ("head", "head_tail", "chunks")
-
-
-# ---------------------------------------------------------------- helpers shared by methods
-
-
-def encoder_dir(ctx: FitContext) -> Path:
-    """The encoder to start from: ``ctx.encoder`` or the default sentence encoder."""
-    from label_pipeline.models import DEFAULT_ENCODER, resolve_model
-
-    return resolve_model(ctx.encoder or DEFAULT_ENCODER, purpose="train encoder")
-
-
-def device_of(ctx: FitContext | None) -> DeviceChoice:
-    return (ctx.device if ctx is not None else None) or choose_device()
-
-
-def autocast(device: DeviceChoice) -> contextlib.AbstractContextManager[Any]:
-    """Mixed precision on GPUs (bf16/fp16 as chosen), nothing on the CPU."""
-    import torch
-
-    if device.device == "cuda" and device.precision in {"fp16", "bf16"}:
-        return torch.autocast("cuda", dtype=device.torch_dtype)
-    return contextlib.nullcontext()
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def length_grouped_batches(
-    lengths: list[int] | np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 50
-) -> list[np.ndarray]:
-    """Shuffled batches of row indices whose rows have similar lengths.
-
-    Rows are shuffled, cut into groups of ``group`` batches, sorted by length inside a group and
-    cut into batches; the batch order is shuffled again. Padding shrinks while batches stay
-    random across epochs.
-    """
-    lengths = np.asarray(lengths)
-    order = rng.permutation(len(lengths))
-    batches: list[np.ndarray] = []
-    span = batch_size * group
-    for start in range(0, len(order), span):
-        chunk = order[start : start + span]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
-def sorted_batches(lengths: list[int] | np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    """Inference batches: indices sorted by length, in order."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
-
-
-def inference_batches(
-    tokenizer: Any,
-    texts: Sequence[str],
-    max_length: int,
-    batch_size: int,
-    device: DeviceChoice,
-) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-    """Length-sorted inference batches of each text's first ``max_length`` tokens: (row
-    indices, padded model inputs on the device)."""
-    ids = encoder_inputs(tokenizer, texts, max_length)
-    for idx in sorted_batches([len(x) for x in ids], batch_size):
-        batch = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-        yield idx, {k: v.to(device.device) for k, v in batch.items()}
-
-
-def check_labelled(rows: LabelledTexts, what: str, method: str) -> None:
-    from label_pipeline.errors import EmptyPoolError, InputDataError
-
-    if len(rows) == 0:
-        raise EmptyPoolError(f"{method}: the {what} rows are empty; the training slice needs rows")
-    if rows.y.shape != (len(rows.texts), len(rows.label_names)):
-        raise InputDataError(
-            f"{method}: {what} label matrix has shape {rows.y.shape}, expected "
-            f"({len(rows.texts)}, {len(rows.label_names)}) for {len(rows.label_names)} labels"
-        )
-    if rows.sample_weight is not None and len(rows.sample_weight) != len(rows.texts):
-        raise InputDataError(
-            f"{method}: {what} has {len(rows.sample_weight)} sample weights for {len(rows)} rows"
-        )
-    if rows.soft_y is not None:
-        soft = np.asarray(rows.soft_y, dtype=np.float64)
-        if soft.shape != rows.y.shape or not np.isfinite(soft).all():
-            raise InputDataError(
-                f"{method}: {what} soft targets have shape {soft.shape}, expected {rows.y.shape} "
-                "of finite probabilities"
-            )
-        if soft.min() < 0 or soft.max() > 1:
-            raise InputDataError(f"{method}: {what} soft targets must lie in [0, 1]")
-
-
-def logits_to_proba(logits: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Sigmoid of each logit (multi-label) or softmax over each row (single-label)."""
-    if multi_label:
-        return 1.0 / (1.0 + np.exp(-logits))
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def checked_proba(proba: np.ndarray, method: str) -> np.ndarray:
-    """``proba``, or :class:`TrainingDivergedError` naming the fix when a value is not finite."""
-    if not np.isfinite(proba).all():
-        raise TrainingDivergedError(
-            f"{method}: the model outputs non-finite probabilities; retrain with a lower "
-            f"train.method_params.{method}.lr"
-        )
-    return proba
-
-
-def write_method_meta(method: Any, path: Path) -> None:
-    """``path/method.json``: name, parameters, label names, task kind and training history."""
-    meta = {
-        "method": method.name,
-        "params": method.get_params(),
-        "label_names": method.label_names_,
-        "multi_label": method.multi_label_,
-        "history": method.history_,
-    }
-    (Path(path) / PARAMS_FILE).write_text(json.dumps(meta, indent=2, default=str))
-
-
-def read_method_meta(cls: Any, path: Path, device: DeviceChoice | None) -> Any:
-    """A ``cls`` instance with the parameters, labels, history and device of ``path/method.json``
-    (the weights are the caller's to load)."""
-    meta = json.loads((Path(path) / PARAMS_FILE).read_text())
-    self = cls(**meta["params"])
-    self.label_names_ = list(meta["label_names"])
-    self.multi_label_ = bool(meta["multi_label"])
-    self.history_ = meta.get("history", {})
-    self.device_ = device or choose_device()
-    return self
 
 
 # ---------------------------------------------------------------- the method
 
 
-@register
-class FineTune(Method):
-    """Fine-tune a transformer encoder with a classification head.
+class FineTuneSettings(MethodSettings):
+    """Settings of ``finetune`` (``train.method_params.finetune``)."""
 
-    Args:
-        epochs: most passes over the training rows.
-        patience: epochs without a better validation score before stopping (0 = never stop).
-        monitor: validation score for early stopping and the kept checkpoint: ``micro_f1``
-            (accuracy for single-label) or ``loss``.
-        lr: peak learning rate (linear warm-up, then linear decay).
-        head_lr: learning rate of the freshly initialised head (None = ``lr``).
-        weight_decay: AdamW weight decay.
-        warmup_ratio: share of steps spent warming the learning rate up.
-        batch_size: training rows per step; None = 16 on the CPU, 32 on a GPU (capped so an
-            epoch has at least 8 steps).
-        eval_batch_size: rows per inference step; None = the device's batch size.
-        max_length: tokens per window (a longer text is cut or read in several windows).
-        truncation: how a longer text is read: its first tokens (``head``), the first
-            ``head_fraction`` of ``max_length`` from its start and the rest from its end
-            (``head_tail``: the error at the bottom of an issue stays in view), or whole in
-            ``chunks``: consecutive windows of ``max_length`` tokens (at most ``max_chunks``,
-            spread evenly from the first to the last), each through the encoder and the
-            head, their logits pooled per text by ``chunk_pooling`` and trained as one row.
-        head_fraction: share of the window taken from the start with ``head_tail``.
-        max_chunks: ``chunks``: most windows per text (training and inference cost grow with
-            it).
-        chunk_pooling: ``chunks``: ``mean`` of the windows' logits (for a linear head such as
-            BERT's, the head applied to the mean of the windows' pooled embeddings) or
-            ``max`` per label (evidence anywhere in the text counts in full).
-        class_weighting: ``balanced`` (pos_weight per label for multi-label, inverse class
-            frequency for single-label) or ``none``.
-        max_pos_weight: cap on the multi-label ``pos_weight`` of very rare labels.
-        dropout: dropout of the classification head (None = the encoder's config).
-        self_training_rounds: rounds of self-training on ``ctx.unlabeled_texts`` (0 = off).
-        self_training_floor / self_training_per_label / self_training_weight /
-            self_training_pool_size: see :mod:`label_pipeline.methods.self_training`.
-    """
+    epochs: int = Field(12, ge=1, description="most passes over the training rows")
+    patience: int = Field(
+        3,
+        ge=0,
+        description="epochs without a better validation score before stopping "
+        "(0 = never stop early)",
+    )
+    monitor: Literal["micro_f1", "loss"] = Field(
+        "micro_f1",
+        description="validation score for early stopping and the kept checkpoint: "
+        "``micro_f1`` (accuracy for single-label) or ``loss``",
+    )
+    lr: float = Field(
+        1e-4, gt=0.0, description="peak learning rate (linear warm-up, then linear decay)"
+    )
+    head_lr: float | None = Field(
+        1e-3,
+        gt=0.0,
+        description="learning rate of the freshly initialised head (None = ``lr``)",
+    )
+    weight_decay: float = Field(0.01, description="AdamW weight decay")
+    warmup_ratio: float = Field(
+        0.1, description="share of steps spent warming the learning rate up"
+    )
+    batch_size: int | None = Field(
+        None,
+        description="training rows per step; None (or 0) = 16 on the CPU, 32 on a GPU (capped "
+        "so an epoch has at least 8 steps)",
+    )
+    eval_batch_size: int | None = Field(
+        None, description="rows per inference step; None = the device's batch size"
+    )
+    max_length: int = Field(
+        128,
+        ge=8,
+        description="tokens per window (a longer text is cut or read in several windows)",
+    )
+    truncation: Literal["head", "head_tail", "chunks"] = Field(
+        "head",
+        description="how a longer text is read: its first tokens (``head``), the first "
+        "``head_fraction`` of ``max_length`` from its start and the rest from its end "
+        "(``head_tail``: the error at the bottom of an issue stays in view), or whole in "
+        "``chunks``: consecutive windows of ``max_length`` tokens (at most ``max_chunks``, "
+        "spread evenly from the first to the last), each through the encoder and the head, "
+        "their logits pooled per text by ``chunk_pooling`` and trained as one row",
+    )
+    head_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="share of the window taken from the start (``head_tail``)"
+    )
+    max_chunks: int = Field(
+        4,
+        ge=1,
+        description="``chunks``: most windows per text (training and inference cost grow with it)",
+    )
+    chunk_pooling: Literal["mean", "max"] = Field(
+        "mean",
+        description="``chunks``: ``mean`` of the windows' logits (for a linear head such as "
+        "BERT's, the head applied to the mean of the windows' pooled embeddings) or ``max`` per "
+        "label (evidence anywhere in the text counts in full)",
+    )
+    class_weighting: Literal["balanced", "none"] = Field(
+        "balanced",
+        description="``balanced`` (pos_weight per label for multi-label, inverse class "
+        "frequency for single-label) or ``none``",
+    )
+    max_pos_weight: float = Field(
+        10.0, description="cap on the multi-label ``pos_weight`` of very rare labels"
+    )
+    dropout: float | None = Field(
+        None, description="dropout of the classification head (None = the encoder's config)"
+    )
+    self_training_rounds: Rounds = 0
+    self_training_floor: Floor = 0.9
+    self_training_per_label: PerLabel = 64
+    self_training_weight: Weight = 0.5
+    self_training_pool_size: PoolSize = 2000
+
+
+@register
+class FineTune(TransformerMethod):
+    """Fine-tune a transformer encoder with a classification head (settings:
+    :class:`FineTuneSettings`; self-training: :mod:`label_pipeline.methods.self_training`)."""
 
     name = "finetune"
-
-    def __init__(
-        self,
-        epochs: int = 12,
-        patience: int = 3,
-        monitor: Literal["micro_f1", "loss"] = "micro_f1",
-        lr: float = 1e-4,
-        head_lr: float | None = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_ratio: float = 0.1,
-        batch_size: int | None = None,
-        eval_batch_size: int | None = None,
-        max_length: int = 128,
-        truncation: Literal["head", "head_tail", "chunks"] = "head",
-        head_fraction: float = 0.5,
-        max_chunks: int = 4,
-        chunk_pooling: Literal["mean", "max"] = "mean",
-        class_weighting: Literal["balanced", "none"] = "balanced",
-        max_pos_weight: float = 10.0,
-        dropout: float | None = None,
-        self_training_rounds: int = 0,
-        self_training_floor: float = 0.9,
-        self_training_per_label: int = 64,
-        self_training_weight: float = 0.5,
-        self_training_pool_size: int = 2000,
-    ) -> None:
-        self.epochs = epochs
-        self.patience = patience
-        self.monitor = monitor
-        self.lr = lr
-        self.head_lr = head_lr
-        self.weight_decay = weight_decay
-        self.warmup_ratio = warmup_ratio
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.max_length = max_length
-        self.truncation = truncation
-        self.head_fraction = head_fraction
-        self.max_chunks = max_chunks
-        self.chunk_pooling = chunk_pooling
-        self.class_weighting = class_weighting
-        self.max_pos_weight = max_pos_weight
-        self.dropout = dropout
-        self.self_training_rounds = self_training_rounds
-        self.self_training_floor = self_training_floor
-        self.self_training_per_label = self_training_per_label
-        self.self_training_weight = self_training_weight
-        self.self_training_pool_size = self_training_pool_size
+    Settings = FineTuneSettings
 
     # ------------------------------------------------------------ params
 
     def balances_labels(self) -> bool:
         return self.class_weighting == "balanced"
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "epochs patience monitor lr head_lr weight_decay warmup_ratio batch_size "
-                "eval_batch_size max_length truncation head_fraction max_chunks chunk_pooling "
-                "class_weighting "
-                "max_pos_weight dropout "
-                "self_training_rounds self_training_floor self_training_per_label "
-                "self_training_weight self_training_pool_size"
-            ).split()
-        }
-
-    def _validate(self) -> None:
-        p = f"train.method_params.{self.name}"
-        if self.epochs < 1:
-            raise ConfigError(f"{p}.epochs={self.epochs} must be >= 1")
-        if self.patience < 0:
-            raise ConfigError(f"{p}.patience={self.patience} must be >= 0 (0 = no early stopping)")
-        if self.monitor not in {"micro_f1", "loss"}:
-            raise ConfigError(f"{p}.monitor={self.monitor!r} must be 'micro_f1' or 'loss'")
-        if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
-            raise ConfigError(f"{p}.lr and head_lr must be > 0 (got {self.lr}, {self.head_lr})")
-        if self.class_weighting not in {"balanced", "none"}:
-            raise ConfigError(f"{p}.class_weighting must be 'balanced' or 'none'")
-        if self.max_length < 8:
-            raise ConfigError(f"{p}.max_length={self.max_length} must be >= 8 tokens")
-        if self.truncation not in TRUNCATIONS or not 0 <= self.head_fraction <= 1:
-            raise ConfigError(
-                f"{p}.truncation={self.truncation!r} must be one of {', '.join(TRUNCATIONS)} "
-                f"and head_fraction={self.head_fraction} in [0, 1]"
-            )
-        if self.max_chunks < 1 or self.chunk_pooling not in {"mean", "max"}:
-            raise ConfigError(
-                f"{p}.max_chunks={self.max_chunks} must be >= 1 and "
-                f"chunk_pooling={self.chunk_pooling!r} 'mean' or 'max'"
-            )
-        self._self_training_params().validate(self.name)
 
     def _self_training_params(self) -> SelfTrainingParams:
         return SelfTrainingParams(
@@ -332,16 +175,7 @@ class FineTune(Method):
 
     def fit(self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext) -> FineTune:
         """Train on ``train``, stop early and keep the best checkpoint on ``valid``."""
-        self._validate()
-        check_labelled(train, "train", self.name)
-        if valid is not None and len(valid) == 0:
-            valid = None
-        self.label_names_ = list(train.label_names)
-        self.multi_label_ = bool(train.multi_label)
-        self.device_ = device_of(ctx)
-        start = encoder_dir(ctx)
-        ctx.info.setdefault("encoder", str(start))
-        ctx.info.setdefault("device", self.device_.describe())
+        valid, start = self._start_fit(train, valid, ctx)
         run_self_training(
             fit_once=lambda rows: self._fit_once(rows, valid, ctx, start),
             predict=self.predict_proba,
@@ -634,14 +468,9 @@ class FineTune(Method):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = Path(path)
-        self = read_method_meta(cls, path, device)
+        self = cls._start_load(path, device)
         with model_loading():
             self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "model"))
             self.model_ = AutoModelForSequenceClassification.from_pretrained(str(path / "model"))
         self.model_.to(self.device_.device).eval()
         return self
-
-
-def cpu_state(model: Any) -> dict[str, Any]:
-    """A CPU copy of ``model``'s state dict (a checkpoint that later training cannot change)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

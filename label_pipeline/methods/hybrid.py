@@ -34,11 +34,14 @@ import math
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from label_pipeline.calibration import _sigmoid, _softmax
-from label_pipeline.errors import ConfigError
-from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
+from label_pipeline.methods.base import FitContext, LabelledTexts, Method, MethodSettings, register
 from label_pipeline.methods.baselines import (
+    BatchSize,
+    EmbedOptions,
+    Encoder,
     _check_train,
     _cv_folds,
     _note_missing,
@@ -46,6 +49,7 @@ from label_pipeline.methods.baselines import (
     _SklearnTextMethod,
     _weights,
 )
+from label_pipeline.registry import setting_error
 
 #: inverse regularisation strengths tried by the cross-validation
 C_GRID = (1.0, 3.0, 10.0, 30.0)
@@ -75,150 +79,122 @@ def _temperature(scores: np.ndarray, idx: np.ndarray) -> float:
     return float(math.exp(res.x))
 
 
+class HybridSettings(MethodSettings):
+    """Settings of ``hybrid`` (``train.method_params.hybrid``)."""
+
+    blocks: list[str] = Field(
+        default_factory=lambda: list(BLOCKS),
+        description="feature blocks to use, any of ``word``, ``char``, ``embed``, ``zero_shot``",
+    )
+    word_ngram_max: int = Field(2, ge=1, description="longest word n-gram (1–2 or 1–3)")
+    char_ngram: list[int] = Field(
+        default_factory=lambda: [2, 5],
+        description="shortest and longest character n-gram (``char_wb``: inside word boundaries)",
+    )
+    max_features: int = Field(
+        200_000, description="at most this many n-grams per sparse block (most frequent first)"
+    )
+    weights: dict[str, float] | None = Field(
+        None,
+        description="multiplier of each (row-normalised) block, e.g. ``{embed: 1.5}``; a block "
+        "not named weighs 1",
+    )
+    Cs: list[float] = Field(
+        default_factory=lambda: list(C_GRID),
+        description="the grid of inverse regularisation strengths tried by CV",
+    )
+    default_C: float = Field(
+        10.0, gt=0.0, description="``C`` when the slice is too small for 2-fold CV"
+    )
+    folds: int = Field(3, ge=2, description="at most this many CV folds")
+    class_weight: Literal["balanced", "none"] = Field(
+        "balanced", description="``balanced`` (inverse label frequency) or ``none``"
+    )
+    calibrate: Literal["auto", "none"] = Field(
+        "auto",
+        description="``auto``: calibrate on out-of-fold scores when CV ran (Platt per label "
+        "with at least ``min_calibration_positives`` positive and negative rows; temperature "
+        "for single-label); ``none``: the regression's own probabilities",
+    )
+    min_calibration_positives: int = Field(
+        5,
+        description="fewest positive (and negative) training rows a label needs for its own "
+        "Platt scaling",
+    )
+    prior_weights: list[float] = Field(
+        default_factory=lambda: list(PRIOR_WEIGHTS),
+        description="weights of the zero-shot prior tried by CV (see the module docstring); "
+        "``[0]`` turns the prior off. Used only with the ``zero_shot`` block",
+    )
+    prior_min_gain: float = Field(
+        0.03,
+        ge=0.0,
+        description="how much a prior weight must raise the CV score (macro-F1 or mean average "
+        "precision) over no prior to be used",
+    )
+    encoder: Encoder = None
+    embed_options: EmbedOptions = Field(default_factory=dict)
+    batch_size: BatchSize = None
+    max_iter: int = Field(1000, description="iterations of the logistic-regression solver")
+
+    @field_validator("blocks")
+    @classmethod
+    def _known_blocks(cls, value: list[str]) -> list[str]:
+        bad = sorted(set(value) - set(BLOCKS))
+        if not value or bad:
+            raise setting_error(
+                f"blocks: {value} {'has unknown block(s) ' + str(bad) if bad else 'is empty'}; "
+                f"use some of {list(BLOCKS)}"
+            )
+        return [b for b in BLOCKS if b in value]
+
+    @field_validator("char_ngram")
+    @classmethod
+    def _range(cls, value: list[int]) -> list[int]:
+        if len(value) != 2 or not 1 <= value[0] <= value[1]:
+            raise setting_error(f"char_ngram must be [min, max] with 1 <= min <= max, got {value}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _block_weights(cls, value: dict[str, float] | None) -> dict[str, float]:
+        value = value or {}
+        if sorted(set(value) - set(BLOCKS)) or any(v < 0 for v in value.values()):
+            raise setting_error(
+                f"weights: {value} — keys must be blocks {list(BLOCKS)} and values >= 0"
+            )
+        return value
+
+    @field_validator("Cs")
+    @classmethod
+    def _positive_grid(cls, value: list[float]) -> list[float]:
+        if not value or min(value) <= 0:
+            raise setting_error(f"Cs must be > 0, got {value}")
+        return sorted(value)
+
+    @field_validator("prior_weights")
+    @classmethod
+    def _prior_grid(cls, value: list[float]) -> list[float]:
+        if not value or min(value) < 0:
+            raise setting_error(
+                f"prior_weights must be a non-empty list of weights >= 0 (e.g. [0] for no "
+                f"zero-shot prior), got {value}"
+            )
+        return sorted(set(value) | {0.0})
+
+
 @register
 class Hybrid(_SklearnTextMethod):
     """TF-IDF word + character n-grams + sentence embeddings (+ zero-shot scores) →
-    class-weighted logistic regression, ``C`` by CV, calibrated on out-of-fold scores.
-
-    Params:
-        blocks: feature blocks to use, any of ``word``, ``char``, ``embed``, ``zero_shot``.
-        word_ngram_max: longest word n-gram (1–2 or 1–3).
-        char_ngram: shortest and longest character n-gram (``char_wb``: inside word
-            boundaries).
-        max_features: at most this many n-grams per sparse block (most frequent first).
-        weights: multiplier of each (row-normalised) block, e.g. ``{"embed": 1.5}``; a block
-            not named weighs 1.
-        Cs: the grid of inverse regularisation strengths tried by CV.
-        default_C: ``C`` when the slice is too small for 2-fold CV.
-        folds: at most this many CV folds.
-        class_weight: ``balanced`` (inverse label frequency) or ``none``.
-        calibrate: ``auto``: calibrate on out-of-fold scores when CV ran (Platt per label
-            with at least ``min_calibration_positives`` positive and negative rows;
-            temperature for single-label); ``none``: the regression's own probabilities.
-        min_calibration_positives: fewest positive (and negative) training rows a label
-            needs for its own Platt scaling.
-        prior_weights: weights of the zero-shot prior tried by CV (see the module docstring);
-            ``[0]`` turns the prior off. Used only with the ``zero_shot`` block.
-        prior_min_gain: how much a prior weight must raise the CV score (macro-F1 or mean
-            average precision) over no prior to be used.
-        encoder: sentence encoder reference; default the training context's encoder, else
-            all-MiniLM-L6-v2.
-        embed_options: how long texts are read, keyword options of
-            ``label_pipeline.embeddings.embed_texts`` (``long_text``, ``pooling``,
-            ``title_weight``, ...; default: its defaults, shared with ``embed_lr``/``knn``).
-        batch_size: texts per encoder forward pass (default: the device's).
-        max_iter: iterations of the logistic-regression solver.
-    """
+    class-weighted logistic regression, ``C`` by CV, calibrated on out-of-fold scores
+    (settings: :class:`HybridSettings`)."""
 
     name = "hybrid"
+    Settings = HybridSettings
 
-    def __init__(
-        self,
-        blocks: list[str] | tuple[str, ...] = ("word", "char", "embed", "zero_shot"),
-        word_ngram_max: int = 2,
-        char_ngram: list[int] | tuple[int, int] = (2, 5),
-        max_features: int = 200_000,
-        weights: dict[str, float] | None = None,
-        Cs: list[float] | tuple[float, ...] = C_GRID,  # noqa: N803 (scikit-learn's name)
-        default_C: float = 10.0,  # noqa: N803
-        folds: int = 3,
-        class_weight: Literal["balanced", "none"] = "balanced",
-        calibrate: Literal["auto", "none"] = "auto",
-        min_calibration_positives: int = 5,
-        prior_weights: list[float] | tuple[float, ...] = PRIOR_WEIGHTS,
-        prior_min_gain: float = 0.03,
-        encoder: str | None = None,
-        embed_options: dict[str, Any] | None = None,
-        batch_size: int | None = None,
-        max_iter: int = 1000,
-    ) -> None:
-        bad = sorted(set(blocks) - set(BLOCKS))
-        if not blocks or bad:
-            raise ConfigError(
-                f"train.method_params.hybrid.blocks: {list(blocks)} "
-                f"{'has unknown block(s) ' + str(bad) if bad else 'is empty'}; "
-                f"use some of {list(BLOCKS)}"
-            )
-        if word_ngram_max < 1:
-            raise ConfigError(
-                f"train.method_params.hybrid.word_ngram_max must be >= 1, got {word_ngram_max}"
-            )
-        lo, hi = (int(v) for v in char_ngram)
-        if not 1 <= lo <= hi:
-            raise ConfigError(
-                f"train.method_params.hybrid.char_ngram must be [min, max] with "
-                f"1 <= min <= max, got {list(char_ngram)}"
-            )
-        if not Cs or min(Cs) <= 0 or default_C <= 0:
-            raise ConfigError(
-                f"train.method_params.hybrid.Cs and default_C must be > 0, got {list(Cs)} "
-                f"and {default_C}"
-            )
-        if not prior_weights or min(prior_weights) < 0 or prior_min_gain < 0:
-            raise ConfigError(
-                f"train.method_params.hybrid.prior_weights must be a non-empty list of weights "
-                f">= 0 (e.g. [0] for no zero-shot prior) and prior_min_gain >= 0, got "
-                f"{list(prior_weights)} and {prior_min_gain}"
-            )
-        if folds < 2:
-            raise ConfigError(f"train.method_params.hybrid.folds must be >= 2, got {folds}")
-        unknown_w = sorted(set(weights or {}) - set(BLOCKS))
-        if unknown_w or any(v < 0 for v in (weights or {}).values()):
-            raise ConfigError(
-                f"train.method_params.hybrid.weights: {weights} — keys must be blocks "
-                f"{list(BLOCKS)} and values >= 0"
-            )
-        if class_weight not in {"balanced", "none"}:
-            raise ConfigError(
-                f"train.method_params.hybrid.class_weight must be 'balanced' or 'none', "
-                f"got {class_weight!r}"
-            )
-        if calibrate not in {"auto", "none"}:
-            raise ConfigError(
-                f"train.method_params.hybrid.calibrate must be 'auto' or 'none', got {calibrate!r}"
-            )
-        self.blocks = [b for b in BLOCKS if b in blocks]
-        self.word_ngram_max = int(word_ngram_max)
-        self.char_ngram = [lo, hi]
-        self.max_features = int(max_features)
-        self.weights = {k: float(v) for k, v in (weights or {}).items()}
-        self.Cs = sorted(float(c) for c in Cs)
-        self.default_C = float(default_C)
-        self.folds = int(folds)
-        self.class_weight = class_weight
-        self.calibrate = calibrate
-        self.min_calibration_positives = int(min_calibration_positives)
-        self.prior_weights = sorted({float(b) for b in prior_weights} | {0.0})
-        self.prior_min_gain = float(prior_min_gain)
-        self.encoder = encoder
-        self.embed_options = dict(embed_options or {})
-        from label_pipeline.embeddings import long_text_options
-
-        long_text_options(**self.embed_options)  # fails early, naming a bad option
-        self.batch_size = batch_size
-        self.max_iter = int(max_iter)
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self._device = None
-
-    def _params(self) -> dict[str, Any]:
-        return {
-            "blocks": self.blocks,
-            "word_ngram_max": self.word_ngram_max,
-            "char_ngram": self.char_ngram,
-            "max_features": self.max_features,
-            "weights": self.weights,
-            "Cs": self.Cs,
-            "default_C": self.default_C,
-            "folds": self.folds,
-            "class_weight": self.class_weight,
-            "calibrate": self.calibrate,
-            "min_calibration_positives": self.min_calibration_positives,
-            "prior_weights": self.prior_weights,
-            "prior_min_gain": self.prior_min_gain,
-            "encoder": self.encoder,
-            "embed_options": self.embed_options,
-            "batch_size": self.batch_size,
-            "max_iter": self.max_iter,
-        }
 
     def balances_labels(self) -> bool:
         return self.class_weight == "balanced"

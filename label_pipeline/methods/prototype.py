@@ -31,101 +31,102 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from label_pipeline.devices import DeviceChoice
 from label_pipeline.errors import ConfigError, TrainingDivergedError
-from label_pipeline.methods.base import FitContext, LabelledTexts, Method, register
+from label_pipeline.methods.base import FitContext, LabelledTexts, MethodSettings, register
 from label_pipeline.methods.contrastive import _mean_pool, mean_pooled_embeddings
-from label_pipeline.methods.finetune import (
-    autocast,
-    check_labelled,
-    checked_proba,
-    cpu_state,
-    device_of,
-    encoder_dir,
-    length_grouped_batches,
-    logits_to_proba,
-    read_method_meta,
-    seed_everything,
-    write_method_meta,
-)
 from label_pipeline.methods.self_training import (
+    PerLabel,
+    PoolSize,
+    Rounds,
+    Weight,
     sample_pool,
     select_confident,
     valid_score,
     with_pseudo_rows,
 )
-from label_pipeline.models import model_loading
+from label_pipeline.methods.transformer import (
+    TransformerMethod,
+    autocast,
+    checked_proba,
+    cpu_state,
+    length_grouped_batches,
+    logits_to_proba,
+    seed_everything,
+    write_method_meta,
+)
 from label_pipeline.progress import stage_logger
+from label_pipeline.registry import setting_error
 
 HEAD_FILE = "head.npz"
 AUTO_VALID_ROWS = 200  # self_training_keep="auto": fewest validation rows to choose a round by
 
 
-@register
-class Prototype(Method):
-    """Label-name-initialised cosine head, fine-tuned end to end, then self-trained.
+class PrototypeSettings(MethodSettings):
+    """Settings of ``prototype`` (``train.method_params.prototype``)."""
 
-    Args:
-        epochs: passes over the labelled rows before self-training.
-        lr: encoder learning rate (constant after a short warm-up).
-        head_lr: learning rate of the label vectors and biases.
-        temperature: cosine temperature (0.05: cosines of competing labels differ by hundredths).
-        batch_size: training rows per step.
-        max_length: tokens per text.
-        weight_decay: AdamW weight decay of the encoder.
-        label_template: text around each label text before embedding, with ``{}``.
-        label_texts: optional text per label name (e.g. a description); default the name.
-        class_weighting: ``none`` or ``balanced`` (inverse label frequency in the loss).
-        eval_batch_size: texts per inference step; None = the device's batch size.
-        self_training_rounds: rounds on ``ctx.unlabeled_texts`` (0 = off).
-        self_training_per_label: pseudo-labelled rows per label in round 1 (``r`` times that in
-            round ``r``).
-        self_training_weight: loss weight of a pseudo-labelled row (gold rows weigh 1).
-        self_training_epochs: epochs per round over gold plus pseudo rows.
-        self_training_pool_size: pool rows scored per round (sampled once with the seed).
-        self_training_keep: ``auto``, ``last`` or ``best_valid`` (see the module docstring).
-    """
+    epochs: int = Field(8, ge=1, description="passes over the labelled rows before self-training")
+    lr: float = Field(
+        2e-5, gt=0.0, description="encoder learning rate (constant after a short warm-up)"
+    )
+    head_lr: float = Field(
+        1e-3, gt=0.0, description="learning rate of the label vectors and biases"
+    )
+    temperature: float = Field(
+        0.05,
+        gt=0.0,
+        description="cosine temperature (0.05: cosines of competing labels differ by hundredths)",
+    )
+    batch_size: int = Field(16, ge=1, description="training rows per step")
+    max_length: int = Field(128, ge=8, description="tokens per text")
+    weight_decay: float = Field(0.01, description="AdamW weight decay of the encoder")
+    label_template: str = Field(
+        "{}", description="text around each label text before embedding, with ``{}``"
+    )
+    label_texts: dict[str, str] | None = Field(
+        None,
+        description="optional text per label name (e.g. a description); default the name",
+    )
+    class_weighting: Literal["none", "balanced"] = Field(
+        "none", description="``none`` or ``balanced`` (inverse label frequency in the loss)"
+    )
+    eval_batch_size: int | None = Field(
+        None, description="texts per inference step; None = the device's batch size"
+    )
+    self_training_rounds: Rounds = 3
+    self_training_per_label: PerLabel = Field(
+        64,
+        description="pseudo-labelled rows per label in round 1 (``r`` times that in round ``r``)",
+    )
+    self_training_weight: Weight = 0.5
+    self_training_epochs: int = Field(
+        3, ge=1, description="epochs per round over gold plus pseudo rows"
+    )
+    self_training_pool_size: PoolSize = 4000
+    self_training_keep: Literal["auto", "last", "best_valid"] = Field(
+        "auto",
+        description="which model is kept: ``best_valid`` (the best on the validation split), "
+        "``last`` (after the last round), or ``auto`` (``best_valid`` when the validation split "
+        f"has at least {AUTO_VALID_ROWS} rows, else ``last``)",
+    )
+
+    @field_validator("label_template")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{}" not in value:
+            raise setting_error(f"label_template={value!r} needs a {{}}")
+        return value
+
+
+@register
+class Prototype(TransformerMethod):
+    """Label-name-initialised cosine head, fine-tuned end to end, then self-trained
+    (settings: :class:`PrototypeSettings`)."""
 
     name = "prototype"
-
-    def __init__(
-        self,
-        epochs: int = 8,
-        lr: float = 2e-5,
-        head_lr: float = 1e-3,
-        temperature: float = 0.05,
-        batch_size: int = 16,
-        max_length: int = 128,
-        weight_decay: float = 0.01,
-        label_template: str = "{}",
-        label_texts: dict[str, str] | None = None,
-        class_weighting: Literal["none", "balanced"] = "none",
-        eval_batch_size: int | None = None,
-        self_training_rounds: int = 3,
-        self_training_per_label: int = 64,
-        self_training_weight: float = 0.5,
-        self_training_epochs: int = 3,
-        self_training_pool_size: int = 4000,
-        self_training_keep: Literal["auto", "last", "best_valid"] = "auto",
-    ) -> None:
-        self.epochs = epochs
-        self.lr = lr
-        self.head_lr = head_lr
-        self.temperature = temperature
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.weight_decay = weight_decay
-        self.label_template = label_template
-        self.label_texts = label_texts
-        self.class_weighting = class_weighting
-        self.eval_batch_size = eval_batch_size
-        self.self_training_rounds = self_training_rounds
-        self.self_training_per_label = self_training_per_label
-        self.self_training_weight = self_training_weight
-        self.self_training_epochs = self_training_epochs
-        self.self_training_pool_size = self_training_pool_size
-        self.self_training_keep = self_training_keep
+    Settings = PrototypeSettings
 
     def balances_labels(self) -> bool:
         """``class_weighting="balanced"``; otherwise the gold rows' label frequencies stand
@@ -133,46 +134,13 @@ class Prototype(Method):
         balanced training set balanced)."""
         return self.class_weighting == "balanced"
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "epochs lr head_lr temperature batch_size max_length weight_decay "
-                "label_template label_texts class_weighting eval_batch_size "
-                "self_training_rounds self_training_per_label self_training_weight "
-                "self_training_epochs self_training_pool_size self_training_keep"
-            ).split()
-        }
-
-    def _validate(self, label_names: list[str]) -> None:
-        p = f"train.method_params.{self.name}"
-        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
-            raise ConfigError(f"{p}: epochs and batch_size must be >= 1, max_length >= 8")
-        if not (self.lr > 0 and self.head_lr > 0 and self.temperature > 0):
-            raise ConfigError(
-                f"{p}: lr ({self.lr}), head_lr ({self.head_lr}) and temperature "
-                f"({self.temperature}) must be > 0"
-            )
-        if "{}" not in self.label_template:
-            raise ConfigError(f"{p}.label_template={self.label_template!r} needs a {{}}")
-        if self.class_weighting not in {"none", "balanced"}:
-            raise ConfigError(f"{p}.class_weighting must be 'none' or 'balanced'")
+    def _check_labels(self, label_names: list[str]) -> None:
         unknown = sorted(set(self.label_texts or {}) - set(label_names))
         if unknown:
             raise ConfigError(
-                f"{p}.label_texts names labels {unknown} the data does not have; "
-                f"labels: {label_names}"
+                f"train.method_params.{self.name}.label_texts names labels {unknown} the data "
+                f"does not have; labels: {label_names}"
             )
-        if self.self_training_rounds < 0 or self.self_training_epochs < 1:
-            raise ConfigError(f"{p}: self_training_rounds must be >= 0, self_training_epochs >= 1")
-        if self.self_training_per_label < 1 or self.self_training_pool_size < 1:
-            raise ConfigError(
-                f"{p}: self_training_per_label and self_training_pool_size must be >= 1"
-            )
-        if self.self_training_keep not in {"auto", "last", "best_valid"}:
-            raise ConfigError(f"{p}.self_training_keep must be 'auto', 'last' or 'best_valid'")
-        if not 0.0 < self.self_training_weight <= 1.0:
-            raise ConfigError(f"{p}.self_training_weight must lie in (0, 1]")
 
     # ------------------------------------------------------------ fit
 
@@ -180,24 +148,13 @@ class Prototype(Method):
         """Fine-tune on ``train``, self-train on ``ctx.unlabeled_texts``, keep the best on
         ``valid``."""
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
-        self._validate(list(train.label_names))
-        check_labelled(train, "train", self.name)
-        if valid is not None and len(valid) == 0:
-            valid = None
+        self._check_labels(list(train.label_names))
+        valid, start = self._start_fit(train, valid, ctx)
         log = stage_logger()
         seed_everything(ctx.seed)
-        self.label_names_ = list(train.label_names)
-        self.multi_label_ = bool(train.multi_label)
-        self.device_ = device_of(ctx)
-        start = encoder_dir(ctx)
-        ctx.info.setdefault("encoder", str(start))
-        ctx.info.setdefault("device", self.device_.describe())
         # quiet: an adapted encoder's masked-LM head and the pooler are unused here
-        with model_loading(quiet=True):
-            self.tokenizer_ = AutoTokenizer.from_pretrained(str(start))
-            self.encoder_ = AutoModel.from_pretrained(str(start)).to(self.device_.device)
+        self._load_encoder(start, quiet=True)
         texts = [
             self.label_template.format((self.label_texts or {}).get(n, n))
             for n in self.label_names_
@@ -425,8 +382,7 @@ class Prototype(Method):
         """``path/encoder/`` (weights, tokenizer), ``path/head.npz``, ``path/method.json``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.encoder_.save_pretrained(str(path / "encoder"))
-        self.tokenizer_.save_pretrained(str(path / "encoder"))
+        self._save_encoder(path / "encoder")
         np.savez(
             path / HEAD_FILE,
             label_vectors=self.label_vectors_.detach().cpu().numpy(),
@@ -437,14 +393,11 @@ class Prototype(Method):
     @classmethod
     def load(cls, path: Path, device: DeviceChoice | None = None) -> Prototype:
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         path = Path(path)
-        self = read_method_meta(cls, path, device)
-        with model_loading():
-            self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "encoder"))
-            self.encoder_ = AutoModel.from_pretrained(str(path / "encoder"))
-        self.encoder_.to(self.device_.device).eval()
+        self = cls._start_load(path, device)
+        self._load_encoder(path / "encoder")
+        self.encoder_.eval()
         head = np.load(path / HEAD_FILE)
         self.label_vectors_ = torch.tensor(head["label_vectors"], device=self.device_.device)
         self.bias_ = torch.tensor(head["bias"], device=self.device_.device)

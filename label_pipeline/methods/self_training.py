@@ -17,12 +17,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
 from label_pipeline.methods.base import FitContext, LabelledTexts
 from label_pipeline.progress import stage_logger
+
+#: the ``self_training_*`` settings of the methods that self-train (defaults at each use)
+Rounds = Annotated[
+    int, Field(ge=0, description="rounds of self-training on the unlabeled pool (0 = off)")
+]
+Floor = Annotated[
+    float,
+    Field(
+        ge=0.5,
+        le=1.0,
+        description="probability a pseudo-label needs (single-label: the top probability; "
+        "multi-label: every label's probability at least this or at most 1 minus this)",
+    ),
+]
+PerLabel = Annotated[int, Field(ge=1, description="most pseudo-labelled rows per label and round")]
+Weight = Annotated[
+    float,
+    Field(gt=0.0, le=1.0, description="loss weight of a pseudo-labelled row (gold rows weigh 1)"),
+]
+PoolSize = Annotated[
+    int, Field(ge=1, description="pool rows scored per round (sampled once with the seed)")
+]
 
 
 @dataclass(frozen=True)
@@ -34,26 +57,6 @@ class SelfTrainingParams:
     per_label: int = 64
     weight: float = 0.5
     pool_size: int = 2000
-
-    def validate(self, method: str) -> None:
-        from label_pipeline.errors import ConfigError
-
-        if self.rounds < 0:
-            raise ConfigError(f"train.method_params.{method}.self_training_rounds must be >= 0")
-        if not 0.5 <= self.floor <= 1.0:
-            raise ConfigError(
-                f"train.method_params.{method}.self_training_floor={self.floor} must lie in "
-                "[0.5, 1]: it is the probability a pseudo-label needs"
-            )
-        if self.per_label < 1 or self.pool_size < 1:
-            raise ConfigError(
-                f"train.method_params.{method}.self_training_per_label and "
-                "self_training_pool_size must be >= 1"
-            )
-        if not 0.0 < self.weight <= 1.0:
-            raise ConfigError(
-                f"train.method_params.{method}.self_training_weight={self.weight} must lie in (0, 1]"
-            )
 
 
 def select_confident(
