@@ -21,33 +21,29 @@ pool positions in the order they should be labelled, with a score and a reason p
   pick; keeping each row's distance to its nearest chosen row costs one pass over the pool
   per pick instead, which large pools need.
 
+Each strategy is a small :class:`QueryStrategy` registered by :func:`query_strategy`, which
+declares where it applies (single-label and/or multi-label tasks, embeddings needed); its
+settings are a :class:`StrategySettings` model whose fields are named after the ``suggest``
+settings they are read from.
+
 ``cover_rare_labels`` (:func:`rare_label_rows`) first gives the labels that are rarest in
 the labelled set the pool rows most likely to carry them, then the strategy fills the rest.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from label_pipeline.errors import ConfigError
+from label_pipeline.registry import PluginSettings, Registry, checked_settings
 
-Strategy = Literal[
-    "random", "least_confidence", "margin", "entropy", "label_uncertainty", "diverse", "k_center"
-]
-STRATEGIES: tuple[str, ...] = (
-    "random",
-    "least_confidence",
-    "margin",
-    "entropy",
-    "label_uncertainty",
-    "diverse",
-    "k_center",
-)
-SINGLE_LABEL_ONLY = ("least_confidence", "margin", "entropy")
-NEEDS_EMBEDDINGS = ("diverse", "k_center")
+SINGLE, MULTI = "single-label", "multi-label"
 
 
 @dataclass
@@ -105,12 +101,19 @@ def _PredictionEntropy() -> object:  # noqa: N802 - stands for the class
 
 def check_strategy(strategy: str, multi_label: bool, option: str = "suggest.strategy") -> None:
     """Fail with the option name when ``strategy`` is unknown or does not fit the task."""
-    if strategy not in STRATEGIES:
+    if strategy not in QUERY_STRATEGIES.classes:
         raise ConfigError(f"{option}={strategy!r} is unknown; use one of {', '.join(STRATEGIES)}")
-    if multi_label and strategy in SINGLE_LABEL_ONLY:
+    task = MULTI if multi_label else SINGLE
+    if task not in QUERY_STRATEGIES.classes[strategy].applies_to:
+        fits = [repr(n) for n, c in QUERY_STRATEGIES.classes.items() if task in c.applies_to]
+        why = (
+            "scores a softmax over one label per row"
+            if multi_label
+            else "needs multi-label probabilities"
+        )
         raise ConfigError(
-            f"{option}={strategy!r} scores a softmax over one label per row, but the labels are "
-            "multi-label; use 'label_uncertainty', 'diverse', 'k_center' or 'random'"
+            f"{option}={strategy!r} {why}, but the labels are {task}; use "
+            f"{', '.join(fits[:-1])} or {fits[-1]}"
         )
 
 
@@ -275,6 +278,183 @@ def _k_center(embeddings: np.ndarray, labelled_embeddings: np.ndarray | None, n:
     return out
 
 
+# ---------------------------------------------------------------- the strategies
+
+
+class StrategySettings(PluginSettings):
+    """Base of a query strategy's settings (read from the ``suggest`` section)."""
+
+
+class SeededSettings(StrategySettings):
+    """Settings of a strategy that draws at random."""
+
+    seed: int = Field(0, description="random draws and k-means initialisation")
+
+
+class DiverseSettings(SeededSettings):
+    """Settings of ``diverse``."""
+
+    candidate_factor: int = Field(
+        10,
+        ge=1,
+        description="``diverse`` clusters the ``candidate_factor`` × n most uncertain rows",
+    )
+
+
+@dataclass
+class Pool:
+    """What a strategy chooses from: the pool rows still open.
+
+    Attributes:
+        probs: the model's probabilities (rows x labels).
+        labels: label names, in the column order of ``probs``.
+        multi_label: sigmoid per label (True) or softmax (False) probabilities.
+        thresholds: per-label decision thresholds.
+        embeddings: the rows' L2-normalised embeddings (strategies that need them).
+        labelled_embeddings: embeddings of the labelled training rows (``k_center``).
+    """
+
+    probs: np.ndarray
+    labels: list[str]
+    multi_label: bool
+    thresholds: np.ndarray
+    embeddings: np.ndarray | None = None
+    labelled_embeddings: np.ndarray | None = None
+
+
+class QueryStrategy(ABC):
+    """Chooses the next rows to label from a :class:`Pool`.
+
+    Class attributes (set by :func:`query_strategy`): ``name``; ``applies_to``, the task kinds
+    it fits (``single-label``, ``multi-label``); ``needs_embeddings``.
+    """
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[StrategySettings]] = StrategySettings
+    applies_to: ClassVar[tuple[str, ...]] = (SINGLE, MULTI)
+    needs_embeddings: ClassVar[bool] = False
+
+    def __init__(self, settings: StrategySettings) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    def select(self, pool: Pool, k: int) -> Suggestion:
+        """``k`` distinct rows of ``pool`` (positions in it), in labelling order."""
+
+
+QUERY_STRATEGIES: Registry[QueryStrategy] = Registry(
+    __name__, "suggest.strategy={name!r} is unknown; use one of {choices}"
+)
+
+
+def query_strategy(
+    name: str, applies_to: tuple[str, ...] = (SINGLE, MULTI), needs_embeddings: bool = False
+) -> Callable[[type[QueryStrategy]], type[QueryStrategy]]:
+    """Class decorator: register a strategy as ``name``, fit for the task kinds
+    ``applies_to``, needing the pool's embeddings or not."""
+
+    def wrap(cls: type[QueryStrategy]) -> type[QueryStrategy]:
+        cls.applies_to, cls.needs_embeddings = tuple(applies_to), needs_embeddings
+        return QUERY_STRATEGIES.register(name)(cls)
+
+    return wrap
+
+
+def _ranked(strategy: str, probs: np.ndarray, k: int) -> Suggestion:
+    order, unc = _small_text_ranking(strategy, probs, k)
+    return Suggestion(
+        [int(i) for i in order],
+        [float(unc[i]) for i in order],
+        [_describe(strategy, float(unc[i])) for i in order],
+    )
+
+
+@query_strategy("random")
+class Random(QueryStrategy):
+    """A uniform draw (the control every other strategy is measured against)."""
+
+    Settings = SeededSettings
+    settings: SeededSettings
+
+    def select(self, pool: Pool, k: int) -> Suggestion:
+        rng = np.random.default_rng(self.settings.seed)
+        pick = rng.choice(len(pool.probs), size=k, replace=False)
+        return Suggestion([int(i) for i in pick], [0.0] * k, ["random draw (the control)"] * k)
+
+
+class _SmallText(QueryStrategy):
+    """small-text's confidence strategy of the same name, on the probabilities."""
+
+    def select(self, pool: Pool, k: int) -> Suggestion:
+        return _ranked(self.name, pool.probs, k)
+
+
+@query_strategy("least_confidence", applies_to=(SINGLE,))
+class LeastConfidence(_SmallText):
+    """small-text's ``LeastConfidence``: the lowest top probability first."""
+
+
+@query_strategy("margin", applies_to=(SINGLE,))
+class Margin(_SmallText):
+    """small-text's ``BreakingTies``: the smallest gap between the two best labels first."""
+
+
+@query_strategy("entropy", applies_to=(SINGLE,))
+class Entropy(_SmallText):
+    """small-text's ``PredictionEntropy``: the highest entropy first."""
+
+
+@query_strategy("label_uncertainty")
+class LabelUncertainty(QueryStrategy):
+    """Multi-label: the labels take turns, each giving the row whose probability is closest
+    to its threshold; single-label: ``margin``."""
+
+    def select(self, pool: Pool, k: int) -> Suggestion:
+        if pool.multi_label:
+            return _label_round_robin(pool.probs, pool.labels, pool.thresholds, k)
+        return _ranked("margin", pool.probs, k)
+
+
+@query_strategy("diverse", needs_embeddings=True)
+class Diverse(QueryStrategy):
+    """The most uncertain row of each of ``k`` k-means clusters of the
+    ``candidate_factor`` × k most uncertain rows."""
+
+    Settings = DiverseSettings
+    settings: DiverseSettings
+
+    def select(self, pool: Pool, k: int) -> Suggestion:
+        assert pool.embeddings is not None
+        return _diverse(
+            pool.probs,
+            pool.embeddings,
+            pool.multi_label,
+            pool.thresholds,
+            k,
+            self.settings.candidate_factor,
+            self.settings.seed,
+        )
+
+
+@query_strategy("k_center", needs_embeddings=True)
+class KCenter(QueryStrategy):
+    """Greedy k-center core-set: each pick the row furthest from every labelled and picked
+    row."""
+
+    def select(self, pool: Pool, k: int) -> Suggestion:
+        assert pool.embeddings is not None
+        return _k_center(pool.embeddings, pool.labelled_embeddings, k)
+
+
+#: the strategy names, in the order they are presented
+STRATEGIES: tuple[str, ...] = tuple(QUERY_STRATEGIES.classes)
+Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
+SINGLE_LABEL_ONLY = tuple(
+    n for n, c in QUERY_STRATEGIES.classes.items() if MULTI not in c.applies_to
+)
+NEEDS_EMBEDDINGS = tuple(n for n, c in QUERY_STRATEGIES.classes.items() if c.needs_embeddings)
+
+
 def rare_label_rows(
     probs: np.ndarray,
     labels: list[str],
@@ -344,11 +524,23 @@ def suggest(
         seed: random draws and k-means initialisation.
     """
     check_strategy(strategy, multi_label)
+    cls = QUERY_STRATEGIES.classes[strategy]
+    chooser = cls(
+        checked_settings(
+            cls.Settings,
+            {
+                key: value
+                for key, value in {"seed": seed, "candidate_factor": candidate_factor}.items()
+                if key in cls.Settings.model_fields
+            },
+            "suggest",
+        )
+    )
     probs = np.asarray(probs, dtype=np.float64)
     n_pool = len(probs)
     n = min(int(n), n_pool)
     thr = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (len(labels),)).copy()
-    if strategy in NEEDS_EMBEDDINGS and (embeddings is None or len(embeddings) != n_pool):
+    if cls.needs_embeddings and (embeddings is None or len(embeddings) != n_pool):
         raise ConfigError(f"suggest.strategy={strategy!r} needs one embedding per pool row")
     out = Suggestion()
     if n <= 0:
@@ -359,32 +551,15 @@ def suggest(
     k = n - len(out.positions)
     if k <= 0:
         return out
-    sub = probs[left]
-    if strategy == "random":
-        rng = np.random.default_rng(seed)
-        pick = rng.choice(len(left), size=k, replace=False)
-        part = Suggestion([int(i) for i in pick], [0.0] * k, ["random draw (the control)"] * k)
-    elif strategy in SINGLE_LABEL_ONLY:
-        order, unc = _small_text_ranking(strategy, sub, k)
-        part = Suggestion(
-            [int(i) for i in order],
-            [float(unc[i]) for i in order],
-            [_describe(strategy, float(unc[i])) for i in order],
-        )
-    elif strategy == "label_uncertainty":
-        if multi_label:
-            part = _label_round_robin(sub, labels, thr, k)
-        else:  # a single-label task: the margin between the two best labels
-            order, unc = _small_text_ranking("margin", sub, k)
-            part = Suggestion(
-                [int(i) for i in order],
-                [float(unc[i]) for i in order],
-                [_describe("margin", float(unc[i])) for i in order],
-            )
-    elif strategy == "diverse":
-        part = _diverse(sub, embeddings[left], multi_label, thr, k, candidate_factor, seed)
-    else:  # k_center
-        part = _k_center(embeddings[left], labelled_embeddings, k)
+    pool = Pool(
+        probs[left],
+        labels,
+        multi_label,
+        thr,
+        embeddings[left] if cls.needs_embeddings else None,
+        labelled_embeddings,
+    )
+    part = chooser.select(pool, k)
     part.positions = [int(left[i]) for i in part.positions]
     out.extend(part)
     return out

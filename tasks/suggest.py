@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from label_pipeline.active import NEEDS_EMBEDDINGS, check_strategy, suggest
+from label_pipeline.active import NEEDS_EMBEDDINGS, STRATEGIES, check_strategy, suggest
 from label_pipeline.artifacts import md_table, publish_table
 from label_pipeline.devices import DeviceConfig, choose_device
 from label_pipeline.errors import InputDataError
@@ -73,16 +73,7 @@ class SuggestConfig(BaseModel):
 
     enabled: bool = True
     n: int = Field(50, ge=1)
-    strategy: Literal[
-        "auto",
-        "random",
-        "least_confidence",
-        "margin",
-        "entropy",
-        "label_uncertainty",
-        "diverse",
-        "k_center",
-    ] = "auto"
+    strategy: Literal["auto", *STRATEGIES] = "auto"  # type: ignore[valid-type]
     cover_rare_labels: bool = False
     rare_rows_per_label: int | None = Field(None, ge=1)
     candidate_factor: int = Field(10, ge=1)
