@@ -466,3 +466,40 @@ def test_cls_only_last_layer_equals_full_forward_or_is_refused(tiny_nli, tmp_pat
     layer = other.distilbert.transformer.layer[-1]
     assert not enable_cls_only(other, probe)
     assert other.distilbert.transformer.layer[-1] is layer
+
+
+def test_select_pseudo_labels_is_a_plain_function_of_the_scores():
+    """Scores that separate the labels on valid give a rule that labels the pool by them."""
+    from label_pipeline.zeroshot.loading import LabelSpec
+
+    labels = ["bug", "feature"]
+    rng = np.random.default_rng(0)
+
+    def scored(n, prefix):
+        gold = [labels[i % 2] for i in range(n)]
+        hi = rng.uniform(0.6, 0.9, n)
+        bug = np.where([g == "bug" for g in gold], hi, 1 - hi)
+        ds = datasets.Dataset.from_dict(
+            {
+                "id": [f"{prefix}{i}" for i in range(n)],
+                "text": [f"text {i}" for i in range(n)],
+                "score_bug": bug.astype(np.float32),
+                "score_feature": (1 - bug).astype(np.float32),
+                "truncated": [False] * n,
+            }
+        )
+        return ds, gold
+
+    (valid, vg), (test, tg), (pool, pg) = scored(40, "v"), scored(30, "t"), scored(50, "u")
+    splits = {
+        "valid": datasets.Dataset.from_dict({"id": valid["id"], "labels": [[g] for g in vg]}),
+        "test": datasets.Dataset.from_dict({"id": test["id"], "labels": [[g] for g in tg]}),
+    }
+    spec = LabelSpec(labels=labels, label_texts=labels, multi_label=False)
+    res = zs.select_pseudo_labels(
+        {"valid": valid, "test": test, "unlabeled": pool}, splits, ZeroShotConfig(), spec
+    )
+    assert res.metrics["test"]["accuracy"] == 1.0 and res.metrics["n_valid"] == 40
+    assert [list(x) for x in res.outputs["unlabeled"]["labels"]] == [[g] for g in pg]
+    assert [list(x) for x in res.outputs["test"]["predicted"]] == [[g] for g in tg]
+    assert set(res.expected["overall"]) >= {"expected_precision", "interval"}
