@@ -25,8 +25,9 @@ add-on that pulls spaCy, Optuna, PyMuPDF and more), which the model does not nee
 (the Makefile's ``mpnet`` target installs them); ``python -m label_pipeline.model_parts
 assemble [MODEL]`` assembles ahead of time and prints the directory.
 
-:func:`atomic_directory` and :func:`file_lock` are the temp-then-rename and lock steps on
-their own, for any other directory built once and shared between processes.
+:func:`~label_pipeline.store.atomic_directory` (the store's temp-then-rename) and
+:func:`file_lock` are the two steps, for any other directory built once and shared between
+processes.
 """
 
 from __future__ import annotations
@@ -39,10 +40,8 @@ import io
 import json
 import logging
 import os
-import shutil
 import sys
 import time
-import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +50,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from label_pipeline.errors import ModelNotFoundError
+from label_pipeline.store import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -207,29 +207,6 @@ def file_lock(path: Path, waiting: str | None = None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``final``; rename it to ``final`` when the
-    block finishes, remove it when the block raises. An existing ``final`` is moved aside
-    and removed after the swap. Hold a :func:`file_lock` around it when several processes
-    may build the same ``final``."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ------------------------------------------------------------------------------- assembling

@@ -32,11 +32,11 @@ import shutil
 import socket
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from label_pipeline.errors import ResourceMissingError
+from label_pipeline.store import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -250,9 +250,7 @@ def prepare_wordnet(directory: Path, source: Path | None = None) -> Path:
         )
     lexnames = lexnames_lines()
     final = directory / "corpora" / "wordnet"
-    tmp = final.parent / f".tmp-wordnet-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(final) as tmp:
         for name in WORDNET_FILES:
             # copies, not links: the data must survive the package being removed
             shutil.copyfile(source / name, tmp / name)
@@ -262,12 +260,6 @@ def prepare_wordnet(directory: Path, source: Path | None = None) -> Path:
             "lexnames built from lexnames.5WN. WordNet licence: see "
             "/usr/share/doc/wordnet-base/copyright.\n"
         )
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -301,9 +293,7 @@ def prepare_tagger(directory: Path, pickle_path: Path | None = None) -> Path:
     with open(src, "rb") as fh:
         weights, tagdict, classes = _PlainUnpickler(fh, encoding="latin1").load()
     final = directory / "taggers" / TAGGER_NAME
-    tmp = final.parent / f".tmp-tagger-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(final) as tmp:
         # the three files PerceptronTagger(lang="eng").load_from_json reads
         for attr, value in (
             ("weights", weights),
@@ -311,12 +301,6 @@ def prepare_tagger(directory: Path, pickle_path: Path | None = None) -> Path:
             ("classes", sorted(classes)),
         ):
             (tmp / f"{TAGGER_NAME}.{attr}.json").write_text(json.dumps(value))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -30,7 +30,7 @@ from label_pipeline.choice import (
     results_table,
 )
 from label_pipeline.data import to_jsonable
-from label_pipeline.store import StageRef
+from label_pipeline.store import StageRef, atomic_directory
 
 STAGE = "report"
 VERSION = "2"
@@ -487,14 +487,6 @@ def run_report(cfg: ReportConfig, refs: dict[str, StageRef], out: str | Path) ->
     name); returns it."""
     out = Path(out)
     # write next to the target, then swap, so a failure never leaves a half report
-    tmp = out.parent / f".tmp-{out.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(out) as tmp:
         build_report(cfg, {k: v for k, v in refs.items() if v is not None}, tmp, name=out.name)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

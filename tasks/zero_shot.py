@@ -51,7 +51,7 @@ from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.runners import RunnerConfig
 from label_pipeline.shards import map_shards
-from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore, owned_tmp_dir
+from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore, atomic_directory
 from label_pipeline.zeroshot import get_backend
 from label_pipeline.zeroshot.base import ZeroShotBackend
 from label_pipeline.zeroshot.loading import (
@@ -243,7 +243,7 @@ def _score_into(
     data.update({c: score_mat[:, j] for j, c in enumerate(score_columns(spec.labels))})
     data["truncated"] = trunc
     # the temporary directory names its writer, so a killed run's is swept (store.py)
-    with owned_tmp_dir(out.parent, ".tmp-", shard.name) as tmp:
+    with atomic_directory(out) as tmp:
         datasets.Dataset.from_dict(data, features=_shard_features(spec.labels)).save_to_disk(
             str(tmp)
         )
@@ -261,9 +261,7 @@ def _score_into(
             "host": socket.gethostname(),
         }
         (tmp / SHARD_DONE).write_text(json.dumps(meta, indent=2))
-        if out.exists():  # an unfinished copy from an older attempt (no shard.json)
-            shutil.rmtree(out)
-        tmp.rename(out)
+        # an unfinished copy from an older attempt (no shard.json) is replaced
     stage_logger().info(
         "zero_shot: scored %s (%s rows %d-%d) in %.1f s",
         shard.name,
