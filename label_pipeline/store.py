@@ -142,6 +142,24 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:20]
 
 
+def built_by() -> dict[str, str] | None:
+    """The Prefect flow run building a stage (id and name), None outside a run: a later run
+    that finds the stage cached names it."""
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+    except Exception:  # pragma: no cover - prefect always installed
+        return None
+    flow_ctx = FlowRunContext.get()
+    flow_run = getattr(flow_ctx, "flow_run", None)
+    if flow_run is not None:
+        return {"id": str(flow_run.id), "name": str(flow_run.name)}
+    task_ctx = TaskRunContext.get()  # a task in another process (Dask): the id only
+    task_run = getattr(task_ctx, "task_run", None)
+    if task_run is not None and task_run.flow_run_id is not None:
+        return {"id": str(task_run.flow_run_id), "name": ""}
+    return None
+
+
 def library_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in _TRACKED_LIBRARIES:
@@ -182,6 +200,31 @@ def owned_tmp_dir(parent: Path, prefix: str, name: str) -> Iterator[Path]:
                 owner.unlink()
     finally:
         os.close(fd)  # releases the lock, after the directory is gone or in place
+
+
+def swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished directory ``tmp`` to ``final``; an existing ``final`` (a refresh)
+    is moved aside first and removed after, so ``final`` is never half-written."""
+    if final.exists():
+        trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        final.rename(trash)
+        tmp.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path, prefix: str = ".tmp-") -> Iterator[Path]:
+    """Write a directory all at once: yield a fresh temporary directory beside ``final``
+    (:func:`owned_tmp_dir`, so a killed writer's is swept by :func:`remove_stale_tmp`) for
+    the block to fill; it becomes ``final`` when the block finishes (:func:`swap_into_place`)
+    and is removed when the block raises. Hold a lock around it when several processes may
+    write the same ``final``."""
+    final = Path(final)
+    with owned_tmp_dir(final.parent, prefix, final.name) as tmp:
+        yield tmp
+        swap_into_place(tmp, final)
 
 
 def _owner_alive(owner: Path) -> bool | None:
@@ -337,7 +380,7 @@ class StageStore:
         with self._lock(stage, fingerprint):
             if local_manifest.is_file() and local_manifest.read_bytes() == remote_manifest:
                 return
-            with owned_tmp_dir(final.parent, ".dl-", fingerprint) as tmp:
+            with atomic_directory(final, ".dl-") as tmp:
                 base = self._remote(stage, fingerprint)
                 for src in sorted(self.fs.find(base)):
                     rel = src[len(base) :].lstrip("/") if src.startswith(base) else None
@@ -349,7 +392,6 @@ class StageStore:
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     self.fs.get_file(src, str(dst))
                 (tmp / MANIFEST).write_bytes(remote_manifest)  # the copy is complete
-                self._swap_into_place(tmp, final, fingerprint)
 
     def _upload(self, stage: str, fingerprint: str, local: Path) -> None:
         """Copy a complete local stage directory into the remote store, manifest last."""
@@ -371,16 +413,6 @@ class StageStore:
         finally:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp, recursive=True)
-
-    @staticmethod
-    def _swap_into_place(tmp: Path, final: Path, fingerprint: str) -> None:
-        if final.exists():  # refresh: move the old one aside, then swap
-            trash = final.parent / f".old-{fingerprint}-{uuid.uuid4().hex[:8]}"
-            final.rename(trash)
-            tmp.rename(final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(final)
 
     @contextlib.contextmanager
     def _lock(self, stage: str, fingerprint: str) -> Iterator[None]:
@@ -430,7 +462,7 @@ class StageStore:
             final = self.path(stage, fp)
             self.clean_stale_tmp(stage)  # left by a killed run of this stage
             started = time.time()
-            with owned_tmp_dir(final.parent, ".tmp-", fp) as tmp:
+            with atomic_directory(final) as tmp:
                 ctx = BuildContext(dir=tmp, stage=stage, fingerprint=fp, final_dir=final)
                 facts = builder(ctx) or {}
                 manifest = {
@@ -444,13 +476,13 @@ class StageStore:
                     },
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "host": socket.gethostname(),
+                    "flow_run": built_by(),
                     "seconds": round(time.time() - started, 3),
                     "libraries": library_versions(),
                     **_canonical(ctx.info),
                     **_canonical(facts),
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-                self._swap_into_place(tmp, final, fp)
             if self.is_remote:
                 try:
                     self._upload(stage, fp, final)
