@@ -19,7 +19,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,6 +310,26 @@ def make_collator(tokenizer: Any, cfg: MaskedLMTraining, seed: int | None = None
     )
 
 
+def _masked_batches(
+    mlm: MaskedLM,
+    blocks: PackedBlocks,
+    cfg: MaskedLMTraining,
+    device: DeviceChoice,
+    batch_size: int,
+    seed: int,
+) -> Iterator[dict[str, Any]]:
+    """``blocks`` in batches of ``batch_size``, masked by ``cfg``'s collator with ``seed`` (the
+    same masks every time), on ``device``."""
+    collator = make_collator(mlm.tokenizer, cfg, seed=seed)
+    cols = list(blocks.columns)
+    for start in range(0, blocks.blocks, batch_size):
+        examples = [
+            {k: blocks.columns[k][i] for k in cols}
+            for i in range(start, min(start + batch_size, blocks.blocks))
+        ]
+        yield {k: v.to(device.device) for k, v in collator(examples).items()}
+
+
 def heldout_perplexity(
     mlm: MaskedLM,
     blocks: PackedBlocks,
@@ -323,22 +343,15 @@ def heldout_perplexity(
 
     if blocks.blocks == 0:
         return None
-    collator = make_collator(mlm.tokenizer, cfg, seed=cfg.seed)
     model = mlm.model
     was_training = model.training
     model.eval()
     model.to(device.device)
     head = mlm_head(model)
     total, count = 0.0, 0
-    cols = list(blocks.columns)
     autocast = device.device == "cuda" and device.precision in {"bf16", "fp16"}
     with torch.no_grad():
-        for start in range(0, blocks.blocks, batch_size):
-            examples = [
-                {k: blocks.columns[k][i] for k in cols}
-                for i in range(start, min(start + batch_size, blocks.blocks))
-            ]
-            batch = {k: v.to(device.device) for k, v in collator(examples).items()}
+        for batch in _masked_batches(mlm, blocks, cfg, device, batch_size, cfg.seed):
             with torch.autocast("cuda", dtype=device.torch_dtype, enabled=autocast):
                 loss = masked_loss(model, head, batch, reduction="sum")
             total += float(loss)
@@ -426,16 +439,9 @@ def _masked_states(
     with ``seed``) and the tokens there, on the CPU."""
     import torch
 
-    collator = make_collator(mlm.tokenizer, cfg, seed=seed)
-    cols = list(blocks.columns)
     states, targets = [], []
     with torch.no_grad():
-        for start in range(0, blocks.blocks, batch_size):
-            examples = [
-                {k: blocks.columns[k][i] for k in cols}
-                for i in range(start, min(start + batch_size, blocks.blocks))
-            ]
-            batch = {k: v.to(device.device) for k, v in collator(examples).items()}
+        for batch in _masked_batches(mlm, blocks, cfg, device, batch_size, seed):
             sel = batch["labels"] != -100
             forward = {k: v for k, v in batch.items() if k in _ENCODER_INPUTS}
             hidden = mlm.model.base_model(**forward)[0]
