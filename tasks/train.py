@@ -25,19 +25,26 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from label_pipeline.artifacts import md_table, num
-from label_pipeline.calibration import calibration_scores, fit_calibration, save_calibrator
+from label_pipeline.calibration import (
+    CalibrationFit,
+    calibration_scores,
+    fit_calibration,
+    save_calibrator,
+)
 from label_pipeline.choice import AVERAGE
-from label_pipeline.decision import apply_decision, tune_decision
-from label_pipeline.devices import DeviceConfig, choose_device
+from label_pipeline.decision import Decision, apply_decision, tune_decision
+from label_pipeline.devices import DeviceChoice, DeviceConfig, choose_device
 from label_pipeline.errors import ConfigError, InputDataError, TrainingDivergedError
-from label_pipeline.methods.base import FitContext, LabelledTexts, get_method
+from label_pipeline.methods.base import FitContext, LabelledTexts, check_method_params, get_method
 from label_pipeline.metrics import f1_micro_macro
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model
 from label_pipeline.orchestration import write_summary
@@ -134,6 +141,15 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
+    @field_validator("method_params")
+    @classmethod
+    def _method_settings(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each method's settings through its settings model (``label_pipeline.methods``), so
+        a typo fails as the config loads, naming method and setting; kept as given."""
+        if value:
+            check_method_params(value)
+        return value
+
 
 def parse_method(spec: str) -> tuple[str, set[str]]:
     """``"naive_bayes+aug"`` -> ``("naive_bayes", {"aug"})``; unknown modifiers raise."""
@@ -229,6 +245,141 @@ def load_pseudo(ref: StageRef, min_confidence: float) -> Any:
     return ds.select(keep)
 
 
+@dataclass
+class ExtraRows:
+    """Rows a slice's training rows may be joined by: the augment stage's (``parent_ids``:
+    the training row each was made from) or zero-shot pseudo-labelled pool rows."""
+
+    texts: list[str]
+    y: np.ndarray
+    ids: list[str]
+    parent_ids: list[str] = field(default_factory=list)
+
+
+def _extra_rows(ds: Any, labels: list[str], parents: bool = False) -> ExtraRows:
+    """``ds`` as plain rows (augmented rows without ``id`` are named by their position)."""
+    from label_pipeline.data import label_matrix
+
+    if parents:
+        ids = (
+            [str(i) for i in ds["id"]]
+            if "id" in ds.column_names
+            else list(map(str, range(len(ds))))
+        )
+    else:
+        ids = [str(i) for i in ds["id"]] if len(ds) else []
+    return ExtraRows(
+        texts=[str(t) for t in ds["text"]],
+        y=label_matrix([list(x) for x in ds["labels"]], labels)
+        if len(ds)
+        else np.zeros((0, len(labels)), dtype=np.int64),
+        ids=ids,
+        parent_ids=[str(p) for p in ds["parent_id"]] if parents else [],
+    )
+
+
+@dataclass
+class TrainData:
+    """What the train stage reads (:func:`read_train_data`), as plain values: the labels,
+    the slices to train (``names``, smallest first, of ``slices``), the train split's rows
+    (``y`` as trained: relabelled under ``label_issues: relabel``), valid and test, the
+    unlabeled pool, the quality stage's suggested labels by row id (``fixes``), the extra
+    rows asked for and the pool rows label-shift estimation uses (``shift_pool``).
+    ``source`` names the slices file in errors."""
+
+    labels: list[str]
+    multi_label: bool
+    slices: dict[str, list[str]]
+    names: list[str]
+    texts: list[str]
+    y: np.ndarray
+    ids: list[str]
+    valid: LabelledTexts
+    test_texts: list[str]
+    unlabeled: list[str] = field(default_factory=list)
+    fixes: dict[str, list[str]] = field(default_factory=dict)
+    augmented: ExtraRows | None = None
+    pseudo: ExtraRows | None = None
+    shift_pool: list[str] | None = None
+    source: str = "slices.json"
+
+
+def read_train_data(
+    cfg: TrainConfig,
+    splits_ref: StageRef,
+    augmented: StageRef | None,
+    pseudo: StageRef | None,
+    quality: StageRef | None,
+    warnings: list[str],
+) -> TrainData:
+    """Read the inputs of a run of ``cfg`` and check them against it (unknown slices,
+    missing splits, extra rows asked for from a stage that did not run); the notes for the
+    summary go into ``warnings``."""
+    from label_pipeline.data import load_slices, load_splits, read_label_info
+
+    labels, multi_label = read_label_info(splits_ref.dir)
+    splits = load_splits(splits_ref.dir)
+    slices = load_slices(splits_ref.dir)
+    names = slice_names(cfg, slices, splits_ref.dir / "slices.json")
+    warnings += [
+        f"slice {left!r} holds the same rows as slice {kept!r}: trained once, as {kept!r}"
+        for left, kept in repeated_slices(slices, names).items()
+    ]
+    for split in ("train", "valid", "test"):
+        if split not in splits:
+            raise InputDataError(f"{splits_ref.dir / 'splits'} has no {split!r} split")
+    tr_texts, tr_y, tr_ids = _texts_and_y(splits["train"], labels)
+    row_of = {i: r for r, i in enumerate(tr_ids)}
+    fixes = label_issue_fixes(quality, labels) if quality is not None else {}
+    tr_y = _relabel(tr_y, row_of, fixes, labels) if cfg.label_issues == "relabel" else tr_y
+    va_texts, va_y, _ = _texts_and_y(splits["valid"], labels)
+    te_texts, _, _ = _texts_and_y(splits["test"], labels)
+    unlabeled = [str(t) for t in splits["unlabeled"]["text"]] if "unlabeled" in splits else []
+    data = TrainData(
+        labels=labels,
+        multi_label=multi_label,
+        slices=slices,
+        names=names,
+        texts=tr_texts,
+        y=tr_y,
+        ids=tr_ids,
+        valid=LabelledTexts(va_texts, va_y, labels, multi_label),
+        test_texts=te_texts,
+        unlabeled=unlabeled,
+        fixes=fixes,
+        shift_pool=_label_shift_pool(cfg, multi_label, unlabeled, warnings),
+        source=str(splits_ref.dir / "slices.json"),
+    )
+    data.augmented, data.pseudo = _read_extra_rows(cfg, augmented, pseudo, labels)
+    return data
+
+
+def _read_extra_rows(
+    cfg: TrainConfig, augmented: StageRef | None, pseudo: StageRef | None, labels: list[str]
+) -> tuple[ExtraRows | None, ExtraRows | None]:
+    """The augmented and pseudo-labelled rows, when a method asks for them."""
+    mods = [parse_method(spec)[1] for spec in cfg.methods]
+    wants_aug = cfg.use_augmented or any("aug" in m for m in mods)
+    wants_pseudo = cfg.use_pseudo or any("pseudo" in m for m in mods)
+    if wants_aug and augmented is None:
+        raise ConfigError(
+            "train: augmented rows requested (use_augmented or a '+aug' method) but the "
+            "augment stage did not run; enable augment or drop the request"
+        )
+    if wants_pseudo and pseudo is None:
+        raise ConfigError(
+            "train: pseudo-labels requested (use_pseudo or a '+pseudo' method) but the "
+            "zero_shot stage did not run; enable zero_shot or drop the request"
+        )
+    aug = _extra_rows(load_augmented(augmented), labels, parents=True) if wants_aug else None
+    pse = (
+        _extra_rows(load_pseudo(pseudo, cfg.pseudo_min_confidence), labels)
+        if wants_pseudo
+        else None
+    )
+    return aug, pse
+
+
 def slice_names(cfg: TrainConfig, slices: dict[str, list[str]], path: Path) -> list[str]:
     """The configured slices, smallest first; ``*`` expands to every slice in slices.json
     that does not hold the same rows as a smaller one (e.g. ``all`` when the largest slice
@@ -288,6 +439,151 @@ def _check_probs(probs: np.ndarray, n: int, n_labels: int, what: str) -> None:
         )
 
 
+@dataclass
+class FittedRun:
+    """One method fitted and its valid/test probabilities (:func:`fit_method`).
+
+    ``model`` is None when the fit fell back to the label prior (``facts["fallback"]``);
+    ``calibration``, when not None, is saved with the model; ``uncalibrated`` holds the
+    ``valid`` and ``test`` probabilities before calibration."""
+
+    model: Any | None
+    valid_probs: np.ndarray
+    test_probs: np.ndarray
+    facts: dict[str, Any]
+    uncalibrated: dict[str, np.ndarray] = field(default_factory=dict)
+    calibration: CalibrationFit | None = None
+
+
+def fit_method(
+    method_name: str,
+    params: dict[str, Any],
+    train: LabelledTexts,
+    valid: LabelledTexts,
+    test_texts: list[str],
+    ctx: FitContext,
+    shift_pool: list[str] | None = None,
+    calibration: str = "none",
+    calibration_min_rows: int = 30,
+    keep_uncalibrated: bool = True,
+) -> FittedRun:
+    """Fit one method and predict valid/test probabilities; nothing is written.
+
+    With ``calibration`` other than ``none`` the probabilities are calibrated on valid
+    (``label_pipeline.calibration.fit_calibration``): valid gets the cross-fitted ones, test the
+    calibrator fitted on all of valid (returned to be saved with the model, applied by
+    ``load_saved``); the facts carry the choice under ``calibration``. With
+    ``keep_uncalibrated`` the run keeps the ``valid`` and ``test`` probabilities without
+    calibration (label-shift corrected on their own when ``shift_pool`` is set).
+
+    With ``shift_pool`` (single-label), the pool's label frequencies are estimated from the
+    model's probabilities on those texts and valid/test probabilities are reweighted to them;
+    the estimate is in the facts under ``label_shift`` (see ``label_pipeline.label_shift``).
+
+    A method that diverges (``TrainingDivergedError`` or ``FloatingPointError`` in ``fit``,
+    or non-finite probabilities) is replaced by the training label prior; the facts say so
+    under ``fallback``. Any other error propagates.
+    """
+    cls = get_method(method_name)
+    facts: dict[str, Any] = {}
+    started = time.time()
+    try:
+        with np.errstate(all="ignore"):
+            model = cls(**params).fit(train, valid, ctx)
+        facts["fit_seconds"] = round(time.time() - started, 3)
+        t0 = time.time()
+        fitted = _predict(
+            model,
+            method_name,
+            train,
+            valid,
+            test_texts,
+            ctx.seed,
+            (shift_pool, calibration, calibration_min_rows, keep_uncalibrated),
+            facts,
+        )
+        facts["predict_seconds"] = round(time.time() - t0, 3)
+        return fitted
+    except (TrainingDivergedError, FloatingPointError) as exc:
+        facts["fit_seconds"] = round(time.time() - started, 3)
+        facts["fallback"] = (
+            f"{method_name} did not converge ({exc}); its predictions are replaced by the "
+            "training label frequencies (a no-skill baseline). Lower the learning rate, "
+            "change the seed or use more training rows."
+        )
+        valid_probs = label_prior(train, len(valid))
+        test_probs = label_prior(train, len(test_texts))
+        raw = {"valid": valid_probs, "test": test_probs} if keep_uncalibrated else {}
+        clip = np.clip(valid_probs, 0.0, 1.0), np.clip(test_probs, 0.0, 1.0)
+        return FittedRun(None, *clip, facts, raw)
+
+
+def _predict(
+    model: Any,
+    method_name: str,
+    train: LabelledTexts,
+    valid: LabelledTexts,
+    test_texts: list[str],
+    seed: int,
+    how: tuple[list[str] | None, str, int, bool],
+    facts: dict[str, Any],
+) -> FittedRun:
+    """:func:`fit_method` after the fit: predict, calibrate, correct for label shift
+    (``how``: shift pool, calibration, its minimum rows, keep uncalibrated)."""
+    shift_pool, calibration, calibration_min_rows, keep_uncalibrated = how
+    n_labels = train.y.shape[1]
+    valid_probs = np.asarray(model.predict_proba(valid.texts), dtype=np.float64)
+    _check_probs(valid_probs, len(valid), n_labels, f"{method_name} on valid")
+    test_probs = np.asarray(model.predict_proba(test_texts), dtype=np.float64)
+    _check_probs(test_probs, len(test_texts), n_labels, f"{method_name} on test")
+    raw_valid, raw_test = np.clip(valid_probs, 0.0, 1.0), np.clip(test_probs, 0.0, 1.0)
+    cal = fit_calibration(
+        raw_valid,
+        valid.y,
+        train.multi_label,
+        calibration,
+        min_rows=calibration_min_rows,
+        seed=seed,
+        labels=train.label_names,
+        what=f"valid ({method_name})",
+    )
+    valid_probs, test_probs = cal.valid_probs, cal.calibrator.apply(raw_test)
+    if calibration != "none":
+        facts["calibration"] = cal.facts()
+    if shift_pool:
+        from label_pipeline.label_shift import estimate_label_shift
+
+        pool_probs = np.asarray(model.predict_proba(shift_pool), dtype=np.float64)
+        _check_probs(pool_probs, len(shift_pool), n_labels, f"{method_name} on pool")
+        prior = model.source_prior(train)
+        # calibrate first, then estimate the shift from calibrated probabilities
+        shift = estimate_label_shift(
+            valid_probs, valid.y, cal.calibrator.apply(np.clip(pool_probs, 0, 1)), prior
+        )
+        valid_probs, test_probs = shift.apply(valid_probs), shift.apply(test_probs)
+        facts["label_shift"] = shift.to_json()
+        if keep_uncalibrated and cal.method != "none":
+            raw_shift = estimate_label_shift(raw_valid, valid.y, pool_probs, prior)
+            raw_valid, raw_test = raw_shift.apply(raw_valid), raw_shift.apply(raw_test)
+        elif keep_uncalibrated:
+            raw_valid, raw_test = valid_probs, test_probs
+    return FittedRun(
+        model,
+        np.clip(valid_probs, 0.0, 1.0),
+        np.clip(test_probs, 0.0, 1.0),
+        facts,
+        {"valid": raw_valid, "test": raw_test} if keep_uncalibrated else {},
+        cal if cal.method != "none" else None,
+    )
+
+
+def _save_model(model: Any, calibration: CalibrationFit | None, model_dir: Path) -> None:
+    """A fitted method's ``save`` and its calibrator (when it has one) into ``model_dir``."""
+    model.save(model_dir)
+    if calibration is not None:
+        save_calibrator(calibration.calibrator, model_dir, calibration.facts())
+
+
 def fit_and_predict(
     method_name: str,
     params: dict[str, Any],
@@ -301,261 +597,179 @@ def fit_and_predict(
     calibration_min_rows: int = 30,
     uncalibrated: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Fit one method, save it and predict valid/test probabilities.
+    """:func:`fit_method`, then save the model (and its calibrator) into ``model_dir`` (a
+    fallback saves nothing): valid probabilities, test probabilities and the facts.
+    ``uncalibrated``, when given, receives the probabilities before calibration."""
+    fitted = fit_method(
+        method_name,
+        params,
+        train,
+        valid,
+        test_texts,
+        ctx,
+        shift_pool,
+        calibration,
+        calibration_min_rows,
+        keep_uncalibrated=uncalibrated is not None,
+    )
+    if fitted.model is not None:
+        _save_model(fitted.model, fitted.calibration, model_dir)
+    if uncalibrated is not None:
+        uncalibrated.update(fitted.uncalibrated)
+    return fitted.valid_probs, fitted.test_probs, fitted.facts
 
-    With ``calibration`` other than ``none`` the probabilities are calibrated on valid
-    (``label_pipeline.calibration.fit_calibration``): valid gets the cross-fitted ones, test the
-    calibrator fitted on all of valid, which is saved into ``model_dir`` (``calibration.json``,
-    applied by ``load_saved``); the returned facts carry the choice under ``calibration``.
-    ``uncalibrated``, when given, receives the ``valid`` and ``test`` probabilities without
-    calibration (label-shift corrected on their own when ``shift_pool`` is set).
 
-    With ``shift_pool`` (single-label), the pool's label frequencies are estimated from the
-    model's probabilities on those texts and valid/test probabilities are reweighted to them;
-    the estimate is returned under ``label_shift`` (see ``label_pipeline.label_shift``).
+@dataclass
+class RunResult:
+    """One run of the train stage, computed, to be written into ``runs/<method>/<slice>/``
+    (``dir``): ``fit.json`` (``facts``), the valid/test probabilities (and before
+    calibration, when calibrated), ``decision.json`` and ``model/``; ``entry`` is its
+    ``runs.json`` entry. ``model/`` holds the fitted ``model`` (with ``calibration``), or
+    for an average the ``ensemble`` of the ``members``' saved models (base method, run
+    directory), or nothing after a fallback."""
 
-    A method that diverges (``TrainingDivergedError`` or ``FloatingPointError`` in ``fit``,
-    or non-finite probabilities) is replaced by the training label prior; the returned
-    facts say so under ``fallback``. Any other error propagates.
-    """
-    cls = get_method(method_name)
-    facts: dict[str, Any] = {}
-    started = time.time()
-    try:
-        with np.errstate(all="ignore"):
-            model = cls(**params).fit(train, valid, ctx)
-        facts["fit_seconds"] = round(time.time() - started, 3)
-        t0 = time.time()
-        valid_probs = np.asarray(model.predict_proba(valid.texts), dtype=np.float64)
-        _check_probs(valid_probs, len(valid), train.y.shape[1], f"{method_name} on valid")
-        test_probs = np.asarray(model.predict_proba(test_texts), dtype=np.float64)
-        _check_probs(test_probs, len(test_texts), train.y.shape[1], f"{method_name} on test")
-        raw_valid, raw_test = np.clip(valid_probs, 0.0, 1.0), np.clip(test_probs, 0.0, 1.0)
-        cal = fit_calibration(
-            raw_valid,
-            valid.y,
-            train.multi_label,
-            calibration,
-            min_rows=calibration_min_rows,
-            seed=ctx.seed,
-            labels=train.label_names,
-            what=f"valid ({method_name})",
+    dir: str
+    facts: dict[str, Any]
+    probs: dict[str, np.ndarray]
+    uncalibrated: dict[str, np.ndarray]
+    decision: Decision
+    entry: dict[str, Any]
+    model: Any | None = None
+    calibration: CalibrationFit | None = None
+    ensemble: Any | None = None
+    members: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class SliceRows:
+    """The training rows of one slice: its ids, the flagged ones among them
+    (``issue_ids``), the rows trained (``rows``, positions in the train split) and the
+    labels without an example there (``absent``)."""
+
+    name: str
+    ids: list[str]
+    issue_ids: set[str]
+    rows: list[int]
+    absent: list[str]
+
+
+def slice_rows(data: TrainData, name: str, label_issues: str) -> SliceRows:
+    """The rows of slice ``name`` (``label_issues: drop`` leaves the flagged ones out)."""
+    row_of = {i: r for r, i in enumerate(data.ids)}
+    ids = data.slices[name]
+    missing_ids = [i for i in ids if i not in row_of]
+    if missing_ids:
+        raise InputDataError(
+            f"{data.source}: slice {name!r} names {len(missing_ids)} id(s) not in the train "
+            f"split (first: {missing_ids[0]!r}); re-run the split stage"
         )
-        valid_probs, test_probs = cal.valid_probs, cal.calibrator.apply(raw_test)
-        if calibration != "none":
-            facts["calibration"] = cal.facts()
-        if shift_pool:
-            from label_pipeline.label_shift import estimate_label_shift
-
-            pool_probs = np.asarray(model.predict_proba(shift_pool), dtype=np.float64)
-            _check_probs(pool_probs, len(shift_pool), train.y.shape[1], f"{method_name} on pool")
-            prior = model.source_prior(train)
-            # calibrate first, then estimate the shift from calibrated probabilities
-            shift = estimate_label_shift(
-                valid_probs, valid.y, cal.calibrator.apply(np.clip(pool_probs, 0, 1)), prior
-            )
-            valid_probs, test_probs = shift.apply(valid_probs), shift.apply(test_probs)
-            facts["label_shift"] = shift.to_json()
-            if uncalibrated is not None and cal.method != "none":
-                raw_shift = estimate_label_shift(raw_valid, valid.y, pool_probs, prior)
-                raw_valid, raw_test = raw_shift.apply(raw_valid), raw_shift.apply(raw_test)
-            elif uncalibrated is not None:
-                raw_valid, raw_test = valid_probs, test_probs
-        facts["predict_seconds"] = round(time.time() - t0, 3)
-        model.save(model_dir)
-        if cal.method != "none":
-            save_calibrator(cal.calibrator, model_dir, cal.facts())
-        if uncalibrated is not None:
-            uncalibrated.update(valid=raw_valid, test=raw_test)
-    except (TrainingDivergedError, FloatingPointError) as exc:
-        facts["fit_seconds"] = round(time.time() - started, 3)
-        facts["fallback"] = (
-            f"{method_name} did not converge ({exc}); its predictions are replaced by the "
-            "training label frequencies (a no-skill baseline). Lower the learning rate, "
-            "change the seed or use more training rows."
-        )
-        shutil.rmtree(model_dir, ignore_errors=True)
-        valid_probs = label_prior(train, len(valid))
-        test_probs = label_prior(train, len(test_texts))
-        if uncalibrated is not None:
-            uncalibrated.update(valid=valid_probs, test=test_probs)
-    return np.clip(valid_probs, 0.0, 1.0), np.clip(test_probs, 0.0, 1.0), facts
+    issue_ids = {i for i in ids if i in data.fixes}
+    left_out = issue_ids if label_issues == "drop" else set()
+    rows = [row_of[i] for i in ids if i not in left_out]
+    absent = [data.labels[j] for j in np.flatnonzero(data.y[rows].sum(axis=0) == 0)]
+    return SliceRows(name, ids, issue_ids, rows, absent)
 
 
-def _builder(
+def train_runs(
+    data: TrainData,
     cfg: TrainConfig,
-    splits_ref: StageRef,
-    augmented: StageRef | None,
-    pseudo: StageRef | None,
-    adapted: StageRef | None,
-    quality: StageRef | None = None,
-):
-    def build(ctx: BuildContext) -> dict[str, Any]:
-        from label_pipeline.data import load_slices, load_splits, read_label_info, write_label_info
+    device: DeviceChoice,
+    encoder: str | None,
+    warnings: list[str],
+) -> Iterator[RunResult]:
+    """Fit every method of ``cfg`` on every slice of ``data`` (slice by slice, in the
+    configured order), each slice's runs followed by their average (see
+    ``TrainConfig.average_top``); notes for the summary go into ``warnings``.
 
-        log = stage_logger()
-        check_methods(cfg)
-        labels, multi_label = read_label_info(splits_ref.dir)
-        splits = load_splits(splits_ref.dir)
-        slices = load_slices(splits_ref.dir)
-        names = slice_names(cfg, slices, splits_ref.dir / "slices.json")
-        warnings: list[str] = [
-            f"slice {left!r} holds the same rows as slice {kept!r}: trained once, as {kept!r}"
-            for left, kept in repeated_slices(slices, names).items()
-        ]
-        for split in ("train", "valid", "test"):
-            if split not in splits:
-                raise InputDataError(f"{splits_ref.dir / 'splits'} has no {split!r} split")
-        tr_texts, tr_y, tr_ids = _texts_and_y(splits["train"], labels)
-        row_of = {i: r for r, i in enumerate(tr_ids)}
-        fixes = label_issue_fixes(quality, labels) if quality is not None else {}
-        tr_y = _relabel(tr_y, row_of, fixes, labels) if cfg.label_issues == "relabel" else tr_y
-        va_texts, va_y, _ = _texts_and_y(splits["valid"], labels)
-        te_texts, _, _ = _texts_and_y(splits["test"], labels)
-        valid = LabelledTexts(va_texts, va_y, labels, multi_label)
-        unlabeled = [str(t) for t in splits["unlabeled"]["text"]] if "unlabeled" in splits else []
-        shift_pool = _label_shift_pool(cfg, multi_label, unlabeled, warnings)
-
-        specs = [(spec, *parse_method(spec)) for spec in cfg.methods]
-        wants_aug = cfg.use_augmented or any("aug" in m for _, _, m in specs)
-        wants_pseudo = cfg.use_pseudo or any("pseudo" in m for _, _, m in specs)
-        if wants_aug and augmented is None:
-            raise ConfigError(
-                "train: augmented rows requested (use_augmented or a '+aug' method) but the "
-                "augment stage did not run; enable augment or drop the request"
+    Yields each run as it is done, so the caller saves one model before the next is fitted
+    (an average is made of saved members); a run's ``model`` is let go once the caller
+    resumes. Each fit has a scratch directory that lasts until then."""
+    log = stage_logger()
+    for slice_name in data.names:
+        rows = slice_rows(data, slice_name, cfg.label_issues)
+        if rows.absent:
+            msg = (
+                f"slice {slice_name!r} ({len(rows.rows)} rows) has no example of label(s) "
+                f"{rows.absent}: no method can learn them from this slice"
             )
-        if wants_pseudo and pseudo is None:
-            raise ConfigError(
-                "train: pseudo-labels requested (use_pseudo or a '+pseudo' method) but the "
-                "zero_shot stage did not run; enable zero_shot or drop the request"
-            )
-        aug = load_augmented(augmented) if wants_aug else None
-        pse = load_pseudo(pseudo, cfg.pseudo_min_confidence) if wants_pseudo else None
-        needs_encoder = any(b not in {"naive_bayes", "tfidf_nb"} for _, b, _ in specs)
-        encoder_dir, encoder_note = resolve_encoder(cfg, adapted) if needs_encoder else (None, "")
-        device = choose_device(cfg.device)
-
-        runs: list[dict[str, Any]] = []
-        with Progress(len(specs) * len(names), STAGE, "training", unit="runs") as progress:
-            for slice_name in names:
-                ids = slices[slice_name]
-                missing_ids = [i for i in ids if i not in row_of]
-                if missing_ids:
-                    raise InputDataError(
-                        f"{splits_ref.dir / 'slices.json'}: slice {slice_name!r} names "
-                        f"{len(missing_ids)} id(s) not in the train split (first: "
-                        f"{missing_ids[0]!r}); re-run the split stage"
-                    )
-                issue_ids = {i for i in ids if i in fixes}
-                left_out = issue_ids if cfg.label_issues == "drop" else set()
-                rows = [row_of[i] for i in ids if i not in left_out]
-                absent = [labels[j] for j in np.flatnonzero(tr_y[rows].sum(axis=0) == 0)]
-                if absent:
-                    msg = (
-                        f"slice {slice_name!r} ({len(rows)} rows) has no example of label(s) "
-                        f"{absent}: no method can learn them from this slice"
-                    )
-                    log.warning("train: %s", msg)
-                    warnings.append(msg)
-                for spec, base, mods in specs:
-                    train = _training_rows(
-                        tr_texts,
-                        tr_y,
-                        tr_ids,
-                        rows,
-                        labels,
-                        multi_label,
-                        aug if (cfg.use_augmented or "aug" in mods) else None,
-                        pse if (cfg.use_pseudo or "pseudo" in mods) else None,
-                        set(ids) - issue_ids,
-                        cfg.pseudo_weight,
-                    )
-                    run_dir = ctx.dir / "runs" / spec / slice_name
-                    run_dir.mkdir(parents=True)
-                    uncalibrated: dict[str, np.ndarray] = {}
-                    with tempfile.TemporaryDirectory(prefix="lp-train-") as work:
-                        fit_ctx = FitContext(
-                            device=device,
-                            seed=cfg.seed,
-                            encoder=encoder_dir,
-                            unlabeled_texts=unlabeled,
-                            work_dir=Path(work),
-                        )
-                        valid_probs, test_probs, facts = fit_and_predict(
-                            base,
-                            cfg.method_params.get(base, {}),
-                            train,
-                            valid,
-                            te_texts,
-                            fit_ctx,
-                            run_dir / "model",
-                            shift_pool,
-                            cfg.calibration,
-                            cfg.calibration_min_rows,
-                            uncalibrated,
-                        )
-                    if "fallback" in facts:
-                        log.warning("train: %s / %s: %s", spec, slice_name, facts["fallback"])
-                        warnings.append(f"{spec} / slice {slice_name}: {facts['fallback']}")
-                    fit_facts = {
-                        "method": spec,
-                        "base_method": base,
-                        "params": cfg.method_params.get(base, {}),
-                        "slice": slice_name,
-                        "slice_size": len(ids),
-                        "train_rows": len(train),
-                        "augmented_rows": int(train.info_aug),
-                        "pseudo_rows": int(train.info_pseudo),
-                        "labels_without_examples": absent,
-                        "label_issues": {"policy": cfg.label_issues, "rows": len(issue_ids)},
-                        "info": fit_ctx.info,
-                        **facts,
-                    }
-                    runs.append(
-                        _record_run(
-                            run_dir,
-                            fit_facts,
-                            {"valid": valid_probs, "test": test_probs},
-                            uncalibrated,
-                            va_y,
-                            cfg,
-                            multi_label,
-                            warnings,
-                        )
-                    )
-                    progress.update(1)
-                if shift_pool is None:
-                    average = average_run(
-                        ctx.dir,
-                        [r for r in runs if r["slice"] == slice_name],
-                        cfg,
-                        va_y,
-                        labels,
-                        multi_label,
-                        warnings,
-                    )
-                    if average is not None:
-                        runs.append(average)
-
-        write_label_info(ctx.dir, labels, multi_label)
-        (ctx.dir / "runs.json").write_text(json.dumps(_jsonable(runs), indent=2))
-        _write_summary(ctx.dir, cfg, runs, warnings, encoder_note, device.describe(), len(va_y))
-        return {
-            "label_issues": {"policy": cfg.label_issues, "flagged_training_rows": len(fixes)},
-            "runs": len(runs),
-            "methods": cfg.methods,
-            "slices": names,
-            "encoder": encoder_dir,
-            "encoder_choice": encoder_note,
-            "device": device.describe(),
-            "warnings": warnings,
-        }
-
-    return build
+            log.warning("train: %s", msg)
+            warnings.append(msg)
+        slice_runs = []
+        for spec in cfg.methods:
+            with tempfile.TemporaryDirectory(prefix="lp-train-") as work:
+                fit_ctx = FitContext(
+                    device=device,
+                    seed=cfg.seed,
+                    encoder=encoder,
+                    unlabeled_texts=data.unlabeled,
+                    work_dir=Path(work),
+                )
+                run = fit_run(data, cfg, rows, spec, fit_ctx, warnings)
+                yield run
+                run.model = None
+            slice_runs.append(run)
+        if data.shift_pool is None:
+            average = average_run(slice_runs, cfg, data, warnings)
+            if average is not None:
+                yield average
 
 
-def _record_run(
-    run_dir: Path,
+def fit_run(
+    data: TrainData,
+    cfg: TrainConfig,
+    rows: SliceRows,
+    spec: str,
+    ctx: FitContext,
+    warnings: list[str],
+) -> RunResult:
+    """Fit the method ``spec`` (with its modifiers) on one slice's rows, predict, calibrate
+    and tune its decision on valid."""
+    base, mods = parse_method(spec)
+    train = _training_rows(
+        data,
+        rows.rows,
+        data.augmented if (cfg.use_augmented or "aug" in mods) else None,
+        data.pseudo if (cfg.use_pseudo or "pseudo" in mods) else None,
+        set(rows.ids) - rows.issue_ids,
+        cfg.pseudo_weight,
+    )
+    fitted = fit_method(
+        base,
+        cfg.method_params.get(base, {}),
+        train,
+        data.valid,
+        data.test_texts,
+        ctx,
+        data.shift_pool,
+        cfg.calibration,
+        cfg.calibration_min_rows,
+    )
+    if "fallback" in fitted.facts:
+        stage_logger().warning("train: %s / %s: %s", spec, rows.name, fitted.facts["fallback"])
+        warnings.append(f"{spec} / slice {rows.name}: {fitted.facts['fallback']}")
+    fit_facts = {
+        "method": spec,
+        "base_method": base,
+        "params": cfg.method_params.get(base, {}),
+        "slice": rows.name,
+        "slice_size": len(rows.ids),
+        "train_rows": len(train),
+        "augmented_rows": int(train.info_aug),
+        "pseudo_rows": int(train.info_pseudo),
+        "labels_without_examples": rows.absent,
+        "label_issues": {"policy": cfg.label_issues, "rows": len(rows.issue_ids)},
+        "info": ctx.info,
+        **fitted.facts,
+    }
+    probs = {"valid": fitted.valid_probs, "test": fitted.test_probs}
+    run = score_run(
+        fit_facts, probs, fitted.uncalibrated, data.valid.y, cfg, data.multi_label, warnings
+    )
+    run.model, run.calibration = fitted.model, fitted.calibration
+    return run
+
+
+def score_run(
     fit_facts: dict[str, Any],
     probs: dict[str, np.ndarray],
     uncalibrated: dict[str, np.ndarray],
@@ -563,11 +777,11 @@ def _record_run(
     cfg: TrainConfig,
     multi_label: bool,
     warnings: list[str],
-) -> dict[str, Any]:
-    """Tune a fitted run's decision rule on valid, write its probabilities, ``decision.json``
-    and ``fit.json`` into ``run_dir`` and return its ``runs.json`` entry."""
+) -> RunResult:
+    """Tune a fitted run's decision rule on valid, score it there (calibration before and
+    after, micro/macro-F1) and make its ``runs.json`` entry."""
     spec, slice_name = fit_facts["method"], fit_facts["slice"]
-    valid_probs, test_probs = probs["valid"], probs["test"]
+    valid_probs = probs["valid"]
     decision = tune_decision(
         valid_probs,
         va_y,
@@ -579,28 +793,25 @@ def _record_run(
     decision.label_shift = fit_facts.get("label_shift")
     if decision.fallback:
         stage_logger().warning("train: %s / %s: %s", spec, slice_name, decision.note)
-    np.save(run_dir / "valid_probs.npy", valid_probs.astype(np.float32))
-    np.save(run_dir / "test_probs.npy", test_probs.astype(np.float32))
     cal_facts = fit_facts.get("calibration")
+    saved_uncalibrated: dict[str, np.ndarray] = {}
     if cal_facts is not None and len(va_y):
-        for split, raw in uncalibrated.items():
-            np.save(run_dir / f"{split}_probs_uncalibrated.npy", raw.astype(np.float32))
+        saved_uncalibrated = dict(uncalibrated)
         cal_facts["valid_before"] = calibration_scores(va_y, uncalibrated["valid"], multi_label)
         cal_facts["valid_after"] = calibration_scores(va_y, valid_probs, multi_label)
         for note in cal_facts["notes"]:
             if not note.startswith("no calibrator"):
                 warnings.append(f"{spec} / slice {slice_name}: calibration: {note}")
-    (run_dir / "decision.json").write_text(json.dumps(decision.to_json(), indent=2))
     valid_f1 = (
         f1_micro_macro(va_y, apply_decision(valid_probs, decision))
         if len(va_y)
         else {"micro_f1": None, "macro_f1": None}
     )
-    (run_dir / "fit.json").write_text(json.dumps(_jsonable(fit_facts), indent=2))
-    return {
+    run_dir = str(Path("runs") / spec / slice_name)
+    entry = {
         **{k: fit_facts[k] for k in ("method", "base_method", "slice", "slice_size")},
         "train_rows": fit_facts["train_rows"],
-        "dir": str(run_dir.relative_to(run_dir.parents[2])),
+        "dir": run_dir,
         "valid_micro_f1": valid_f1["micro_f1"],
         "valid_macro_f1": valid_f1["macro_f1"],
         "decision": decision.describe(),
@@ -611,6 +822,79 @@ def _record_run(
         "unlearnable": fit_facts["labels_without_examples"],
         "calibration": _calibration_entry(cal_facts),
     }
+    return RunResult(run_dir, fit_facts, probs, saved_uncalibrated, decision, entry)
+
+
+def write_run(stage_dir: Path, run: RunResult) -> None:
+    """Write one run into its directory under ``stage_dir`` (see :class:`RunResult`)."""
+    run_dir = stage_dir / run.dir
+    run_dir.mkdir(parents=True)
+    model_dir = run_dir / "model"
+    if run.model is not None:
+        _save_model(run.model, run.calibration, model_dir)
+    elif run.ensemble is not None:
+        from label_pipeline.methods.ensemble import MEMBERS_DIR
+        from label_pipeline.methods.finetune import write_method_meta
+
+        model_dir.mkdir()
+        write_method_meta(run.ensemble, model_dir)
+        for base, member_dir in run.members:
+            _link_tree(stage_dir / member_dir / "model", model_dir / MEMBERS_DIR / base)
+        if run.calibration is not None:
+            save_calibrator(run.calibration.calibrator, model_dir, run.calibration.facts())
+    np.save(run_dir / "valid_probs.npy", run.probs["valid"].astype(np.float32))
+    np.save(run_dir / "test_probs.npy", run.probs["test"].astype(np.float32))
+    for split, raw in run.uncalibrated.items():
+        np.save(run_dir / f"{split}_probs_uncalibrated.npy", raw.astype(np.float32))
+    (run_dir / "decision.json").write_text(json.dumps(run.decision.to_json(), indent=2))
+    (run_dir / "fit.json").write_text(json.dumps(_jsonable(run.facts), indent=2))
+
+
+def _builder(
+    cfg: TrainConfig,
+    splits_ref: StageRef,
+    augmented: StageRef | None,
+    pseudo: StageRef | None,
+    adapted: StageRef | None,
+    quality: StageRef | None = None,
+):
+    def build(ctx: BuildContext) -> dict[str, Any]:
+        from label_pipeline.data import write_label_info
+
+        check_methods(cfg)
+        warnings: list[str] = []
+        data = read_train_data(cfg, splits_ref, augmented, pseudo, quality, warnings)
+        needs_encoder = any(
+            parse_method(spec)[0] not in {"naive_bayes", "tfidf_nb"} for spec in cfg.methods
+        )
+        encoder_dir, encoder_note = resolve_encoder(cfg, adapted) if needs_encoder else (None, "")
+        device = choose_device(cfg.device)
+
+        runs: list[dict[str, Any]] = []
+        total = len(cfg.methods) * len(data.names)
+        with Progress(total, STAGE, "training", unit="runs") as progress:
+            for run in train_runs(data, cfg, device, encoder_dir, warnings):
+                write_run(ctx.dir, run)
+                runs.append(run.entry)
+                if run.ensemble is None:
+                    progress.update(1)
+
+        write_label_info(ctx.dir, data.labels, data.multi_label)
+        (ctx.dir / "runs.json").write_text(json.dumps(_jsonable(runs), indent=2))
+        n_valid = len(data.valid.y)
+        _write_summary(ctx.dir, cfg, runs, warnings, encoder_note, device.describe(), n_valid)
+        return {
+            "label_issues": {"policy": cfg.label_issues, "flagged_training_rows": len(data.fixes)},
+            "runs": len(runs),
+            "methods": cfg.methods,
+            "slices": data.names,
+            "encoder": encoder_dir,
+            "encoder_choice": encoder_note,
+            "device": device.describe(),
+            "warnings": warnings,
+        }
+
+    return build
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -647,38 +931,29 @@ def average_members(slice_runs: list[dict[str, Any]], top: int) -> list[dict[str
 
 
 def average_run(
-    stage_dir: Path,
-    slice_runs: list[dict[str, Any]],
-    cfg: TrainConfig,
-    va_y: np.ndarray,
-    labels: list[str],
-    multi_label: bool,
-    warnings: list[str],
-) -> dict[str, Any] | None:
-    """The ``average`` run of one slice (see ``TrainConfig.average_top``), or None.
+    slice_runs: list[RunResult], cfg: TrainConfig, data: TrainData, warnings: list[str]
+) -> RunResult | None:
+    """The ``average`` run of one slice's runs (see ``TrainConfig.average_top``), or None.
 
-    Its probabilities are the mean of the members' saved (calibrated) ones, calibrated again
-    on valid like every run (cross-fitted on valid, the calibrator fitted on all of valid for
-    test) and decided on valid. ``model/`` is an ``ensemble`` directory holding the members'
-    saved models, so ``load_saved("ensemble", model)`` gives the same probabilities."""
-    from label_pipeline.methods.ensemble import MEMBERS_DIR, Ensemble
-    from label_pipeline.methods.finetune import write_method_meta
+    Its probabilities are the mean of the members' saved (calibrated, float32) ones,
+    calibrated again on valid like every run (cross-fitted on valid, the calibrator fitted
+    on all of valid for test) and decided on valid. Its model is an ``ensemble`` of the
+    members' saved models, so ``load_saved("ensemble", model)`` gives the same
+    probabilities."""
+    from label_pipeline.methods.ensemble import Ensemble
 
+    va_y, labels, multi_label = data.valid.y, data.labels, data.multi_label
     if cfg.average_top < 2 or not len(va_y):
         return None
-    members = average_members(slice_runs, cfg.average_top)
+    members = average_members([r.entry for r in slice_runs], cfg.average_top)
     if not members:
         return None
     started = time.time()
     first = members[0]
-    run_dir = stage_dir / "runs" / AVERAGE / first["slice"]
-    run_dir.mkdir(parents=True)
+    probs_of = {r.dir: r.probs for r in slice_runs}
     raw = {
         split: np.mean(
-            [
-                np.load(stage_dir / m["dir"] / f"{split}_probs.npy").astype(np.float64)
-                for m in members
-            ],
+            [probs_of[m["dir"]][split].astype(np.float32).astype(np.float64) for m in members],
             axis=0,
         )
         for split in ("valid", "test")
@@ -693,16 +968,9 @@ def average_run(
         labels=labels,
         what=f"valid ({AVERAGE})",
     )
-    model_dir = run_dir / "model"
-    model_dir.mkdir()
     ensemble = Ensemble(members=[m["base_method"] for m in members])
     ensemble.label_names_, ensemble.multi_label_ = list(labels), multi_label
     ensemble.history_ = {"averaged_runs": [m["dir"] for m in members]}
-    write_method_meta(ensemble, model_dir)
-    for m in members:
-        _link_tree(stage_dir / m["dir"] / "model", model_dir / MEMBERS_DIR / m["base_method"])
-    if cal.method != "none":
-        save_calibrator(cal.calibrator, model_dir, cal.facts())
     facts: dict[str, Any] = {
         "method": AVERAGE,
         "base_method": Ensemble.name,
@@ -726,7 +994,11 @@ def average_run(
         facts["calibration"] = cal.facts()
     probs = {"valid": cal.valid_probs, "test": cal.calibrator.apply(raw["test"])}
     probs = {k: np.clip(v, 0.0, 1.0) for k, v in probs.items()}
-    return _record_run(run_dir, facts, probs, raw, va_y, cfg, multi_label, warnings)
+    run = score_run(facts, probs, raw, va_y, cfg, multi_label, warnings)
+    run.ensemble = ensemble
+    run.members = [(m["base_method"], m["dir"]) for m in members]
+    run.calibration = cal if cal.method != "none" else None
+    return run
 
 
 def _calibration_entry(cal: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -810,43 +1082,39 @@ class _TrainRows(LabelledTexts):
 
 
 def _training_rows(
-    texts: list[str],
-    y: np.ndarray,
-    ids: list[str],
+    data: TrainData,
     rows: list[int],
-    labels: list[str],
-    multi_label: bool,
-    aug: Any | None,
-    pseudo: Any | None,
+    aug: ExtraRows | None,
+    pseudo: ExtraRows | None,
     slice_ids: set[str],
     pseudo_weight: float,
 ) -> _TrainRows:
-    from label_pipeline.data import label_matrix
-
-    out_texts = [texts[r] for r in rows]
-    out_y = [y[rows]]
-    out_ids = [ids[r] for r in rows]
+    """A slice's training rows, joined by the augmented rows made from them and the
+    pseudo-labelled rows (weighted ``pseudo_weight``)."""
+    labels, multi_label = data.labels, data.multi_label
+    out_texts = [data.texts[r] for r in rows]
+    out_y = [data.y[rows]]
+    out_ids = [data.ids[r] for r in rows]
     weights = [np.ones(len(rows))]
     n_aug = n_pseudo = 0
-    if aug is not None and len(aug):
-        keep = [i for i, p in enumerate(aug["parent_id"]) if str(p) in slice_ids]
+    if aug is not None and len(aug.texts):
+        keep = [i for i, p in enumerate(aug.parent_ids) if p in slice_ids]
         if keep:
-            sub = aug.select(keep)
-            out_texts += [str(t) for t in sub["text"]]
-            out_y.append(label_matrix([list(x) for x in sub["labels"]], labels))
-            out_ids += [str(i) for i in (sub["id"] if "id" in sub.column_names else keep)]
+            out_texts += [aug.texts[i] for i in keep]
+            out_y.append(aug.y[keep])
+            out_ids += [aug.ids[i] for i in keep]
             weights.append(np.ones(len(keep)))
             n_aug = len(keep)
-    if pseudo is not None and len(pseudo):
-        out_texts += [str(t) for t in pseudo["text"]]
-        py = label_matrix([list(x) for x in pseudo["labels"]], labels)
+    if pseudo is not None and len(pseudo.texts):
+        out_texts += pseudo.texts
+        py = pseudo.y
         if not multi_label:  # one label per row: keep the first (the selected one)
             first = py.argmax(axis=1)
             py = np.eye(len(labels), dtype=np.int64)[first]
         out_y.append(py)
-        out_ids += [str(i) for i in pseudo["id"]]
-        weights.append(np.full(len(pseudo), pseudo_weight))
-        n_pseudo = len(pseudo)
+        out_ids += pseudo.ids
+        weights.append(np.full(len(pseudo.texts), pseudo_weight))
+        n_pseudo = len(pseudo.texts)
     weight = np.concatenate(weights)
     rows_out = _TrainRows(
         texts=out_texts,

@@ -261,3 +261,83 @@ def test_a_slice_with_the_same_rows_as_a_smaller_one_is_trained_once(tmp_path):
     )
     runs = json.loads((named.dir / "runs.json").read_text())
     assert sorted(r["slice"] for r in runs) == ["48", "all"]
+
+
+def _train_data(multi_label: bool = True):
+    """The train stage's inputs built in memory (no split stage directory)."""
+    from train_fixtures import labelled_rows
+
+    from label_pipeline.data import label_matrix
+    from label_pipeline.methods.base import LabelledTexts
+    from tasks.train import ExtraRows, TrainData
+
+    texts, labels, ids = labelled_rows("train", 48, multi_label, seed=1)
+    va_texts, va_labels, _ = labelled_rows("valid", 30, multi_label, seed=2)
+    te_texts, _, _ = labelled_rows("test", 30, multi_label, seed=3)
+    aug_parents = [ids[0], ids[3], ids[40]]  # ids[40] is not in slice 8
+    return TrainData(
+        labels=LABELS,
+        multi_label=multi_label,
+        slices={"8": ids[:8], "all": ids},
+        names=["8", "all"],
+        texts=texts,
+        y=label_matrix(labels, LABELS),
+        ids=ids,
+        valid=LabelledTexts(va_texts, label_matrix(va_labels, LABELS), LABELS, multi_label),
+        test_texts=te_texts,
+        augmented=ExtraRows(
+            texts=["crash error broken"] * 3,
+            y=label_matrix([["bug"]] * 3, LABELS),
+            ids=["a0", "a1", "a2"],
+            parent_ids=aug_parents,
+        ),
+    )
+
+
+def test_train_runs_fits_scores_and_averages_from_data_in_memory(tmp_path):
+    """The stage's compute part: runs in order, each slice's average of its best runs, the
+    models handed over one at a time; nothing is written until the caller writes a run."""
+    from label_pipeline.devices import DeviceConfig, choose_device
+    from label_pipeline.methods.base import load_saved
+    from tasks.train import train_runs, write_run
+
+    data = _train_data()
+    cfg = TrainConfig(methods=[*FAST, "naive_bayes+aug"], calibration="none", average_top=2)
+    warnings: list[str] = []
+    runs = train_runs(data, cfg, choose_device(DeviceConfig(device="cpu")), None, warnings)
+    first = next(runs)
+    assert first.dir == "runs/naive_bayes/8" and first.model is not None
+    assert not list(tmp_path.iterdir())
+    write_run(tmp_path, first)
+    saved = load_saved("naive_bayes", tmp_path / first.dir / "model")
+    np.testing.assert_allclose(saved.predict_proba(data.test_texts), first.probs["test"], atol=1e-6)
+    rest = list(runs)
+    assert first.model is None  # let go once the next run was asked for
+    got = [(r.entry["method"], r.entry["slice"]) for r in [first, *rest]]
+    assert got == [(m, s) for s in ("8", "all") for m in [*cfg.methods, "average"]]
+    by = {(r.entry["method"], r.entry["slice"]): r for r in [first, *rest]}
+    assert by["naive_bayes+aug", "8"].facts["augmented_rows"] == 2  # parents in slice 8
+    assert by["naive_bayes+aug", "8"].facts["train_rows"] == 10
+    assert by["naive_bayes+aug", "all"].facts["augmented_rows"] == 3
+    average = by["average", "all"]
+    members = [by[m["method"], "all"] for m in average.facts["info"]["members"]]
+    assert len(members) == 2 and average.ensemble is not None
+    assert [b for b, _ in average.members] == [m.entry["base_method"] for m in members]
+    mean = np.mean([m.probs["test"].astype(np.float32) for m in members], axis=0)
+    np.testing.assert_allclose(average.probs["test"], mean, atol=1e-6)
+    assert max(r.entry["valid_micro_f1"] for r in rest if r.entry["slice"] == "all") >= 0.9
+    assert warnings == []
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+
+
+def test_fit_method_falls_back_to_the_label_prior_without_a_model(diverging_method):
+    from label_pipeline.methods.base import FitContext, LabelledTexts
+    from tasks.train import fit_method
+
+    data = _train_data(multi_label=False)
+    train = LabelledTexts(data.texts, data.y, LABELS, False)
+    fitted = fit_method("test_diverges", {}, train, data.valid, data.test_texts, FitContext())
+    assert fitted.model is None and "did not converge" in fitted.facts["fallback"]
+    prior = data.y.mean(axis=0)
+    np.testing.assert_allclose(fitted.test_probs, np.tile(prior / prior.sum(), (30, 1)))
+    assert set(fitted.uncalibrated) == {"valid", "test"} and fitted.calibration is None

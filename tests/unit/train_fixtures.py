@@ -98,3 +98,21 @@ def splits_ref(directory: Path):
     from label_pipeline.store import StageRef
 
     return StageRef(stage="split", fingerprint=f"test-{Path(directory).name}", path=str(directory))
+
+
+def labelled_rows(
+    split: str, n: int, multi_label: bool = True, seed: int = 0
+) -> tuple[list[str], list[list[str]], list[str]]:
+    """``n`` separable rows of ``split`` as plain lists: texts, label lists, ids (the rows
+    :func:`make_splits_dir` writes, for tests that call a stage's compute part directly)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        first = LABELS[i % len(LABELS)]
+        labels = (
+            sorted({first, LABELS[(i + 1) % len(LABELS)]})
+            if multi_label and i % 5 == 0
+            else [first]
+        )
+        rows.append(_row(i, labels, rng, split))
+    return [r["text"] for r in rows], [r["labels"] for r in rows], [r["id"] for r in rows]
