@@ -12,9 +12,11 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from label_pipeline.config_schema import form_schema
 from label_pipeline.devices import DeviceConfig
 from label_pipeline.errors import ConfigError
 from label_pipeline.failures import config_error
@@ -38,8 +40,11 @@ class PipelineConfig(BaseModel):
     """Everything a ``label-pipeline`` run needs.
 
     Attributes:
-        store: root of the stage store (a local directory); every stage writes
-            ``<store>/<stage>/<fingerprint>/``.
+        store: root of the stage store, a local directory or an fsspec URL
+            (``s3://bucket/store``); every stage writes ``<store>/<stage>/<fingerprint>/``.
+            Left at ``.store``, a run uses the shared store named by the environment variable
+            ``LABEL_PIPELINE_STORE`` or else the Prefect Variable ``label_pipeline_store``
+            when either is set, else ``.store`` in the working directory.
         reports_dir: where ``<run_name>/report.md`` and figures are written.
         run_name: names the report folder; default: derived from the input and time.
         refresh: stage names to recompute even when cached (``["all"]`` for every stage).
@@ -147,3 +152,44 @@ class PipelineConfig(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise config_error(exc, str(path), cls) from None
+
+
+#: the run form in the Prefect UI: the settings a user changes most come first, by section
+#: (``""`` is the top level); the other fields follow in class order
+FORM_FIRST: dict[str, list[str]] = {
+    "": ["ingest", "train", "split", "review", "device", "store", "suggest", "run_name"],
+    "ingest": [
+        "path",
+        "format",
+        "text_column",
+        "text_columns",
+        "label_column",
+        "label_separator",
+        "multi_label",
+        "id_column",
+        "split_column",
+        "extra_labels",
+        "label_fixes",
+    ],
+    "train": ["methods", "slices"],
+    "split": ["slice_sizes", "seed"],
+    "review": ["after"],
+    "device": ["device", "allow_cpu_fallback", "batch_size_gpu", "batch_size_cpu"],
+}
+
+
+def form_hidden() -> list[str]:
+    """The stages' own device settings: the form shows the pipeline's ``device`` once (a stage
+    without its own device settings gets the pipeline's). A config file, the CLI and the API
+    may still set ``<stage>.device``."""
+    return [
+        f"{name}.device"
+        for name, info in PipelineConfig.model_fields.items()
+        if name != "device" and "device" in getattr(info.annotation, "model_fields", {})
+    ]
+
+
+def run_form_schema() -> dict[str, Any]:
+    """The JSON schema of the flow's ``config`` parameter as the Prefect UI shows it: every
+    field with its own description and default, most-changed fields first, device once."""
+    return form_schema(PipelineConfig, first=FORM_FIRST, hidden=form_hidden())

@@ -10,16 +10,16 @@ changed. Every stage is a plain function in ``tasks/``; this file only wires the
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 # A fresh Prefect home migrates its database on the first start of the temporary API
 # server, which takes longer than Prefect's 20 s default on a small machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 from prefect import flow  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
+from pydantic import ValidationError, WithJsonSchema  # noqa: E402
 
-from flows.config import PipelineConfig
+from flows.config import PipelineConfig, run_form_schema
 from label_pipeline.devices import choose_device
 from label_pipeline.failures import (
     DEBUG_ENV,
@@ -28,7 +28,13 @@ from label_pipeline.failures import (
     report_user_errors,
 )
 from label_pipeline.orchestration import stage_task
-from label_pipeline.progress import stage_logger
+from label_pipeline.progress import quiet_progress_bars, stage_logger
+from label_pipeline.run_settings import (
+    changed_settings,
+    set_settings,
+    shared_store,
+    with_deployment_settings,
+)
 from label_pipeline.runners import run_with_runner
 from label_pipeline.store import StageRef, StageStore
 from label_pipeline.temp_server import guard_temporary_server, stop_temporary_server
@@ -65,8 +71,14 @@ suggest_task = stage_task(suggest.run_suggest, suggest.SPEC)
 
 
 def with_device(stage_cfg: Any, device: Any) -> Any:
-    """Give a model stage the pipeline's device settings unless its config sets its own."""
-    if "device" in type(stage_cfg).model_fields and "device" not in stage_cfg.model_fields_set:
+    """Give a model stage the pipeline's device settings unless its config sets its own (a
+    stage device equal to the defaults, as a form that fills in every default sends, counts
+    as not set)."""
+    fields = type(stage_cfg).model_fields
+    if "device" not in fields:
+        return stage_cfg
+    own = "device" in stage_cfg.model_fields_set
+    if not own or stage_cfg.device == fields["device"].annotation():
         return stage_cfg.model_copy(update={"device": device})
     return stage_cfg
 
@@ -182,16 +194,48 @@ def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
     return dict(run.refs)
 
 
+def run_config(config: PipelineConfig) -> PipelineConfig:
+    """The settings a run uses: in a deployment run, the deployment's ``config`` with the
+    run's changes merged in field by field (Prefect itself replaces the whole parameter);
+    the store from ``$LABEL_PIPELINE_STORE`` or the Prefect Variable ``label_pipeline_store``
+    when the config leaves it at its default. Logs what the run changed and every setting
+    that differs from the defaults."""
+    logger = stage_logger()
+    given = set_settings(config)
+    cfg, deployment = with_deployment_settings(config, "config")
+    if deployment is not None:
+        logger.info(
+            "settings: deployment %r, this run changes %s",
+            deployment,
+            ", ".join(given) if given else "nothing",
+        )
+    store, source = shared_store(cfg.store)
+    if store != cfg.store:
+        cfg = cfg.model_copy(update={"store": store})
+    logger.info("store: %s (%s)", cfg.store, source)
+    changed = changed_settings(cfg)
+    logger.info("settings that differ from the defaults: %s", ", ".join(changed) or "none")
+    return cfg
+
+
 # log_prints stays off: it reroutes print(), which breaks libraries that capture stdout
 @flow(name="label-pipeline", log_prints=False, validate_parameters=True)
-def label_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:  # noqa: B008
+def label_pipeline(
+    config: Annotated[PipelineConfig, WithJsonSchema(run_form_schema())] = PipelineConfig(),  # noqa: B008
+) -> dict[str, Any]:
     """Ingest, clean, split, (augment, zero-shot, adapt), train, evaluate, label, report.
+
+    Args:
+        config: the run's settings, every one optional. In a deployment run the fields given
+            here are merged one by one onto the deployment's config: a run that sets one field
+            keeps every other setting of its deployment.
 
     Returns the stage references (fingerprint and directory of every stage output) and
     the report directory.
     """
-    cfg = config
     quiet_user_error_tracebacks()  # Prefect logs a user error's message, not its traceback
+    quiet_progress_bars()  # a worker's log gets no terminal bars (the progress artifacts stay)
+    cfg = run_config(config)
     # fail fast, before any stage, on a worker without the GPU the run asks for
     device = choose_device(cfg.device)
     stage_logger().info("device: %s; task runner: %s", device.describe(), cfg.runner.kind)

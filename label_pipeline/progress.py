@@ -12,6 +12,38 @@ from label_pipeline.artifacts import artifact_key, in_prefect_run
 
 log = logging.getLogger("label_pipeline.progress")
 
+#: set by :func:`quiet_progress_bars`: no terminal bars (the progress artifact and the ETA
+#: log lines stay)
+_BARS_OFF = False
+
+
+def quiet_progress_bars(force: bool = False) -> bool:
+    """Turn off the terminal progress bars (ours and those of ``datasets``, ``transformers``
+    and ``huggingface_hub``, e.g. one "Saving the dataset" bar per shard) when stderr is not
+    a terminal, as in a Prefect worker, whose log would fill with them. Returns whether they
+    are off. The progress artifact and the ETA log lines are unaffected."""
+    global _BARS_OFF
+    import sys
+
+    if not force and sys.stderr is not None and sys.stderr.isatty():
+        return False
+    _BARS_OFF = True
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        import datasets
+
+        datasets.disable_progress_bars()
+    with contextlib.suppress(Exception):
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return True
+
 
 class Progress:
     """Count work done towards ``total`` units.
@@ -38,7 +70,12 @@ class Progress:
     def __enter__(self) -> Progress:
         self._started = self._last_log = time.time()
         self._bar = tqdm(
-            total=self.total, desc=self.desc, unit=self.unit, leave=False, mininterval=1.0
+            total=self.total,
+            desc=self.desc,
+            unit=self.unit,
+            leave=False,
+            mininterval=1.0,
+            disable=_BARS_OFF,
         )
         if in_prefect_run():
             try:

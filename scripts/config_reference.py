@@ -4,7 +4,8 @@ the pydantic models.
 Each section is one config class (the top level, then every nested model where it first
 appears, depth first); each field gets its type, its default and its description. The description
 is the field's ``Field(description=...)`` where it has one, else the field's entry in the
-``Attributes:`` section of its class docstring (or of a base class's docstring).
+``Attributes:`` section of its class docstring (or of a base class's docstring), parsed by
+``label_pipeline.config_schema``, which gives the Prefect run form the same descriptions.
 
     python scripts/config_reference.py            # rewrite docs/config.md
     python scripts/config_reference.py --check    # exit 1 when docs/config.md is stale
@@ -16,20 +17,30 @@ file is current.
 from __future__ import annotations
 
 import argparse
-import enum
-import inspect
 import json
-import re
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from label_pipeline.config_schema import (  # noqa: E402
+    attribute_docs,
+    field_description,
+    model_in,
+    plain,
+    rst_to_markdown,
+    summary_line,
+    type_name,
+)
+
+# the docstring parser is the library's (the Prefect run form reads the same descriptions)
+__all__ = ["attribute_docs", "field_description", "render", "rst_to_markdown", "type_name"]
+
 OUTPUT = ROOT / "docs" / "config.md"
 
 HEADER = """# Configuration reference
@@ -45,132 +56,6 @@ same settings as the flow's parameters. Nested settings are written as nested ma
 is described once and linked.
 """
 
-_ATTR_HEADING = re.compile(r"^Attributes\b[^\n]*:\s*$")
-_ENTRY = re.compile(r"^(?P<names>[A-Za-z_][\w ,/]*?):(?:\s+(?P<text>.*))?$")
-
-
-# --- docstrings ----------------------------------------------------------------------------
-
-
-def attribute_docs(cls: type) -> dict[str, str]:
-    """The ``Attributes:`` entries of ``cls``'s docstring, by field name (one line each).
-
-    An entry may name several fields (``batch_size_cpu / batch_size_gpu: ...``); its
-    continuation lines are indented deeper than the entry. Lines at the section's own
-    indentation or shallower end it.
-    """
-    doc = cls.__dict__.get("__doc__")
-    if not doc:
-        return {}
-    lines = inspect.cleandoc(doc).splitlines()
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(lines) and not _ATTR_HEADING.match(lines[i].strip()):
-        i += 1
-    if i == len(lines):
-        return out
-    head_indent = len(lines[i]) - len(lines[i].lstrip())
-    entry_indent: int | None = None
-    names: list[str] = []
-    text: list[str] = []
-
-    def flush() -> None:
-        if names:
-            joined = " ".join(t for t in text if t)
-            for name in names:
-                out.setdefault(name, joined)
-
-    for line in lines[i + 1 :]:
-        if not line.strip():
-            continue
-        indent = len(line) - len(line.lstrip())
-        if indent <= head_indent:
-            break
-        if entry_indent is None:
-            entry_indent = indent
-        if indent == entry_indent:
-            match = _ENTRY.match(line.strip())
-            if match is None:
-                break
-            flush()
-            names = [n.strip() for n in re.split(r"[,/]", match["names"]) if n.strip()]
-            text = [(match["text"] or "").strip()]
-        elif indent > entry_indent:
-            text.append(line.strip())
-        else:
-            break
-    flush()
-    return out
-
-
-def field_description(model: type[BaseModel], name: str) -> str:
-    """The field's ``Field(description=...)``, else its docstring entry along the MRO."""
-    info = model.model_fields[name]
-    if info.description:
-        return " ".join(info.description.split())
-    for cls in model.__mro__:
-        if cls is BaseModel or not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-            continue
-        docs = attribute_docs(cls)
-        if name in docs:
-            return docs[name]
-    return ""
-
-
-def rst_to_markdown(text: str) -> str:
-    """Docstring markup to markdown: ````x```` → `x`, ``:class:`X``` → `X`."""
-    text = re.sub(r":(?:class|func|meth|mod|attr|data|obj):`~?([^`]+)`", r"`\1`", text)
-    return re.sub(r"``([^`]+)``", r"`\1`", text)
-
-
-# --- types and defaults ---------------------------------------------------------------------
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds (``X``, ``X | None``), if any."""
-    candidates = [annotation, *typing.get_args(annotation)]
-    for t in candidates:
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            return t
-    return None
-
-
-def type_name(annotation: Any) -> str:
-    """A short, stable spelling of a field's type (``"a" | "b"`` for a ``Literal``)."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is type(None):
-        return "None"
-    if origin is typing.Literal:
-        return " | ".join(json.dumps(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(type_name(a) for a in args)
-    if origin is typing.Annotated:
-        return type_name(args[0])
-    if origin is not None:
-        base = getattr(origin, "__name__", str(origin))
-        return f"{base}[{', '.join(type_name(a) for a in args)}]" if args else base
-    if annotation is Any:
-        return "Any"
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [_plain(v) for v in value]
-        return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
 
 def default_text(model: type[BaseModel], name: str) -> str:
     info = model.model_fields[name]
@@ -183,7 +68,7 @@ def default_text(model: type[BaseModel], name: str) -> str:
     if isinstance(value, BaseModel):
         return "see section"
     try:
-        return json.dumps(_plain(value), ensure_ascii=False)
+        return json.dumps(plain(value), ensure_ascii=False)
     except TypeError:
         return repr(value)
 
@@ -203,17 +88,12 @@ def sections(root: type[BaseModel]) -> list[tuple[type[BaseModel], list[str]]]:
         order.append(model)
         paths[model] = [path]
         for name, info in model.model_fields.items():
-            sub = _model_in(info.annotation)
+            sub = model_in(info.annotation)
             if sub is not None:
                 visit(sub, f"{path}.{name}" if path else name)
 
     visit(root, "")
     return [(m, paths[m]) for m in order]
-
-
-def summary_line(model: type[BaseModel]) -> str:
-    """The first paragraph of a model's docstring, on one line."""
-    return " ".join((inspect.getdoc(model) or "").split("\n\n")[0].split())
 
 
 def anchor(model: type[BaseModel]) -> str:
@@ -247,7 +127,7 @@ def render(root: type[BaseModel] | None = None) -> str:
         parts.append("| field | type | default | description |")
         parts.append("|---|---|---|---|")
         for name, info in model.model_fields.items():
-            sub = _model_in(info.annotation)
+            sub = model_in(info.annotation)
             if sub is not None:
                 typ = f"[{sub.__name__}](#{anchor(sub)})"
             else:
@@ -284,6 +164,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     raise SystemExit(main())
