@@ -63,6 +63,8 @@ def publish_markdown(stage: str, name: str, markdown: str, description: str = ""
 
 
 def publish_link(stage: str, path: str | Path, description: str = "") -> None:
+    """A link artifact to a stage directory (``file://``: only useful on the worker's own
+    machine; :func:`publish_stage` publishes the directory as text instead)."""
     if not in_prefect_run():
         return
     from prefect.artifacts import create_link_artifact
@@ -87,11 +89,55 @@ def publish_image(stage: str, name: str, png_path: str | Path, caption: str = ""
     if not in_prefect_run() or not p.is_file():
         return
     data = base64.b64encode(p.read_bytes()).decode()
+    # the figure itself, no path: the worker's disk is not where the reader is
     publish_markdown(
-        stage,
-        name,
-        f"### {caption or p.name}\n\n![{p.name}](data:image/png;base64,{data})\n\n`{p}`",
+        stage, name, f"### {caption or p.name}\n\n![{p.stem}](data:image/png;base64,{data})\n"
     )
+
+
+def _heading(stage: str, summary_md: str) -> tuple[str, str]:
+    """The summary's own first heading (or ``# <stage>``) and the rest of it."""
+    text = summary_md.lstrip("\n")
+    first, _, rest = text.partition("\n")
+    if re.match(r"#{1,6} ", first):
+        return first, rest.lstrip("\n")
+    return f"# {stage}", text
+
+
+def cache_note(manifest: dict[str, Any] | None) -> str:
+    """The line heading a cached stage's summary: a cache hit, and the run that built it."""
+    manifest = manifest or {}
+    built = manifest.get("flow_run") or {}
+    when = manifest.get("created")
+    host = manifest.get("host")
+    note = "**Cache hit**: nothing recomputed in this run"
+    if not (built.get("id") or when or host):
+        return note
+    if built.get("id"):
+        name = built.get("name") or built["id"]
+        # a relative link: it opens in the UI the reader is using, whatever its host
+        by = [f"built by flow run [{name}](/runs/flow-run/{built['id']})"]
+    else:
+        by = ["built"]
+    if when:
+        by.append(f"at {when}")
+    if host:
+        by.append(f"on `{host}`")
+    return f"{note}; {' '.join(by)}."
+
+
+def where_text(stage: str, ref_path: str | Path, manifest: dict[str, Any] | None) -> str:
+    """The stage directory as text: where it is, in which store, and how to open it."""
+    manifest = manifest or {}
+    p = Path(ref_path)
+    lines = [f"- directory: `{p}`"]
+    if manifest.get("store"):
+        lines.append(f"- store: `{manifest['store']}`")
+    if manifest.get("fingerprint"):
+        lines.append(f"- fingerprint: `{manifest['fingerprint']}`")
+    if manifest.get("host"):
+        lines.append(f"- built on: `{manifest['host']}`")
+    return "\n".join(lines) + "\n"
 
 
 def publish_stage(
@@ -100,13 +146,27 @@ def publish_stage(
     summary_md: str,
     sample_rows: list[dict[str, Any]] | None = None,
     cached: bool = False,
+    manifest: dict[str, Any] | None = None,
 ) -> None:
-    """The standard trio every stage publishes: sample table, markdown summary, directory link."""
-    header = f"## {stage}\n\n" + ("_cache hit: nothing recomputed_\n\n" if cached else "")
-    publish_markdown(stage, "summary", header + summary_md, description=f"{stage} summary")
+    """What every stage publishes: its markdown summary (headed as a cache hit, naming the run
+    that built it, when nothing was recomputed), a table of sample rows, and ``<stage>-dir``:
+    the stage directory as text (a ``file://`` link would only open on the worker)."""
+    heading, body = _heading(stage, summary_md)
+    parts = [heading]
+    if cached:
+        parts.append(cache_note(manifest))
+    parts.append(body.rstrip() + "\n" if body.strip() else "")
+    parts.append("### Where\n\n" + where_text(stage, ref_path, manifest))
+    markdown = "\n\n".join(x for x in parts if x)
+    publish_markdown(stage, "summary", markdown, description=f"{stage} summary")
     if sample_rows:
         publish_table(stage, "sample", sample_rows, description=f"{stage}: sample rows")
-    publish_link(stage, ref_path)
+    publish_markdown(
+        stage,
+        "dir",
+        f"## {stage}: stage directory\n\n" + where_text(stage, ref_path, manifest),
+        description=f"{stage}: where its outputs are",
+    )
 
 
 def num(v: Any, digits: int = 3) -> str:

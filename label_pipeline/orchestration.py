@@ -10,27 +10,54 @@ the stage directory; :func:`stage_task` publishes them.
 The Prefect cache key of a stage task is its store fingerprint (:func:`cache_key`, from the
 same ``SPEC``), so an unchanged re-run is answered by Prefect's cache without running the
 task at all; when the stage directory is missing (deleted store, refresh asked), the task
-runs again.
+runs again. A cached stage publishes its artifacts again (from the flow run), its summary
+headed as a cache hit naming the run that built it, so every run's page shows every stage.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from label_pipeline.artifacts import publish_image, publish_stage
+from label_pipeline.artifacts import in_prefect_run, publish_image, publish_stage, publish_table
 from label_pipeline.failures import quiet_user_error_tracebacks
+from label_pipeline.stage_views import confidence_rows, label_counts
 from label_pipeline.store import StageRef, StageSpec, StageStore, fingerprint_of
+
+log = logging.getLogger(__name__)
 
 
 def publish_stage_dir(ref: StageRef) -> None:
-    """Publish the summary, sample table, figures and link a stage wrote into its directory."""
+    """Publish what a stage wrote into its directory: the summary (a cache hit names the run
+    that built it), the sample table, the rows per label and split, the most and least
+    confident rows per label (a stage with ``prob_<label>`` columns), the figures, and the
+    directory as text. Never fails the stage: the UI is a view."""
     d = ref.dir
+    try:
+        manifest = ref.manifest() if (d / "manifest.json").is_file() else {}
+    except (OSError, ValueError):
+        manifest = {}
+    manifest = {**manifest, "store": ref.store or str(d.parent.parent)}
     summary = (d / "summary.md").read_text() if (d / "summary.md").is_file() else ""
     sample = json.loads((d / "sample.json").read_text()) if (d / "sample.json").is_file() else None
-    publish_stage(ref.stage, d, summary, sample, cached=ref.cached)
+    publish_stage(ref.stage, d, summary, sample, cached=ref.cached, manifest=manifest)
+    try:
+        counts = label_counts(d)
+        if counts:
+            publish_table(ref.stage, "counts", counts, description=f"{ref.stage}: rows per label")
+        confident = confidence_rows(d)
+        if confident:
+            publish_table(
+                ref.stage,
+                "confidence",
+                confident,
+                description=f"{ref.stage}: most and least confident rows per label",
+            )
+    except Exception as exc:  # never fail a stage over its view
+        log.warning("%s: no counts or confidence table: %s", ref.stage, exc)
     for png in sorted((d / "figures").glob("*.png")) if (d / "figures").is_dir() else []:
         publish_image(ref.stage, png.stem, png, caption=png.stem.replace("_", " "))
 
@@ -72,6 +99,9 @@ def stage_task(
         ref = state.result()  # re-raises the stage's error
         if state.name == "Cached":  # answered by Prefect's cache: no stage work at all
             ref = ref.model_copy(update={"cached": True})
+            # the task body did not run, so publish here: every run shows every stage
+            if in_prefect_run():
+                publish_stage_dir(store.localize(ref))
         return ref
 
     call.task = base  # type: ignore[attr-defined]
