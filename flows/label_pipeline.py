@@ -28,6 +28,7 @@ from label_pipeline.failures import (
     report_user_errors,
 )
 from label_pipeline.orchestration import stage_task
+from label_pipeline.outcome import result_lines
 from label_pipeline.progress import quiet_progress_bars, stage_logger
 from label_pipeline.run_settings import (
     changed_settings,
@@ -304,6 +305,7 @@ def _run_cli(args: Any) -> None:
             print(f"{stage:>10}: {ref['path']}{'  (cached)' if ref['cached'] else ''}")
     if result.get("report"):
         print(f"{'report':>10}: {result['report']}")
+    print("\n".join(result_lines(result)))  # the result in three lines, last
 
 
 if __name__ == "__main__":
