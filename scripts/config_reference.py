@@ -6,6 +6,8 @@ appears, depth first); each field gets its type, its default and its description
 is the field's ``Field(description=...)`` where it has one, else the field's entry in the
 ``Attributes:`` section of its class docstring (or of a base class's docstring), parsed by
 ``label_pipeline.config_schema``, which gives the Prefect run form the same descriptions.
+A last part, "Method settings", gives every registered classification method's settings
+model (``train.method_params.<method>``) the same way.
 
     python scripts/config_reference.py            # rewrite docs/config.md
     python scripts/config_reference.py --check    # exit 1 when docs/config.md is stale
@@ -104,6 +106,35 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _table(model: type[BaseModel]) -> list[str]:
+    """The field table of ``model``: name, type, default, description."""
+    rows = ["| field | type | default | description |", "|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        sub = model_in(info.annotation)
+        if sub is not None:
+            typ = f"[{sub.__name__}](#{anchor(sub)})"
+        else:
+            typ = f"`{_cell(type_name(info.annotation))}`"
+        default = default_text(model, name)
+        default = default if default == "see section" else f"`{_cell(default)}`"
+        desc = field_description(model, name) or (summary_line(sub) if sub else "")
+        desc = _cell(rst_to_markdown(desc)) or "—"
+        rows.append(f"| `{name}` | {typ} | {default} | {desc} |")
+    return rows
+
+
+def method_settings() -> list[tuple[str, type, type[BaseModel]]]:
+    """Every method of ``label_pipeline.methods`` with a settings model: (name, method class,
+    settings model); methods registered from elsewhere (tests, plugins) are left out."""
+    from label_pipeline.methods import METHODS
+
+    return [
+        (name, cls, cls.Settings)
+        for name, cls in METHODS.members().items()
+        if cls.Settings is not None and cls.__module__.startswith("label_pipeline.methods.")
+    ]
+
+
 def render(root: type[BaseModel] | None = None) -> str:
     """The whole ``docs/config.md`` text for ``root`` (default: ``PipelineConfig``)."""
     if root is None:
@@ -112,10 +143,16 @@ def render(root: type[BaseModel] | None = None) -> str:
         root = PipelineConfig
     parts = [HEADER]
     all_sections = sections(root)
+    methods = method_settings()
     parts.append("## Sections\n")
     for model, paths in all_sections:
         where = ", ".join(f"`{p}`" for p in paths if p) or "top level"
         parts.append(f"- [{model.__name__}](#{anchor(model)}): {where}")
+    if methods:
+        names = ", ".join(f"[{name}](#{name})" for name, _, _ in methods)
+        parts.append(
+            f"- [Method settings](#method-settings): `train.method_params.<method>` ({names})"
+        )
     parts.append("")
     for model, paths in all_sections:
         parts.append(f"## {model.__name__}\n")
@@ -124,20 +161,22 @@ def render(root: type[BaseModel] | None = None) -> str:
         lead = f"{summary} " if summary else ""
         lead += f"Set at {where}." if where else "The top level of a config file."
         parts.append(lead + "\n")
-        parts.append("| field | type | default | description |")
-        parts.append("|---|---|---|---|")
-        for name, info in model.model_fields.items():
-            sub = model_in(info.annotation)
-            if sub is not None:
-                typ = f"[{sub.__name__}](#{anchor(sub)})"
-            else:
-                typ = f"`{_cell(type_name(info.annotation))}`"
-            default = default_text(model, name)
-            default = default if default == "see section" else f"`{_cell(default)}`"
-            desc = field_description(model, name) or (summary_line(sub) if sub else "")
-            desc = _cell(rst_to_markdown(desc)) or "—"
-            parts.append(f"| `{name}` | {typ} | {default} | {desc} |")
+        parts.extend(_table(model))
         parts.append("")
+    if methods:
+        parts.append("## Method settings\n")
+        parts.append(
+            "The settings of each method under `train.method_params.<method>` (e.g. "
+            "`train: {method_params: {finetune: {epochs: 4}}}`), checked as the config loads: "
+            "an unknown or invalid setting fails naming `train.method_params.<method>.<setting>`.\n"
+        )
+        for name, cls, model in methods:
+            parts.append(f"### {name}\n")
+            summary = rst_to_markdown(summary_line(cls))
+            lead = f"{summary} " if summary else ""
+            parts.append(f"{lead}Set at `train.method_params.{name}`.\n")
+            parts.extend(_table(model))
+            parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -70,7 +70,8 @@ class TrainConfig(BaseModel):
             ``+aug`` / ``+pseudo`` modifiers (e.g. ``naive_bayes+aug``). Default: the four
             baselines, ``hybrid``, ``finetune`` and ``prototype`` (the last measured on
             NLBSE'24 issue reports, where it is the best model at 16 rows per label).
-        method_params: constructor keyword arguments per base method name.
+        method_params: settings per base method name (each method's in "Method settings" of
+            ``docs/config.md``), checked as the config loads.
         slices: training slices (keys of the split stage's ``slices.json``, e.g. ``"8"``,
             ``"all"``); ``["*"]`` = every slice.
         use_augmented: add the augment stage's rows whose ``parent_id`` is in the slice.

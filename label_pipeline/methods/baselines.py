@@ -142,8 +142,10 @@ class NaiveBayesSettings(MethodSettings):
 
 @register
 class NaiveBayes(_SklearnTextMethod):
-    """Token counts + multinomial Naive Bayes (the classic few-label baseline; settings:
-    :class:`NaiveBayesSettings`)."""
+    """Token counts + multinomial Naive Bayes (the classic few-label baseline).
+
+    Settings: :class:`NaiveBayesSettings`.
+    """
 
     name = "naive_bayes"
     Settings = NaiveBayesSettings
@@ -223,8 +225,10 @@ class TfidfNaiveBayesSettings(MethodSettings):
 @register
 class TfidfNaiveBayes(_SklearnTextMethod):
     """TF-IDF of word 1-3-grams + multinomial Naive Bayes, smoothing tuned by k-fold CV on
-    the training rows (micro-F1 at threshold 0.5, or accuracy for single-label; settings:
-    :class:`TfidfNaiveBayesSettings`)."""
+    the training rows (micro-F1 at threshold 0.5, or accuracy for single-label).
+
+    Settings: :class:`TfidfNaiveBayesSettings`.
+    """
 
     name = "tfidf_nb"
     Settings = TfidfNaiveBayesSettings
@@ -376,8 +380,10 @@ class EmbeddingLogRegSettings(MethodSettings):
 
 @register
 class EmbeddingLogReg(_EmbeddingMethod):
-    """Frozen encoder embeddings + logistic regression ("feature extraction"; settings:
-    :class:`EmbeddingLogRegSettings`)."""
+    """Frozen encoder embeddings + logistic regression ("feature extraction").
+
+    Settings: :class:`EmbeddingLogRegSettings`.
+    """
 
     name = "embed_lr"
     Settings = EmbeddingLogRegSettings
@@ -436,8 +442,9 @@ class EmbeddingKNN(_EmbeddingMethod):
     ``m`` of the ``k`` nearest training rows carry it; probability = votes / k.
 
     ``k`` (and ``m``, multi-label) are tuned on the validation split for micro-F1. Without
-    a usable validation split, ``k = min(default_k, rows)`` and ``m = ceil(k / 2)``
-    (settings: :class:`EmbeddingKNNSettings`).
+    a usable validation split, ``k = min(default_k, rows)`` and ``m = ceil(k / 2)``.
+
+    Settings: :class:`EmbeddingKNNSettings`.
     """
 
     name = "knn"

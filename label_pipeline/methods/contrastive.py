@@ -210,8 +210,10 @@ class SetFitSettings(MethodSettings):
 
 @register
 class SetFit(TransformerMethod):
-    """Contrastive warm-up of the encoder on same-label pairs, then a head (settings:
-    :class:`SetFitSettings`)."""
+    """Contrastive warm-up of the encoder on same-label pairs, then a head.
+
+    Settings: :class:`SetFitSettings`.
+    """
 
     name = "setfit"
     Settings = SetFitSettings

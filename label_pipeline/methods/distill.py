@@ -130,8 +130,10 @@ class DistillSettings(MethodSettings):
 
 @register
 class Distill(TransformerMethod):
-    """Teacher → pool probabilities → student (see the module docstring; settings:
-    :class:`DistillSettings`)."""
+    """A teacher labels the unlabeled pool with probabilities, a student learns them.
+
+    Settings: :class:`DistillSettings`; the steps: the module docstring.
+    """
 
     name = "distill"
     Settings = DistillSettings

@@ -112,7 +112,10 @@ class EnsembleSettings(MethodSettings):
 
 @register
 class Ensemble(TransformerMethod):
-    """Average of several methods' probabilities (settings: :class:`EnsembleSettings`)."""
+    """Average of several methods' probabilities.
+
+    Settings: :class:`EnsembleSettings`.
+    """
 
     name = "ensemble"
     Settings = EnsembleSettings

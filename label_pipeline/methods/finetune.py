@@ -151,8 +151,10 @@ class FineTuneSettings(MethodSettings):
 
 @register
 class FineTune(TransformerMethod):
-    """Fine-tune a transformer encoder with a classification head (settings:
-    :class:`FineTuneSettings`; self-training: :mod:`label_pipeline.methods.self_training`)."""
+    """Fine-tune a transformer encoder with a classification head.
+
+    Settings: :class:`FineTuneSettings`; self-training: :mod:`label_pipeline.methods.self_training`.
+    """
 
     name = "finetune"
     Settings = FineTuneSettings

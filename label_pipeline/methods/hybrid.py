@@ -186,8 +186,10 @@ class HybridSettings(MethodSettings):
 @register
 class Hybrid(_SklearnTextMethod):
     """TF-IDF word + character n-grams + sentence embeddings (+ zero-shot scores) →
-    class-weighted logistic regression, ``C`` by CV, calibrated on out-of-fold scores
-    (settings: :class:`HybridSettings`)."""
+    class-weighted logistic regression, ``C`` by CV, calibrated on out-of-fold scores.
+
+    Settings: :class:`HybridSettings`.
+    """
 
     name = "hybrid"
     Settings = HybridSettings

@@ -122,8 +122,10 @@ class PrototypeSettings(MethodSettings):
 
 @register
 class Prototype(TransformerMethod):
-    """Label-name-initialised cosine head, fine-tuned end to end, then self-trained
-    (settings: :class:`PrototypeSettings`)."""
+    """Label-name-initialised cosine head, fine-tuned end to end, then self-trained.
+
+    Settings: :class:`PrototypeSettings`.
+    """
 
     name = "prototype"
     Settings = PrototypeSettings
