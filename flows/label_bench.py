@@ -97,11 +97,13 @@ def label_bench(
     """
     cfg = bench_config(config, list(variants), variant_methods)
     choose_device(cfg.device)  # fail fast on a worker without the requested GPU
-    refs = run_stages(cfg)
+    notes: list[str] = []
+    refs = run_stages(cfg, notes)
     out: dict[str, Any] = {k: v.model_dump() for k, v in refs.items()}
     out["chosen_per_slice"] = chosen_per_slice(refs.get("evaluate"))
     if cfg.report.enabled:
-        out["report"] = str(report_stage.run_report(cfg.report, refs, cfg.report_dir()))
+        report = report_stage.run_report(cfg.report, refs, cfg.report_dir(), notes)
+        out["report"] = str(report)
     return out
 
 

@@ -27,6 +27,7 @@ from label_pipeline.failures import (
     quiet_user_error_tracebacks,
     report_user_errors,
 )
+from label_pipeline.models import DEFAULT_ENCODER, choose_encoder
 from label_pipeline.orchestration import stage_task
 from label_pipeline.outcome import result_lines
 from label_pipeline.progress import quiet_progress_bars, stage_logger
@@ -93,17 +94,70 @@ def _pool_rows(splits: StageRef) -> int | None:
     return None if n is None else int(n)
 
 
+#: the setting that names each stage's encoder, which the pipeline's ``encoder`` fills
+ENCODER_FIELDS = {
+    "adapt": "model",
+    "zero_shot": "embedding_model",
+    "quality": "encoder",
+    "train": "encoder",
+    "suggest": "encoder",
+}
+#: the cost estimate of ``encoder: auto``: about how many times a run passes each training
+#: text through the encoder (fine-tuning epochs, self-training rounds, out-of-fold fits) and
+#: each other text (zero-shot scoring, label checks, labelling the pool)
+TRAIN_PASSES, OTHER_PASSES = 30, 3
+
+
+def with_encoder(stage: str, stage_cfg: Any, encoder: str) -> Any:
+    """Give a stage the pipeline's encoder unless its config names its own (the stages'
+    defaults already mean the default encoder)."""
+    field = ENCODER_FIELDS.get(stage)
+    if field is None or encoder == DEFAULT_ENCODER or field in stage_cfg.model_fields_set:
+        return stage_cfg
+    return stage_cfg.model_copy(update={field: encoder})
+
+
+def run_encoder(cfg: PipelineConfig, splits: StageRef) -> tuple[str, str]:
+    """The pipeline's encoder for this run and why (``auto`` costed on the split's rows)."""
+    try:
+        man = splits.manifest()
+    except (OSError, ValueError):
+        man = {}
+    rows = {p: int(man.get(f"{p}_rows") or 0) for p in ("train", "valid", "test", "unlabeled")}
+    total = sum(rows.values())
+    passes = (TRAIN_PASSES * rows["train"] + OTHER_PASSES * (total - rows["train"])) / max(total, 1)
+    device = choose_device(cfg.device)
+    return choose_encoder(cfg.encoder, device, rows=total, passes=round(passes, 1))
+
+
 class StageRun:
     """One run's stage calls: each stage task gets the run's store, its refresh flag and the
-    pipeline's device settings (unless its own config sets some); the refs are collected."""
+    pipeline's device settings and encoder (unless its own config sets them); the refs are
+    collected."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
         self.refs: dict[str, StageRef] = {}
+        self.encoder = DEFAULT_ENCODER
+        self.notes: list[str] = []
+
+    def choose_encoder(self, splits: StageRef) -> None:
+        self.encoder, why = run_encoder(self.cfg, splits)
+        note = f"encoder: {self.encoder} ({why})"
+        stage_logger().info(note)
+        self.notes.append(note)
+
+    def stage_config(self, name: str, stage_cfg: Any) -> Any:
+        """The config a stage runs with in this run (device and encoder filled in); train keeps
+        ``adapted`` when the adapt stage ran, as the adapted encoder is the run's encoder."""
+        stage_cfg = with_device(stage_cfg, self.cfg.device)
+        if name == "train" and self.get("adapt") is not None:
+            return stage_cfg
+        return with_encoder(name, stage_cfg, self.encoder)
 
     def __call__(self, task: Any, stage_cfg: Any, **inputs: Any) -> StageRef:
         name = task.stage
-        stage_cfg = with_device(stage_cfg, self.cfg.device)
+        stage_cfg = self.stage_config(name, stage_cfg)
         ref = task(self.cfg.store, stage_cfg, refresh=self.cfg.refreshes(name), **inputs)
         self.refs[name] = ref
         return ref
@@ -137,7 +191,7 @@ def pool_stages(run: StageRun, splits: StageRef) -> None:
         mlm = run.get("adapt") if cfg.augment.use_adapted_mlm else None
         run(augment_task, cfg.augment, splits=splits, mlm=mlm)
     if cfg.zero_shot.enabled:
-        zero_shot_cfg = with_device(cfg.zero_shot, cfg.device)
+        zero_shot_cfg = run.stage_config("zero_shot", cfg.zero_shot)
         # the fill-mask backend reads the adapted encoder when the adapt stage ran
         encoder = run.get("adapt") if zero_shot_cfg.backend == "fill_mask" else None
         if not cfg.refreshes("zero_shot"):  # shards as mapped tasks; the stage then assembles
@@ -186,12 +240,16 @@ def model_stages(run: StageRun, splits: StageRef) -> None:
         run(suggest_task, cfg.suggest, splits=splits, labelled=labelled, review=reviewed)
 
 
-def run_stages(cfg: PipelineConfig) -> dict[str, StageRef]:
-    """Run every enabled stage in order and return their references (no report)."""
+def run_stages(cfg: PipelineConfig, notes: list[str] | None = None) -> dict[str, StageRef]:
+    """Run every enabled stage in order and return their references (no report); ``notes``
+    gets the run's facts for the report (which encoder ran and why)."""
     run = StageRun(cfg)
     splits = data_stages(run)
+    run.choose_encoder(splits)
     pool_stages(run, splits)
     model_stages(run, splits)
+    if notes is not None:
+        notes.extend(run.notes)
     return dict(run.refs)
 
 
@@ -243,10 +301,12 @@ def label_pipeline(
     swept = StageStore(cfg.store).clean_stale_tmp()  # a live concurrent run's stay
     if swept:
         stage_logger().info("store: removed %d temporary dir(s) left by killed runs", swept)
-    refs = run_stages(cfg)
+    notes: list[str] = []
+    refs = run_stages(cfg, notes)
     out: dict[str, Any] = {k: v.model_dump() for k, v in refs.items()}
     if cfg.report.enabled:
-        out["report"] = str(report_stage.run_report(cfg.report, refs, cfg.report_dir()))
+        report = report_stage.run_report(cfg.report, refs, cfg.report_dir(), notes)
+        out["report"] = str(report)
     return out
 
 

@@ -418,9 +418,13 @@ def _results_section(
     return lines, results
 
 
-def compose_report(title: str, name: str, generated: str, inputs: ReportInputs) -> Report:
-    """The report of the run ``name`` (``generated``: when, as text) from what was read."""
+def compose_report(
+    title: str, name: str, generated: str, inputs: ReportInputs, notes: list[str] | None = None
+) -> Report:
+    """The report of the run ``name`` (``generated``: when, as text) from what was read;
+    ``notes``: facts of the run itself (e.g. which encoder ran and why), one line each."""
     lines = [f"# {title}: {name}", "", f"Generated {generated}."]
+    lines += ["", *(f"- {n}" for n in notes)] if notes else []
     lines += ["", "## Stages", "", md_table(_stage_rows(inputs.stages))]
     metrics: dict[str, Any] = {
         "run": name,
@@ -468,7 +472,11 @@ def write_report(out_dir: Path, report: Report, issue_sample: list[dict[str, Any
 
 
 def build_report(
-    cfg: ReportConfig, refs: dict[str, StageRef], out_dir: Path, name: str | None = None
+    cfg: ReportConfig,
+    refs: dict[str, StageRef],
+    out_dir: Path,
+    name: str | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.md``, ``metrics.json`` and figures into ``out_dir``; return metrics.
 
@@ -477,16 +485,22 @@ def build_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     generated = time.strftime("%Y-%m-%d %H:%M:%S")
     inputs = read_report_inputs(refs)
-    report = compose_report(cfg.title, name, generated, inputs)
+    report = compose_report(cfg.title, name, generated, inputs, notes)
     write_report(out_dir, report, inputs.issue_sample)
     return report.metrics
 
 
-def run_report(cfg: ReportConfig, refs: dict[str, StageRef], out: str | Path) -> Path:
+def run_report(
+    cfg: ReportConfig,
+    refs: dict[str, StageRef],
+    out: str | Path,
+    notes: list[str] | None = None,
+) -> Path:
     """Write the report of the stage refs into the directory ``out`` (the run's name is its
-    name); returns it."""
+    name; ``notes``: facts of the run, see :func:`compose_report`); returns it."""
     out = Path(out)
     # write next to the target, then swap, so a failure never leaves a half report
     with atomic_directory(out) as tmp:
-        build_report(cfg, {k: v for k, v in refs.items() if v is not None}, tmp, name=out.name)
+        refs = {k: v for k, v in refs.items() if v is not None}
+        build_report(cfg, refs, tmp, name=out.name, notes=notes)
     return out

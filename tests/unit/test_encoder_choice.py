@@ -1,0 +1,70 @@
+"""The pipeline's ``encoder`` (``auto`` by default) reaches every stage that embeds or fine-tunes,
+unless the stage names its own; ``auto`` is costed on the run's rows and device."""
+
+from __future__ import annotations
+
+import json
+
+from label_pipeline.models import DEFAULT_ENCODER, STRONG_ENCODER
+from label_pipeline.store import StageRef
+
+OTHER = "some-org/other-encoder"
+
+
+def _splits(tmp_path, **rows):
+    d = tmp_path / "split"
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps({f"{k}_rows": v for k, v in rows.items()}))
+    return StageRef(stage="split", fingerprint="s", path=str(d))
+
+
+def _run(config: dict, splits=None, adapted=False):
+    from flows.config import PipelineConfig
+    from flows.label_pipeline import StageRun
+
+    run = StageRun(PipelineConfig.model_validate(config))
+    if splits is not None:
+        run.choose_encoder(splits)
+    if adapted:
+        run.refs["adapt"] = StageRef(stage="adapt", fingerprint="a", path="/nowhere")
+    return run
+
+
+def test_a_named_encoder_reaches_every_encoder_stage_unless_the_stage_names_its_own(tmp_path):
+    run = _run({"encoder": OTHER, "suggest": {"encoder": "mine"}}, _splits(tmp_path, train=10))
+    cfg = run.cfg
+    assert run.encoder == OTHER and run.notes == [f"encoder: {OTHER} (requested)"]
+    assert run.stage_config("adapt", cfg.adapt).model == OTHER
+    assert run.stage_config("zero_shot", cfg.zero_shot).embedding_model == OTHER
+    assert run.stage_config("quality", cfg.quality).encoder == OTHER
+    assert run.stage_config("suggest", cfg.suggest).encoder == "mine"  # its own setting wins
+    assert run.stage_config("train", cfg.train).encoder == OTHER  # no adapt stage: the base
+    assert run.stage_config("clean", cfg.clean) == cfg.clean
+    adapted = _run({"encoder": OTHER}, _splits(tmp_path / "b", train=10), adapted=True)
+    assert adapted.stage_config("train", adapted.cfg.train).encoder == "adapted"
+
+
+def test_auto_on_a_cpu_keeps_the_default_encoder_and_every_stage_config_as_it_was(tmp_path):
+    run = _run(
+        {"device": {"device": "cpu"}},
+        _splits(tmp_path, train=300, valid=300, test=300, unlabeled=4700),
+    )
+    assert run.encoder == DEFAULT_ENCODER and run.notes[0].startswith(f"encoder: {DEFAULT_ENCODER}")
+    from flows.label_pipeline import with_device
+
+    cfg = run.cfg
+    for name in ("adapt", "zero_shot", "quality", "train", "suggest"):
+        stage = getattr(cfg, name)
+        assert run.stage_config(name, stage) == with_device(stage, cfg.device)
+
+
+def test_auto_costs_the_strong_encoder_on_the_rows_and_takes_it_on_a_gpu():
+    from label_pipeline.models import choose_encoder
+
+    many = choose_encoder("auto", "cpu", rows=5600, passes=4.6, strong_available=True)
+    few = choose_encoder("auto", "cpu", rows=40, passes=3, strong_available=True)
+    gpu = choose_encoder("auto", "cuda", rows=5600, passes=4.6, strong_available=True)
+    missing = choose_encoder("auto", "cuda", rows=10, strong_available=False)
+    assert many[0] == DEFAULT_ENCODER and "budget" in many[1]
+    assert few[0] == STRONG_ENCODER and gpu[0] == STRONG_ENCODER
+    assert missing[0] == DEFAULT_ENCODER and "not installed" in missing[1]
