@@ -21,7 +21,9 @@ validation split (the fit on labelled rows or any round; ties go to the later on
 model after the last round; ``auto`` (default), ``best_valid`` when the validation split has at
 least ``AUTO_VALID_ROWS`` rows and ``last`` otherwise: with a few rows per label the validation
 split cannot tell rounds apart (with 48 rows one row is 2 accuracy points), so its score per
-round is recorded, not obeyed. Facts go to ``ctx.info["self_training"]``.
+round is recorded, not obeyed. When the model is chosen on valid, the rounds stop once
+``self_training_patience`` rounds in a row score below the best (a round that would not be kept
+is not worth its minutes). Facts go to ``ctx.info["self_training"]``.
 """
 
 from __future__ import annotations
@@ -110,6 +112,13 @@ class PrototypeSettings(MethodSettings):
         description="which model is kept: ``best_valid`` (the best on the validation split), "
         "``last`` (after the last round), or ``auto`` (``best_valid`` when the validation split "
         f"has at least {AUTO_VALID_ROWS} rows, else ``last``)",
+    )
+    self_training_patience: int = Field(
+        1,
+        ge=0,
+        description="when the kept model is chosen on valid (``best_valid``), self-training "
+        "stops after this many rounds in a row that score below the best so far (their rounds "
+        "would not be kept); 0 = every round runs",
     )
 
     @field_validator("label_template")
@@ -210,6 +219,7 @@ class Prototype(TransformerMethod):
             if not pool:
                 ctx.info["self_training_skipped"] = "no unlabeled texts were given"
                 log.warning("%s: self-training skipped: no unlabeled texts were given", self.name)
+            worse = 0  # rounds in a row below the best valid score
             for r in range(1, (self.self_training_rounds if pool else 0) + 1):
                 proba = self.predict_proba(pool)
                 floor = 0.5 if self.multi_label_ else 0.0
@@ -229,6 +239,7 @@ class Prototype(TransformerMethod):
                 if valid is not None:
                     score = last_score = self._score(valid)
                     fact["valid"] = round(score, 4)
+                    worse = worse + 1 if score < best_score else 0
                     if score >= best_score:
                         best_score = score
                         if keep_best:
@@ -242,6 +253,14 @@ class Prototype(TransformerMethod):
                     len(idx),
                     fact.get("valid"),
                 )
+                patience = self.self_training_patience
+                if keep_best and patience and worse >= patience and r < self.self_training_rounds:
+                    fact["stopped"] = (
+                        f"valid below the best ({round(best_score, 4)}) for {worse} round(s) "
+                        "in a row (self_training_patience)"
+                    )
+                    log.info("%s: self-training stopped: %s", self.name, fact["stopped"])
+                    break
         if best_state is not None:
             self._load_state(best_state)
         history["valid_best"] = None if best_score is None else round(best_score, 4)

@@ -127,3 +127,28 @@ def test_bad_params_name_the_setting():
         Prototype(self_training_keep="first").fit(rows, None, FitContext())
     with pytest.raises(ConfigError, match="temperature"):
         Prototype(temperature=0).fit(rows, None, FitContext())
+
+
+@pytest.mark.parametrize("patience, rounds_run", [(1, 1), (2, 2), (0, 3)])
+def test_self_training_stops_when_valid_stops_improving(toy, monkeypatch, patience, rounds_run):
+    """Chosen on valid, the rounds stop after ``patience`` rounds below the best in a row."""
+    from test_finetune import CPU, single_label_rows
+
+    scores = iter([0.6, 0.6, 0.5, 0.4, 0.7])  # zero-shot, labelled rows, rounds 1, 2, 3
+    monkeypatch.setattr(Prototype, "_score", lambda self, valid: next(scores))
+    train, valid = single_label_rows(6, 1), single_label_rows(12, 2)
+    ctx = FitContext(
+        device=CPU, encoder=str(toy), seed=0, unlabeled_texts=single_label_rows(30, 4).texts
+    )
+    Prototype(
+        epochs=1,
+        self_training_rounds=3,
+        self_training_per_label=3,
+        self_training_epochs=1,
+        self_training_keep="best_valid",
+        self_training_patience=patience,
+    ).fit(train, valid, ctx)
+    rounds = ctx.info["self_training"]
+    assert len(rounds) == rounds_run
+    assert ("stopped" in rounds[-1]) == (rounds_run < 3)
+    assert ctx.info["history"]["valid_best"] == (0.7 if rounds_run == 3 else 0.6)
