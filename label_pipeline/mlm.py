@@ -15,6 +15,7 @@ chosen positions only.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -371,6 +372,8 @@ def fitted_head_perplexity(
     steps: int = 200,
     batch_size: int = 32,
     lr: float = 1e-2,
+    positions: int = 512,
+    max_fit_blocks: int | None = None,
 ) -> float | None:
     """Held-out perplexity of the encoder as it is, read through a masked-LM head fitted to it.
 
@@ -378,8 +381,9 @@ def fitted_head_perplexity(
     is random, so the perplexity of the untouched model measures that head, not the encoder
     (hundreds of thousands on a 30k vocabulary). Here the encoder stays frozen: its hidden
     states at masked positions of ``fit_blocks`` are computed once, a copy of the head (all of
-    it but the decoder tied to the input embeddings, which stays frozen) is fitted to them with AdamW (``lr``) for ``steps`` steps of 512 positions, and held-out perplexity is
-    measured with that copy at the same fixed masks as :func:`heldout_perplexity`. The model
+    it but the decoder tied to the input embeddings, which stays frozen) is fitted to them
+    with AdamW (``lr``) for ``steps`` steps of ``positions`` masked positions (from the first
+    ``max_fit_blocks`` blocks when set), and held-out perplexity is measured with that copy at the same fixed masks as :func:`heldout_perplexity`. The model
     itself is not changed. For a checkpoint that brought its own head this is
     :func:`heldout_perplexity`."""
     import copy
@@ -395,6 +399,9 @@ def fitted_head_perplexity(
     was_training = mlm.model.training
     mlm.model.eval()
     mlm.model.to(device.device)
+    if max_fit_blocks is not None and fit_blocks.blocks > max_fit_blocks:
+        cols = {k: v[:max_fit_blocks] for k, v in fit_blocks.columns.items()}
+        fit_blocks = dataclasses.replace(fit_blocks, columns=cols)
     states, targets = _masked_states(mlm, fit_blocks, cfg, device, batch_size, cfg.seed + 1)
     held_states, held_targets = _masked_states(mlm, held_blocks, cfg, device, batch_size, cfg.seed)
     mlm.model.train(was_training)
@@ -411,7 +418,7 @@ def fitted_head_perplexity(
     gen = torch.Generator().manual_seed(cfg.seed)
     head.train()
     for _ in range(steps):
-        idx = torch.randint(len(targets), (min(512, len(targets)),), generator=gen)
+        idx = torch.randint(len(targets), (min(positions, len(targets)),), generator=gen)
         logits = head(states[idx].to(device.device)).float()
         loss = F.cross_entropy(logits, targets[idx].to(device.device))
         opt.zero_grad()

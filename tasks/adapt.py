@@ -48,6 +48,7 @@ from label_pipeline.mlm import (
     MaskedLMTraining,
     PackedBlocks,
     TrainResult,
+    fitted_head_perplexity,
     heldout_perplexity,
     load_masked_lm,
     pack_texts,
@@ -58,7 +59,9 @@ from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-SPEC = StageSpec("adapt", "1")
+SPEC = StageSpec("adapt", "2")
+#: the fitted head of the "before" perplexity: 256 masked positions a step from 64 blocks
+HEAD_FIT = {"positions": 256, "max_fit_blocks": 64}
 STAGE, VERSION = SPEC.name, SPEC.version
 
 
@@ -94,6 +97,10 @@ class AdaptConfig(BaseModel):
         logging_steps: loss logged (and drawn in the loss curve) every this many steps at
             most; short runs log more often so the curve has points.
         seed: data order, held-out choice and the fixed masks of the perplexity measurement.
+        head_fit_steps: a checkpoint without a masked-LM head gets a random one, whose
+            perplexity measures the head, not the encoder; the perplexity *before* training is
+            read through a copy of that head fitted for this many steps on the frozen
+            encoder (the training itself is unchanged). 0: report the random head's.
         sample_rows: held-out rows shown with fill-mask predictions in ``sample.json``.
         device: device and precision (bf16/fp16 on GPUs that support it).
 
@@ -132,6 +139,7 @@ class AdaptConfig(BaseModel):
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(10, ge=1)
     seed: int = 13
+    head_fit_steps: int = Field(60, ge=0)
     sample_rows: int = Field(5, ge=0)
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
@@ -343,7 +351,12 @@ def _summary(facts: dict[str, Any], mlm_note: str) -> str:
         f"- device: {facts['device']} / {facts['precision']}",
         f"- held-out perplexity (fixed masks): before {ppl(facts['perplexity_before'])}, "
         f"after {ppl(facts['perplexity_after'])}"
-        + (" (before = with the newly created head)" if facts["head_created"] else ""),
+        + (
+            f" (before: read through {facts['perplexity_before_measured_with']}; with the "
+            f"random head {ppl(facts['perplexity_before_random_head'])})"
+            if facts["head_created"]
+            else ""
+        ),
         "",
         "Fine-tuning starts from `model/` when `train.encoder` is `adapted`.",
     ]
@@ -388,12 +401,24 @@ def adapt_encoder(
     blocks = pack_texts(mlm.tokenizer, texts.train, cfg.max_length, offsets=cfg.whole_word_masking)
     held = pack_texts(mlm.tokenizer, texts.heldout, cfg.max_length, offsets=cfg.whole_word_masking)
     eval_bs, training = device.batch_size, cfg.training()
-    before = heldout_perplexity(mlm, held, training, device, eval_bs)
+    random_head = heldout_perplexity(mlm, held, training, device, eval_bs)
+    before = random_head
+    if mlm.head_created and cfg.head_fit_steps:  # a random head's perplexity says nothing
+        before = fitted_head_perplexity(
+            mlm, blocks, held, training, device, cfg.head_fit_steps, eval_bs, **HEAD_FIT
+        )
 
     check_blocks(blocks.blocks, cfg)
     result = train_masked_lm(mlm, blocks, training, device, work_dir, stage=STAGE)
     after = heldout_perplexity(mlm, held, training, device, eval_bs)
     facts = _adapt_facts(cfg, mlm, texts, blocks, held, result, device, (before, after))
+    if mlm.head_created:
+        facts["perplexity_before_random_head"] = random_head
+        facts["perplexity_before_measured_with"] = (
+            f"a head fitted for {cfg.head_fit_steps} steps on the frozen encoder"
+            if cfg.head_fit_steps
+            else "the new random head"
+        )
     samples = fill_mask_samples(mlm, texts.heldout[: cfg.sample_rows], device)
     return Adaptation(mlm, facts, result, samples)
 

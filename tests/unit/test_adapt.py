@@ -262,6 +262,9 @@ def test_adapt_encoder_trains_the_selected_texts_without_writing_the_stage(base_
     assert facts["head_created"] and facts["counts"] is texts.counts
     assert facts["heldout_blocks"] >= 1 and facts["blocks"] >= cfg.batch_size
     assert facts["perplexity_before"] > 0 and facts["perplexity_after"] > 0
+    # the new head is random: "before" is read through a copy fitted on the frozen encoder
+    assert facts["perplexity_before"] < facts["perplexity_before_random_head"]
+    assert "fitted for 60 steps" in facts["perplexity_before_measured_with"]
     assert facts["budget"]["head_learning_rate"] == cfg.head_learning_rate
     assert [s["masked_text"].count("[MASK]") for s in adapted.samples] == [1, 1]
     assert adapted.mlm.model.get_output_embeddings() is not None
@@ -269,6 +272,13 @@ def test_adapt_encoder_trains_the_selected_texts_without_writing_the_stage(base_
     # the same texts and seed: the same held-out perplexity before training
     again = adapt_encoder(texts, base_dir, cfg, tmp_path / "work2")
     assert again.facts["perplexity_before"] == pytest.approx(facts["perplexity_before"])
+    # measuring "before" through a fitted head leaves the training as it is
+    plain = adapt_encoder(
+        texts, base_dir, cfg.model_copy(update={"head_fit_steps": 0}), tmp_path / "work3"
+    )
+    assert plain.facts["perplexity_before"] == facts["perplexity_before_random_head"]
+    trained, other = adapted.mlm.model.state_dict(), plain.mlm.model.state_dict()
+    assert all(torch.equal(trained[k], other[k]) for k in trained)
 
 
 @pytest.mark.slow
