@@ -11,13 +11,20 @@ DEPLOYMENT     ?= label-pipeline/default
 
 # The Prefect commands below talk to the local server unless PREFECT_API_URL is set.
 # Only these targets get it: `make run` and `make test` keep their throw-away API.
-SERVER_TARGETS := pools deploy worker worker-gpu run-deployment
+SERVER_TARGETS := pools deploy worker worker-gpu run-deployment store-variable
 $(SERVER_TARGETS): export PREFECT_API_URL ?= http://$(PREFECT_HOST):$(PREFECT_PORT)/api
 $(SERVER_TARGETS): export PREFECT_CLI_PROMPT ?= false
-$(SERVER_TARGETS): export LABEL_PIPELINE_DIR ?= $(CURDIR)
+# A worker runs the flow from its own checkout: the deployments' pull step reads
+# LABEL_PIPELINE_DIR on the worker when a run starts (`make deploy` leaves it unset, so
+# prefect.yaml keeps the placeholder instead of the deploying machine's path).
+worker worker-gpu: export LABEL_PIPELINE_DIR ?= $(CURDIR)
+
+# `make run-deployment PARAMS='{"config": {"ingest": {"sample_rows": 5}}}'`: the fields
+# given are merged onto the deployment's config, every other setting is kept
+PARAMS ?=
 
 .PHONY: server pools deploy worker worker-gpu run-deployment run-dask dask-scheduler \
-	dask-worker deploy-help
+	dask-worker deploy-help store-variable
 
 deploy-help:
 	@echo "make server          - Prefect API + UI on http://$(PREFECT_HOST):$(PREFECT_PORT) (foreground)"
@@ -25,7 +32,8 @@ deploy-help:
 	@echo "make deploy          - deploy every deployment in prefect.yaml (no prompts)"
 	@echo "make worker          - process worker on $(CPU_POOL) (foreground)"
 	@echo "make worker-gpu      - process worker on $(GPU_POOL), for a machine with a GPU"
-	@echo "make run-deployment  - run $(DEPLOYMENT) and watch it until it finishes"
+	@echo "make run-deployment  - run $(DEPLOYMENT) and watch it (PARAMS='{\"config\": {...}}' changes fields)"
+	@echo "make store-variable STORE=path-or-url - the stage store every worker uses (Prefect Variable)"
 	@echo "make run-dask        - run the flow here on a local Dask cluster ($(DASK_WORKERS) workers)"
 	@echo "make dask-scheduler / dask-worker - a Dask cluster across machines"
 
@@ -39,16 +47,22 @@ pools: $(STAMP)
 		$(PREFECT) work-pool create $(GPU_POOL) --type process
 
 deploy: pools
-	$(PREFECT) deploy --all --no-prompt
+	env -u LABEL_PIPELINE_DIR $(PREFECT) deploy --all --no-prompt
 
+# a process worker that stops within seconds on Ctrl-C (label_pipeline/worker.py)
 worker: $(RES)
-	$(PREFECT) worker start --pool $(CPU_POOL) --type process
+	$(PY) -m label_pipeline.worker --pool $(CPU_POOL)
 
 worker-gpu: $(RES)
-	$(PREFECT) worker start --pool $(GPU_POOL) --type process --work-queue gpu
+	$(PY) -m label_pipeline.worker --pool $(GPU_POOL) --work-queue gpu
 
 run-deployment: $(STAMP)
-	$(PREFECT) deployment run $(DEPLOYMENT) --watch
+	$(PREFECT) deployment run $(DEPLOYMENT) $(if $(PARAMS),--params '$(PARAMS)') --watch
+
+# the stage store of every worker: a shared path or an fsspec URL (s3://bucket/store)
+store-variable: $(STAMP)
+	@test -n "$(STORE)" || { echo "set STORE=/shared/store or STORE=s3://bucket/store"; exit 1; }
+	$(PREFECT) variable set label_pipeline_store '$(STORE)' --overwrite
 
 run-dask: $(RES)
 	$(PY) -m flows.label_pipeline --runner dask --n-workers $(DASK_WORKERS)

@@ -113,8 +113,11 @@ def rst_to_markdown(text: str) -> str:
 
 
 def rst_to_text(text: str) -> str:
-    """Docstring markup to plain text (the Prefect UI shows descriptions as plain text)."""
-    return rst_to_markdown(text).replace("`", "")
+    """Docstring markup to plain text for the Prefect UI: no backticks, and ``<name>``
+    placeholders as ``{name}`` (one of the UI's two versions reads ``<n>`` as an HTML tag
+    and drops it)."""
+    text = rst_to_markdown(text).replace("`", "")
+    return re.sub(r"<([A-Za-z_][\w.-]*)>", r"{\1}", text)
 
 
 # --- types and defaults ---------------------------------------------------------------------
