@@ -31,12 +31,7 @@ from label_pipeline.models import DEFAULT_ENCODER, choose_encoder
 from label_pipeline.orchestration import stage_task
 from label_pipeline.outcome import result_lines
 from label_pipeline.progress import quiet_progress_bars, stage_logger
-from label_pipeline.run_settings import (
-    changed_settings,
-    set_settings,
-    shared_store,
-    with_deployment_settings,
-)
+from label_pipeline.run_settings import changed_settings, shared_store, with_deployment_settings
 from label_pipeline.runners import run_with_runner
 from label_pipeline.store import StageRef, StageStore
 from label_pipeline.temp_server import guard_temporary_server, stop_temporary_server
@@ -260,13 +255,12 @@ def run_config(config: PipelineConfig) -> PipelineConfig:
     when the config leaves it at its default. Logs what the run changed and every setting
     that differs from the defaults."""
     logger = stage_logger()
-    given = set_settings(config)
-    cfg, deployment = with_deployment_settings(config, "config")
+    cfg, deployment, changes = with_deployment_settings(config, "config")
     if deployment is not None:
         logger.info(
             "settings: deployment %r, this run changes %s",
             deployment,
-            ", ".join(given) if given else "nothing",
+            ", ".join(changes) if changes else "nothing",
         )
     store, source = shared_store(cfg.store)
     if store != cfg.store:

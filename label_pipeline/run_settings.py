@@ -61,21 +61,25 @@ def _deployment() -> Any | None:
         return client.read_deployment(flow_run.deployment_id)
 
 
-def with_deployment_settings(value: M, parameter: str) -> tuple[M, str | None]:
+def with_deployment_settings(value: M, parameter: str) -> tuple[M, str | None, list[str]]:
     """``value`` (the run's parameter ``parameter``) with the deployment's settings that the
-    run did not set; returns it and the deployment's name (None outside a deployment run, or
-    when the deployment has no value of that parameter)."""
+    run did not set. Returns it, the deployment's name and the dotted names of the settings
+    the run gives a value other than the deployment's (a form that sends every field changes
+    only those); the name is None outside a deployment run, or when the deployment has no
+    value of that parameter."""
     try:
         deployment = _deployment()
     except Exception as exc:  # no API: the run's value is all there is
         log.warning("could not read the run's deployment (%s); using the run's settings", exc)
-        return value, None
+        return value, None, []
     base = (deployment.parameters or {}).get(parameter) if deployment is not None else None
     if not isinstance(base, Mapping) or "__prefect_kind" in json.dumps(base, default=str):
-        return value, None
+        return value, None, []
     given = value.model_dump(mode="json", exclude_unset=True, by_alias=True)
     merged = type(value).model_validate(deep_merge(base, given))
-    return merged, deployment.name
+    before = _flat(type(value).model_validate(base).model_dump(mode="json", by_alias=True))
+    changed = [k for k, v in _flat(given).items() if before.get(k) != v]
+    return merged, deployment.name, changed
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -167,8 +167,8 @@ def test_deep_merge_merges_mappings_and_replaces_the_rest():
 
 def test_outside_a_deployment_run_the_config_is_the_run_s_own():
     cfg = PipelineConfig.model_validate({"ingest": {"sample_rows": 5}})
-    same, deployment = with_deployment_settings(cfg, "config")
-    assert same is cfg and deployment is None
+    same, deployment, changes = with_deployment_settings(cfg, "config")
+    assert same is cfg and deployment is None and changes == []
     assert set_settings(cfg) == ["ingest.sample_rows"]
     assert changed_settings(cfg) == ["ingest.sample_rows=5"]
     assert changed_settings(PipelineConfig()) == []
@@ -192,3 +192,32 @@ def test_a_stage_device_equal_to_the_defaults_takes_the_pipeline_s():
     assert with_device(cfg.label, pipeline).device == pipeline
     own = PipelineConfig.model_validate({"label": {"device": {"device": "cpu"}}})
     assert with_device(own.label, DeviceConfig(device="cuda")).device.device == "cpu"
+
+
+def test_a_deployment_run_keeps_the_deployment_s_settings_it_does_not_change(monkeypatch):
+    from types import SimpleNamespace
+
+    from label_pipeline import run_settings
+
+    base = {
+        "device": {"device": "cuda", "allow_cpu_fallback": False, "batch_size_gpu": 256},
+        "adapt": {"batch_size": 64, "epochs": 3},
+        "train": {"methods": ["hybrid", "finetune"]},
+    }
+    fake = SimpleNamespace(name="gpu", parameters={"config": base})
+    monkeypatch.setattr(run_settings, "_deployment", lambda: fake)
+    # what Prefect hands the run for --params '{"config": {"ingest": {"sample_rows": 5}}}'
+    one = PipelineConfig.model_validate({"ingest": {"sample_rows": 5}, "train": {"slices": ["8"]}})
+    cfg, name, changes = with_deployment_settings(one, "config")
+    assert name == "gpu" and changes == ["ingest.sample_rows", "train.slices"]
+    assert cfg.device.device == "cuda" and cfg.device.batch_size_gpu == 256
+    assert not cfg.device.allow_cpu_fallback
+    assert (cfg.adapt.batch_size, cfg.adapt.epochs) == (64, 3)
+    assert cfg.train.methods == ["hybrid", "finetune"] and cfg.train.slices == ["8"]
+    assert cfg.ingest.sample_rows == 5
+    # a form sends every field (the deployment's values, the defaults, one edit): the log
+    # names the one edit
+    form = PipelineConfig.model_validate(base).model_dump(mode="json")
+    form["ingest"]["sample_rows"] = 5
+    cfg, _, changes = with_deployment_settings(PipelineConfig.model_validate(form), "config")
+    assert changes == ["ingest.sample_rows"] and cfg.device.batch_size_gpu == 256
