@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from _paths import DATASETS
+from harness import DATASETS
 
 EMOTION = DATASETS / "emotion"
 EMOTION_LABELS = ["sadness", "joy", "love", "anger", "fear", "surprise"]

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from _paths import DATASETS  # noqa: E402
+from harness import DATASETS, RESULTS, write_results  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -50,7 +50,6 @@ from tasks.adapt import AdaptConfig, run_adapt  # noqa: E402
 
 EMBEDDED = ROOT / "data" / "goemotions-ekman-sample.csv"
 GOEMOTIONS = DATASETS / "goemotions/ekman/train.tsv"
-RESULTS = ROOT / "bench" / "results"
 
 
 def peak_rss_mb() -> float:
@@ -263,9 +262,7 @@ def main() -> None:
                     f"goemotions-{args.pool}", ge, cfg, Path(tmp) / "store"
                 )
                 print(json.dumps(results["goemotions"], indent=1))
-    out = RESULTS / ("adapt_quick.json" if args.quick else "adapt.json")
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written {out}")
+    write_results("adapt_quick" if args.quick else "adapt", results)
 
 
 if __name__ == "__main__":

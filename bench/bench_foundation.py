@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from _paths import DATASETS  # noqa: E402
+from harness import DATASETS, write_results  # noqa: E402
 
 GOEMOTIONS = DATASETS / "goemotions/ekman"
 
@@ -208,10 +208,7 @@ def main() -> None:
     print(
         f"flow (ingest+clean+split, default data): cold {fl['cold_s']:.1f}s, warm {fl['warm_s']:.1f}s (all cached: {fl['warm_all_cached']})"
     )
-    out = ROOT / "bench/results/foundation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results("foundation", results)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _emotion import EMOTION, read_emotion, sample_per_label  # noqa: E402
 from _emotion import EMOTION_LABELS as LABELS  # noqa: E402
-from _paths import ROOT, setup_project  # noqa: E402
+from harness import setup_project, write_results  # noqa: E402
 
 setup_project()
 
@@ -323,10 +323,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{np.mean([r['precision'] for r in cells]):.3f} recall="
                 f"{np.mean([r['recall'] for r in cells]):.3f}"
             )
-        out = ROOT / "bench" / "results" / f"bench_label_issues_reference{args.tag}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"args": vars(args), "curve": curve}, indent=2, default=str))
-        print(f"wrote {out}")
+        reference = {"args": vars(args), "curve": curve}
+        write_results("bench_label_issues_reference", reference, args.tag)
         return
     results = []
     for seed in args.seeds:
@@ -383,11 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"\nmean over {len(results)} seed(s): {json.dumps(mean)}")
     print(f"goal: {json.dumps(goal)}")
-    out = ROOT / "bench" / "results" / f"bench_label_issues{args.tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"args": vars(args), "mean": mean, "goal": goal, "runs": results}
-    out.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"wrote {out}")
+    write_results("bench_label_issues", summary, args.tag)
 
 
 if __name__ == "__main__":

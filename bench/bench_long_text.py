@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _paths import DATASETS  # noqa: E402
+from harness import DATASETS  # noqa: E402
 
 from label_pipeline.devices import DeviceChoice, choose_device  # noqa: E402
 from label_pipeline.methods import REGISTRY, FitContext, LabelledTexts, Method  # noqa: E402

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,10 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._paths import DATASETS, ROOT  # noqa: E402
+from bench.harness import DATASETS, RESULTS, ROOT, write_results  # noqa: E402
 from label_pipeline import active  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 CACHE = ROOT / ".cache" / "bench_loop"
 EMOTION_NAMES = ["sadness", "joy", "love", "anger", "fear", "surprise"]
 SINGLE = ["random", "least_confidence", "margin", "entropy", "diverse", "k_center", "margin+rare"]
@@ -308,9 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             "loop_seconds": round(loop_s, 1),
             "strategies": summary,
         }
-    path = RESULTS / f"bench_loop{args.tag}.json"
-    path.write_text(json.dumps(out, indent=1))
-    print(f"\nresults: {path}")
+    write_results("bench_loop", out, args.tag, indent=1)
 
 
 if __name__ == "__main__":

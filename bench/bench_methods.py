@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _emotion import EMOTION, EMOTION_LABELS  # noqa: E402
-from _paths import ROOT, setup_project  # noqa: E402
+from harness import ROOT, setup_project, write_results  # noqa: E402
 
 setup_project()
 
@@ -218,20 +217,13 @@ def main() -> None:
         for metric in metrics:
             if any(r["dataset"] == name for r in results):
                 print(table(results, name, metric), end="\n\n")
-    out = ROOT / "bench" / "results" / "bench_methods.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "methods": methods,
-                "seeds": args.seeds,
-                "seconds": round(time.time() - started, 1),
-                "results": results,
-            },
-            indent=1,
-        )
-    )
-    print(f"wrote {out}")
+    summary = {
+        "methods": methods,
+        "seeds": args.seeds,
+        "seconds": round(time.time() - started, 1),
+        "results": results,
+    }
+    write_results("bench_methods", summary, indent=1)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from harness import write_results  # noqa: E402
+
 from label_pipeline.testing import local_prefect_server  # noqa: E402
 
 # runs a command and reports the peak RSS of its process tree's largest process
@@ -117,9 +118,7 @@ def main() -> None:
             f"{name:<18}{r['wall_s']:>9}{r['peak_rss_mb']:>13}{ratio:>9}  "
             f"{len(r['cached'])}/{len(r['stages'])}"
         )
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.json").write_text(json.dumps(result, indent=2))
+    write_results("pipeline", result)
 
 
 if __name__ == "__main__":

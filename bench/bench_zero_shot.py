@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import sys
@@ -27,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from harness import write_results  # noqa: E402
 
 from label_pipeline.devices import choose_device  # noqa: E402
 from label_pipeline.models import resolve_model  # noqa: E402
@@ -172,10 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     rps, sec, results["backends"]["fill_mask"] = time_backend(fm, texts, labels, n_fm, 4, 1)
     print(f"fill_mask: {n_fm} rows in {sec:.1f}s = {rps:.1f} rows/s")
 
-    out = ROOT / "bench" / "results" / "zero_shot_speed.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results("zero_shot_speed", results)
     return results
 
 

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from _paths import DATASETS  # noqa: E402
+from harness import DATASETS, write_results  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -232,9 +232,7 @@ def main() -> None:
         )
         if EMOTION.is_dir():
             results["emotion"] = evaluate("emotion", emotion_dataset(Path(tmp)), store, cfg)
-    out_dir = ROOT / "bench" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "quality_augment.json").write_text(json.dumps(results, indent=2))
+    write_results("quality_augment", results)
 
 
 if __name__ == "__main__":

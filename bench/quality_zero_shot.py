@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from _paths import DATASETS  # noqa: E402
+from harness import DATASETS, write_results  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -221,10 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print(f"emotion dataset not found at {emo_dir}; skipped")
 
-    out = ROOT / "bench" / "results" / "zero_shot_quality.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results("zero_shot_quality", results)
     return results
 
 

@@ -1,0 +1,72 @@
+"""The benchmarks' shared harness: where they find the shared datasets
+(``$LABEL_PIPELINE_DATASETS``, else ``../shared/datasets`` beside the project root: GoEmotions,
+emotion, NLU++, NLBSE'24), the project on ``sys.path`` and offline (:func:`setup_project`),
+the seeds option, the result files (``bench/results/<name><tag>.json``, :func:`write_results`),
+the table printer (:func:`print_table`), and a stage's directory in a stage store kept by
+``bench_issues.py --keep`` (:func:`only_one`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("LABEL_PIPELINE_DATASETS", ROOT.parent / "shared" / "datasets"))
+#: where every benchmark writes its JSON results (git-ignored)
+RESULTS = ROOT / "bench" / "results"
+
+
+def setup_project() -> None:
+    """Put the project root first on ``sys.path`` (``label_pipeline``, ``tasks``) and run
+    offline: ``HF_HUB_OFFLINE=1`` and ``TOKENIZERS_PARALLELISM=false`` unless already set."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def only_one(store: Path, pattern: str, what: str) -> Path:
+    """The one path under ``store`` matching ``pattern`` (a stage's output directory in a
+    kept stage store); exits naming ``what`` when there are none or several."""
+    found = sorted(store.glob(pattern))
+    if len(found) != 1:
+        sys.exit(f"expected one {what} ({store}/{pattern}), found {len(found)}")
+    return found[0]
+
+
+def add_common_args(parser: argparse.ArgumentParser, seeds: list[int] | None = None) -> None:
+    """The options every benchmark takes: ``--tag`` (suffix of the result file) and, when the
+    benchmark repeats over seeds, ``--seeds``."""
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
+    if seeds is not None:
+        parser.add_argument("--seeds", type=int, nargs="+", default=seeds, help="seeds to run")
+
+
+def results_path(name: str, tag: str = "") -> Path:
+    """``bench/results/<name><tag>.json``."""
+    return RESULTS / f"{name}{tag}.json"
+
+
+def write_results(name: str, data: Any, tag: str = "", indent: int = 2) -> Path:
+    """Write ``data`` as JSON to :func:`results_path` (the folder made when missing) and say
+    where; returns the path."""
+    out = results_path(name, tag)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=indent, default=str))
+    print(f"results: {out}", flush=True)
+    return out
+
+
+def print_table(rows: list[dict[str, Any]], title: str | None = None, digits: int = 3) -> None:
+    """Print ``rows`` as a markdown table (floats with ``digits`` decimals), under ``title``."""
+    from label_pipeline.artifacts import md_table
+
+    def cell(v: Any) -> Any:
+        return f"{v:.{digits}f}" if isinstance(v, float) else v
+
+    if title:
+        print(f"\n{title}\n")
+    print(md_table([{k: cell(v) for k, v in r.items()} for r in rows]), flush=True)
