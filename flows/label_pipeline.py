@@ -354,6 +354,7 @@ def _run_cli(args: Any) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "0")
     # a flow's task runner is fixed by its decorator: apply the configured one at call time
     result = run_with_runner(label_pipeline, cfg.runner, config=cfg)
+    stop_temporary_server()  # its "Stopping temporary server" line comes before the result
     for stage, ref in result.items():
         if isinstance(ref, dict):
             print(f"{stage:>10}: {ref['path']}{'  (cached)' if ref['cached'] else ''}")
