@@ -91,7 +91,10 @@ def publish_image(stage: str, name: str, png_path: str | Path, caption: str = ""
     data = base64.b64encode(p.read_bytes()).decode()
     # the figure itself, no path: the worker's disk is not where the reader is
     publish_markdown(
-        stage, name, f"### {caption or p.name}\n\n![{p.stem}](data:image/png;base64,{data})\n"
+        stage,
+        name,
+        f"### {caption or p.name}\n\n![{p.stem}](data:image/png;base64,{data})\n",
+        description=f"{stage}: {caption or p.stem}",
     )
 
 
