@@ -105,9 +105,13 @@ TRAIN_PASSES, OTHER_PASSES = 30, 3
 
 def with_encoder(stage: str, stage_cfg: Any, encoder: str) -> Any:
     """Give a stage the pipeline's encoder unless its config names its own (the stages'
-    defaults already mean the default encoder)."""
+    defaults already mean the default encoder; a stage encoder equal to its default, as a
+    form that fills in every default sends, counts as not named)."""
     field = ENCODER_FIELDS.get(stage)
-    if field is None or encoder == DEFAULT_ENCODER or field in stage_cfg.model_fields_set:
+    if field is None or encoder == DEFAULT_ENCODER:
+        return stage_cfg
+    default = type(stage_cfg).model_fields[field].get_default(call_default_factory=True)
+    if field in stage_cfg.model_fields_set and getattr(stage_cfg, field) != default:
         return stage_cfg
     return stage_cfg.model_copy(update={field: encoder})
 

@@ -373,6 +373,7 @@ def test_gpu_deployment_run_with_one_field_keeps_every_other_setting(deployed, t
                 'device.device="cuda"',
                 "device.allow_cpu_fallback=false",
                 "device.batch_size_gpu=256",
+                'encoder="sentence-transformers/all-mpnet-base-v2"',
                 "ingest.sample_rows=5",
                 "zero_shot.shard_size=8192",
                 "adapt.batch_size=64",
@@ -393,12 +394,14 @@ def test_gpu_deployment_run_with_one_field_keeps_every_other_setting(deployed, t
 
 def _loop_params(data: Path) -> dict:
     """Both runs of the shared-store test: the tiny data, the model stages with the fast
-    baseline, the CPU when there is no GPU (one field of the device, the rest kept)."""
+    baseline, the CPU when there is no GPU (one field of the device, the rest kept), the
+    encoder the machine has."""
     cfg = {
         "ingest": {"path": str(data)},
         "split": {"slice_sizes": [8]},
         "train": {"methods": ["naive_bayes"]},
         "device": {"allow_cpu_fallback": True},
+        "encoder": "auto",  # the deployment's strong encoder may not be installed here
     }
     for stage in ("augment", "zero_shot", "adapt", "quality", "report"):
         cfg[stage] = {"enabled": False}

@@ -221,3 +221,15 @@ def test_a_deployment_run_keeps_the_deployment_s_settings_it_does_not_change(mon
     form["ingest"]["sample_rows"] = 5
     cfg, _, changes = with_deployment_settings(PipelineConfig.model_validate(form), "config")
     assert changes == ["ingest.sample_rows"] and cfg.device.batch_size_gpu == 256
+
+
+def test_a_stage_encoder_equal_to_its_default_takes_the_pipeline_s():
+    from flows.label_pipeline import with_encoder
+
+    strong = "sentence-transformers/all-mpnet-base-v2"
+    form = PipelineConfig().model_dump(mode="json")  # a form sends every default
+    cfg = PipelineConfig.model_validate(form)
+    assert "encoder" in cfg.train.model_fields_set
+    assert with_encoder("train", cfg.train, strong).encoder == strong
+    own = PipelineConfig.model_validate({"train": {"encoder": "my/encoder"}})
+    assert with_encoder("train", own.train, strong).encoder == "my/encoder"
