@@ -48,8 +48,14 @@ class KeywordMethod(Method):
         return m
 
 
-if KeywordMethod.name not in REGISTRY:
-    register(KeywordMethod)
+@pytest.fixture(autouse=True, scope="module")
+def keyword_method():
+    """The test method is registered for this module's tests only (the registry lists stay
+    those of the project for every other test)."""
+    if KeywordMethod.name not in REGISTRY:
+        register(KeywordMethod)
+    yield
+    REGISTRY.pop(KeywordMethod.name, None)
 
 
 def _pool_texts(n: int) -> list[str]:

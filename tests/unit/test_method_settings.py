@@ -136,6 +136,7 @@ DEFAULTS = {
         "self_training_epochs": 3,
         "self_training_pool_size": 4000,
         "self_training_keep": "auto",
+        "self_training_patience": 1,
     },
     "distill": {
         "teacher": "ensemble",
