@@ -104,6 +104,8 @@ QUALITY += "bench_label_issues.py --seeds 0 1 2"
 # the final model label-pipeline picks by itself (default config) on NLBSE issues and the
 # embedded data, beside every baseline of the same run, and the hybrid's parts alone
 QUALITY += bench_issues.py
+# what the strong encoder (all-mpnet-base-v2) buys over all-MiniLM-L6-v2, method by method
+QUALITY += "bench_encoders.py --k 8 64"
 
 bench: $(RES) $(MPNET)
 	@for b in $(BENCHES); do echo "== $$b"; $(PY) bench/$$b || exit 1; done
