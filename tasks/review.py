@@ -635,6 +635,4 @@ def run_review(
 ) -> StageRef:
     """Apply the review decision ``cfg`` to the reviewed stage's output ``source``."""
     source = store.localize(source)
-    return store.build_stage(
-        SPEC, cfg, {"source": source}, _builder(cfg, source), refresh
-    )
+    return store.build_stage(SPEC, cfg, {"source": source}, _builder(cfg, source), refresh)
