@@ -67,25 +67,31 @@ review_task = stage_task(review.run_review, review.SPEC)
 suggest_task = stage_task(suggest.run_suggest, suggest.SPEC)
 
 
+def sets_own(stage_cfg: Any, field: str) -> bool:
+    """Whether a stage's config sets ``field`` itself: a value equal to the field's default,
+    as a form that fills in every default sends, counts as not set."""
+    default = type(stage_cfg).model_fields[field].get_default(call_default_factory=True)
+    return field in stage_cfg.model_fields_set and getattr(stage_cfg, field) != default
+
+
 def with_device(stage_cfg: Any, device: Any) -> Any:
-    """Give a model stage the pipeline's device settings unless its config sets its own (a
-    stage device equal to the defaults, as a form that fills in every default sends, counts
-    as not set)."""
-    fields = type(stage_cfg).model_fields
-    if "device" not in fields:
+    """Give a model stage the pipeline's device settings unless its config sets its own."""
+    if "device" not in type(stage_cfg).model_fields or sets_own(stage_cfg, "device"):
         return stage_cfg
-    own = "device" in stage_cfg.model_fields_set
-    if not own or stage_cfg.device == fields["device"].annotation():
-        return stage_cfg.model_copy(update={"device": device})
-    return stage_cfg
+    return stage_cfg.model_copy(update={"device": device})
+
+
+def _split_facts(splits: StageRef) -> dict[str, Any]:
+    """The split stage's manifest ({} when it cannot be read)."""
+    try:
+        return splits.manifest()
+    except (OSError, ValueError):
+        return {}
 
 
 def _pool_rows(splits: StageRef) -> int | None:
     """Rows in the split stage's unlabeled pool (None when its manifest does not say)."""
-    try:
-        n = splits.manifest().get("unlabeled_rows")
-    except (OSError, ValueError):
-        return None
+    n = _split_facts(splits).get("unlabeled_rows")
     return None if n is None else int(n)
 
 
@@ -108,20 +114,14 @@ def with_encoder(stage: str, stage_cfg: Any, encoder: str) -> Any:
     defaults already mean the default encoder; a stage encoder equal to its default, as a
     form that fills in every default sends, counts as not named)."""
     field = ENCODER_FIELDS.get(stage)
-    if field is None or encoder == DEFAULT_ENCODER:
-        return stage_cfg
-    default = type(stage_cfg).model_fields[field].get_default(call_default_factory=True)
-    if field in stage_cfg.model_fields_set and getattr(stage_cfg, field) != default:
+    if field is None or encoder == DEFAULT_ENCODER or sets_own(stage_cfg, field):
         return stage_cfg
     return stage_cfg.model_copy(update={field: encoder})
 
 
 def run_encoder(cfg: PipelineConfig, splits: StageRef) -> tuple[str, str]:
     """The pipeline's encoder for this run and why (``auto`` costed on the split's rows)."""
-    try:
-        man = splits.manifest()
-    except (OSError, ValueError):
-        man = {}
+    man = _split_facts(splits)
     rows = {p: int(man.get(f"{p}_rows") or 0) for p in ("train", "valid", "test", "unlabeled")}
     total = sum(rows.values())
     passes = (TRAIN_PASSES * rows["train"] + OTHER_PASSES * (total - rows["train"])) / max(total, 1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +62,11 @@ def publish_stage_dir(ref: StageRef) -> None:
         publish_image(ref.stage, png.stem, png, caption=png.stem.replace("_", " "))
 
 
-def cache_key(spec: StageSpec, store: StageStore, cfg: Any, refs: Mapping[str, Any]) -> str:
-    """The Prefect cache key of a stage task: its store fingerprint (``spec.fingerprint``, the
+def cache_key(stage: str, fingerprint: str, store: StageStore) -> str:
+    """The Prefect cache key of a stage task: its store fingerprint (``SPEC.fingerprint``, the
     one function that owns a stage's identity) and the store it lives in."""
     store_id = fingerprint_of("store", "1", str(store.root), {})[:8]
-    return f"{spec.name}-{spec.fingerprint(cfg, refs)}-{store_id}"
+    return f"{stage}-{fingerprint}-{store_id}"
 
 
 def stage_task(
@@ -92,8 +92,9 @@ def stage_task(
 
     def call(store_root: str, cfg: Any, refresh: bool = False, **refs: Any) -> StageRef:
         store = StageStore(store_root)
-        key = cache_key(spec, store, cfg, refs)
-        fresh = refresh or not store.is_complete(stage, spec.fingerprint(cfg, refs))
+        fp = spec.fingerprint(cfg, refs)  # once: ingest's hashes the input files
+        key = cache_key(stage, fp, store)
+        fresh = refresh or not store.is_complete(stage, fp)
         t = base.with_options(cache_key_fn=lambda *_a, **_k: key, refresh_cache=fresh)
         state = t(str(store.root), cfg, refresh=refresh, return_state=True, **refs)
         ref = state.result()  # re-raises the stage's error

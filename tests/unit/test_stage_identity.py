@@ -73,7 +73,7 @@ def test_prefect_cache_key_is_the_store_fingerprint(task_and_cfg, tmp_path, monk
     store = StageStore(tmp_path / "store")
     with pytest.raises(_Built) as built:
         _run_fn_of(task)(store, cfg, **refs)
-    key = cache_key(task.spec, store, cfg, refs)
+    key = cache_key(task.stage, task.spec.fingerprint(cfg, refs), store)
     assert key.split("-")[1] == built.value.fingerprint == task.spec.fingerprint(cfg, refs)
 
 
