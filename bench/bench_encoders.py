@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _emotion import EMOTION_LABELS, read_emotion, sample_per_label  # noqa: E402
-from harness import results_path, setup_project  # noqa: E402
+from harness import setup_project, write_results  # noqa: E402
 
 setup_project()
 
@@ -48,7 +48,6 @@ ENCODERS = {
 FROZEN = ("embed_lr", "knn", "hybrid")
 #: settings other than the defaults: prototype without self-training (no pool here)
 PARAMS = {"prototype": {"self_training_rounds": 0}}
-OUT = results_path("encoders")
 
 
 def _rows(df):
@@ -135,10 +134,9 @@ def main() -> None:
         "complete": False,
     }
 
-    def save() -> None:
+    def save() -> Path:
         doc["seconds"] = round(time.time() - started, 1)
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(doc, indent=1))
+        return write_results("encoders", doc, indent=1)
 
     # cheapest first: frozen-encoder methods everywhere, then the ones that fine-tune
     groups = [
@@ -182,11 +180,11 @@ def main() -> None:
                         save()
                         print(json.dumps(row), flush=True)
     doc["complete"] = True
-    save()
+    out = save()
     print()
     print(table(doc["results"]))
     print(f"encode test once per encoder (s): {doc['encode_test_s']}")
-    print(f"wrote {OUT} in {doc['seconds']}s")
+    print(f"wrote {out} in {doc['seconds']}s")
 
 
 if __name__ == "__main__":

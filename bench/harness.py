@@ -1,13 +1,11 @@
 """The benchmarks' shared harness: where they find the shared datasets
 (``$LABEL_PIPELINE_DATASETS``, else ``../shared/datasets`` beside the project root: GoEmotions,
 emotion, NLU++, NLBSE'24), the project on ``sys.path`` and offline (:func:`setup_project`),
-the seeds option, the result files (``bench/results/<name><tag>.json``, :func:`write_results`),
-the table printer (:func:`print_table`), and a stage's directory in a stage store kept by
-``bench_issues.py --keep`` (:func:`only_one`)."""
+the result files (``bench/results/<name><tag>.json``, :func:`write_results`), and a stage's
+directory in a stage store kept by ``bench_issues.py --keep`` (:func:`only_one`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -37,14 +35,6 @@ def only_one(store: Path, pattern: str, what: str) -> Path:
     return found[0]
 
 
-def add_common_args(parser: argparse.ArgumentParser, seeds: list[int] | None = None) -> None:
-    """The options every benchmark takes: ``--tag`` (suffix of the result file) and, when the
-    benchmark repeats over seeds, ``--seeds``."""
-    parser.add_argument("--tag", default="", help="suffix of the result file name")
-    if seeds is not None:
-        parser.add_argument("--seeds", type=int, nargs="+", default=seeds, help="seeds to run")
-
-
 def results_path(name: str, tag: str = "") -> Path:
     """``bench/results/<name><tag>.json``."""
     return RESULTS / f"{name}{tag}.json"
@@ -58,15 +48,3 @@ def write_results(name: str, data: Any, tag: str = "", indent: int = 2) -> Path:
     out.write_text(json.dumps(data, indent=indent, default=str))
     print(f"results: {out}", flush=True)
     return out
-
-
-def print_table(rows: list[dict[str, Any]], title: str | None = None, digits: int = 3) -> None:
-    """Print ``rows`` as a markdown table (floats with ``digits`` decimals), under ``title``."""
-    from label_pipeline.artifacts import md_table
-
-    def cell(v: Any) -> Any:
-        return f"{v:.{digits}f}" if isinstance(v, float) else v
-
-    if title:
-        print(f"\n{title}\n")
-    print(md_table([{k: cell(v) for k, v in r.items()} for r in rows]), flush=True)
