@@ -62,12 +62,20 @@ def _scores(p: np.ndarray, y: np.ndarray, multi: bool) -> dict[str, float]:
 
 
 def _fit_eval(
-    method: str, params: dict, train, valid, test, seed: int, pool=None, label_shift=False
+    method: str,
+    params: dict,
+    train,
+    valid,
+    test,
+    seed: int,
+    pool=None,
+    label_shift=False,
+    encoder: str | None = None,
 ) -> dict:
     from label_pipeline.label_shift import estimate_label_shift
     from label_pipeline.methods import FitContext, get_method
 
-    ctx = FitContext(seed=seed, unlabeled_texts=pool)
+    ctx = FitContext(seed=seed, unlabeled_texts=pool, encoder=encoder)
     t0 = time.time()
     m = get_method(method)(**params).fit(train, valid, ctx)
     fit_s = time.time() - t0
@@ -161,9 +169,18 @@ def bench_emotion(args) -> list[dict]:
             for method in args.methods:
                 params = json.loads(args.params.get(method, "{}")) if args.params else {}
                 r = _fit_eval(
-                    method, params, train, valid, test, seed, pool, args.label_shift == "pool"
+                    method,
+                    params,
+                    train,
+                    valid,
+                    test,
+                    seed,
+                    pool,
+                    args.label_shift == "pool",
+                    args.encoder_dir,
                 )
                 r["n_per_class"] = n
+                r["encoder"] = args.encoder
                 results.append(r)
                 print(json.dumps(r), flush=True)
     return results
@@ -196,10 +213,19 @@ def main(argv: list[str] | None = None) -> None:
         help="emotion: score on test.csv, or on the dev.csv rows not drawn as valid (for "
         "choosing settings without looking at test.csv)",
     )
+    parser.add_argument(
+        "--encoder",
+        default="sentence-transformers/all-MiniLM-L6-v2",
+        help="the sentence encoder every method starts from (a model reference; "
+        "sentence-transformers/all-mpnet-base-v2 needs `make mpnet`)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--tag", default="", help="suffix of the results file")
     args = parser.parse_args(argv)
     args.params = dict(p.split("=", 1) for p in args.param)
+    from label_pipeline.models import resolve_model
+
+    args.encoder_dir = str(resolve_model(args.encoder, "bench_finetune --encoder"))
     if args.threads:
         import torch
 

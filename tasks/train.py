@@ -51,7 +51,7 @@ from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-SPEC = StageSpec("train", "7", select=lambda cfg, refs: reads(cfg, refs))
+SPEC = StageSpec("train", "8", select=lambda cfg, refs: reads(cfg, refs))
 STAGE, VERSION = SPEC.name, SPEC.version
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
@@ -704,6 +704,10 @@ def train_runs(
                     encoder=encoder,
                     unlabeled_texts=data.unlabeled,
                     work_dir=Path(work),
+                    valid_bar=valid_bar(
+                        [r.entry for r in slice_runs],
+                        cfg.average_top if data.shift_pool is None else 1,
+                    ),
                 )
                 run = fit_run(data, cfg, rows, spec, fit_ctx, warnings)
                 yield run
@@ -929,6 +933,22 @@ def average_members(slice_runs: list[dict[str, Any]], top: int) -> list[dict[str
         if len(members) < top and r["base_method"] not in {m["base_method"] for m in members}:
             members.append(r)
     return members if len(members) >= 2 else []
+
+
+def valid_bar(slice_runs: list[dict[str, Any]], top: int) -> float | None:
+    """The valid micro-F1 the next run of a slice must reach to join its ``average`` (the
+    ``top``-th best of the slice's runs so far, see :func:`average_members`) or, with no
+    average (``top`` < 2), to be the best run; None while fewer runs than that are done.
+    A run below it cannot win, so a method may skip extra training (``FitContext.valid_bar``).
+    """
+    best: dict[str, float] = {}  # one run per base method, as in an average
+    for r in slice_runs:
+        if not r["fallback"] and r["valid_micro_f1"] is not None and r["method"] != AVERAGE:
+            score = float(r["valid_micro_f1"])
+            best[r["base_method"]] = max(score, best.get(r["base_method"], score))
+    scores = sorted(best.values(), reverse=True)
+    k = top if top >= 2 else 1
+    return scores[k - 1] if len(scores) >= k else None
 
 
 def average_run(

@@ -79,6 +79,10 @@ class FitContext:
     encoder: str | None = None  # resolved directory of the encoder to start from
     unlabeled_texts: list[str] | None = None
     work_dir: Path | None = None  # scratch space for checkpoints
+    #: the valid micro-F1 a run must reach to be chosen or join its slice's ``average``, from
+    #: the slice's runs fitted before it (None: no bar yet); a method may skip extra training
+    #: that cannot lift it there (``self_training.cannot_win``)
+    valid_bar: float | None = None
     info: dict[str, Any] = field(default_factory=dict)  # facts the method reports back
 
 

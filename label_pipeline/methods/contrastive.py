@@ -30,7 +30,9 @@ from label_pipeline.errors import ConfigError, TrainingDivergedError
 from label_pipeline.methods.base import FitContext, LabelledTexts, MethodSettings, register
 from label_pipeline.methods.finetune import FineTune
 from label_pipeline.methods.self_training import (
+    DEFAULT_MAX_GAIN,
     Floor,
+    MaxGain,
     PerLabel,
     PoolSize,
     Rounds,
@@ -195,6 +197,7 @@ class SetFitSettings(MethodSettings):
     self_training_per_label: PerLabel = 64
     self_training_weight: Weight = 0.5
     self_training_pool_size: PoolSize = 2000
+    self_training_max_gain: MaxGain = DEFAULT_MAX_GAIN
 
     @field_validator("finetune_params")
     @classmethod
@@ -231,6 +234,7 @@ class SetFit(TransformerMethod):
             self.self_training_per_label,
             self.self_training_weight,
             self.self_training_pool_size,
+            self.self_training_max_gain,
         )
 
     # ------------------------------------------------------------ fit

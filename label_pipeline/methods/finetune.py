@@ -31,7 +31,9 @@ from label_pipeline.embeddings import encoder_inputs, encoder_windows
 from label_pipeline.errors import TrainingDivergedError
 from label_pipeline.methods.base import FitContext, LabelledTexts, MethodSettings, register
 from label_pipeline.methods.self_training import (
+    DEFAULT_MAX_GAIN,
     Floor,
+    MaxGain,
     PerLabel,
     PoolSize,
     Rounds,
@@ -147,6 +149,7 @@ class FineTuneSettings(MethodSettings):
     self_training_per_label: PerLabel = 64
     self_training_weight: Weight = 0.5
     self_training_pool_size: PoolSize = 2000
+    self_training_max_gain: MaxGain = DEFAULT_MAX_GAIN
 
 
 @register
@@ -171,6 +174,7 @@ class FineTune(TransformerMethod):
             per_label=self.self_training_per_label,
             weight=self.self_training_weight,
             pool_size=self.self_training_pool_size,
+            max_gain=self.self_training_max_gain,
         )
 
     # ------------------------------------------------------------ fit

@@ -23,7 +23,10 @@ least ``AUTO_VALID_ROWS`` rows and ``last`` otherwise: with a few rows per label
 split cannot tell rounds apart (with 48 rows one row is 2 accuracy points), so its score per
 round is recorded, not obeyed. When the model is chosen on valid, the rounds stop once
 ``self_training_patience`` rounds in a row score below the best (a round that would not be kept
-is not worth its minutes). Facts go to ``ctx.info["self_training"]``.
+is not worth its minutes). A run that cannot win is not trained again: when the valid score
+after the labelled rows plus ``self_training_max_gain`` stays below what the slice's other runs
+need to be chosen or averaged (``FitContext.valid_bar``), no round runs
+(``ctx.info["self_training_skipped"]`` says why). Facts go to ``ctx.info["self_training"]``.
 """
 
 from __future__ import annotations
@@ -40,10 +43,14 @@ from label_pipeline.errors import ConfigError, TrainingDivergedError
 from label_pipeline.methods.base import FitContext, LabelledTexts, MethodSettings, register
 from label_pipeline.methods.contrastive import _mean_pool, mean_pooled_embeddings
 from label_pipeline.methods.self_training import (
+    DEFAULT_MAX_GAIN,
+    MaxGain,
     PerLabel,
     PoolSize,
     Rounds,
     Weight,
+    cannot_win,
+    reachable_score,
     sample_pool,
     select_confident,
     valid_score,
@@ -107,6 +114,7 @@ class PrototypeSettings(MethodSettings):
         3, ge=1, description="epochs per round over gold plus pseudo rows"
     )
     self_training_pool_size: PoolSize = 4000
+    self_training_max_gain: MaxGain = DEFAULT_MAX_GAIN
     self_training_keep: Literal["auto", "last", "best_valid"] = Field(
         "auto",
         description="which model is kept: ``best_valid`` (the best on the validation split), "
@@ -212,7 +220,11 @@ class Prototype(TransformerMethod):
         history["valid_after_labelled"] = None if best_score is None else round(best_score, 4)
 
         pool = [t for t in (ctx.unlabeled_texts or []) if t and t.strip()]
-        if self.self_training_rounds > 0:
+        skip = self._cannot_win(valid, best_score, ctx) if pool else ""
+        if skip:
+            ctx.info["self_training_skipped"] = skip
+            log.info("%s: self-training skipped: %s", self.name, skip)
+        elif self.self_training_rounds > 0:
             rounds: list[dict[str, Any]] = []
             ctx.info["self_training"] = rounds
             pool = sample_pool(pool, train.texts, self.self_training_pool_size, self._rng)
@@ -353,6 +365,20 @@ class Prototype(TransformerMethod):
             epochs,
             time.time() - started,
         )
+
+    def _cannot_win(self, valid: LabelledTexts | None, score: float | None, ctx: FitContext) -> str:
+        """Why self-training is skipped (see ``self_training.cannot_win``), or ""."""
+        if (
+            valid is None
+            or score is None
+            or ctx.valid_bar is None
+            or self.self_training_rounds == 0
+        ):
+            return ""
+        reach = score
+        if valid.multi_label:
+            reach = reachable_score(self.predict_proba(list(valid.texts)), valid)
+        return cannot_win(reach, ctx, self.self_training_max_gain)
 
     def _score(self, valid: LabelledTexts) -> float:
         return valid_score(self.predict_proba(list(valid.texts)), valid)

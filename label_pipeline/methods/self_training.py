@@ -11,6 +11,12 @@ Used by the transformer methods through their ``self_training_*`` parameters
    confident first, so a frequent label cannot flood the training set;
 3. retrain from the starting encoder on gold rows plus pseudo rows (weight ``weight``);
 4. keep the new model only if it does not score worse on the validation split.
+
+A run that cannot win is not trained again: the train stage tells each fit, through
+``FitContext.valid_bar``, the valid micro-F1 a run of its slice needs to be chosen or to join
+the slice's ``average``. When the model's valid score after its labelled rows, plus
+``max_gain`` (the most self-training is expected to add), stays below that bar, the rounds
+are skipped (:func:`cannot_win`) and ``ctx.info["self_training_skipped"]`` says why.
 """
 
 from __future__ import annotations
@@ -46,6 +52,21 @@ Weight = Annotated[
 PoolSize = Annotated[
     int, Field(ge=1, description="pool rows scored per round (sampled once with the seed)")
 ]
+#: the most self-training added to a run's valid score in the project's benchmarks was about
+#: 7 points (emotion, 8 rows per label); 10 leaves room, so a run is only skipped when even
+#: the best self-training seen could not lift it to the bar
+DEFAULT_MAX_GAIN = 0.10
+MaxGain = Annotated[
+    float | None,
+    Field(
+        ge=0.0,
+        le=1.0,
+        description="self-training is skipped when the valid score after the labelled rows "
+        "plus this still falls short of what the slice's other runs need to be chosen or "
+        "averaged (``FitContext.valid_bar``, set by the train stage): such a run cannot win, "
+        "so it is not trained again; None = never skip",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,7 @@ class SelfTrainingParams:
     per_label: int = 64
     weight: float = 0.5
     pool_size: int = 2000
+    max_gain: float | None = DEFAULT_MAX_GAIN
 
 
 def select_confident(
@@ -139,6 +161,37 @@ def valid_score(proba: np.ndarray, valid: LabelledTexts) -> float:
     return float((proba.argmax(axis=1) == valid.y_index).mean())
 
 
+def reachable_score(proba: np.ndarray, valid: LabelledTexts) -> float:
+    """The best valid score a decision rule could give these probabilities: accuracy
+    (single-label), or the micro-F1 at the best global threshold (multi-label), comparable
+    with the train stage's valid micro-F1 and never below it for a global threshold."""
+    if not valid.multi_label:
+        return valid_score(proba, valid)
+    y = np.asarray(valid.y).astype(bool)
+    best = 0.0
+    for t in np.linspace(0.05, 0.95, 19):
+        pred = proba >= t
+        tp = float((pred & y).sum())
+        denom = float(pred.sum() + y.sum())
+        best = max(best, 2.0 * tp / denom if denom else 0.0)
+    return best
+
+
+def cannot_win(reachable: float | None, ctx: FitContext, max_gain: float | None) -> str:
+    """Why a run should skip self-training, or "" when it may still win.
+
+    ``reachable``: the run's valid score after its labelled rows (:func:`reachable_score`).
+    The run cannot win when ``reachable + max_gain`` is below ``ctx.valid_bar``."""
+    bar = ctx.valid_bar
+    if bar is None or reachable is None or max_gain is None or reachable + max_gain >= bar:
+        return ""
+    return (
+        f"cannot win: valid {reachable:.3f} after the labelled rows, and even "
+        f"+{max_gain:.2f} from self-training stays below {bar:.3f}, the valid micro-F1 a run "
+        "of this slice needs to be chosen or averaged (self_training_max_gain)"
+    )
+
+
 def run_self_training(
     fit_once: Callable[[LabelledTexts], None],
     predict: Callable[[list[str]], np.ndarray],
@@ -160,6 +213,14 @@ def run_self_training(
     if params.rounds <= 0:
         return
     log = stage_logger()
+    valid_proba = predict(valid.texts) if valid is not None and len(valid) else None
+    best_score = None if valid_proba is None else valid_score(valid_proba, valid)
+    reachable = None if valid_proba is None else reachable_score(valid_proba, valid)
+    skip = cannot_win(reachable, ctx, params.max_gain)
+    if skip:
+        ctx.info["self_training_skipped"] = skip
+        log.info("self-training skipped: %s", skip)
+        return
     rounds: list[dict[str, Any]] = []
     ctx.info["self_training"] = rounds
     if not pool:
@@ -167,9 +228,6 @@ def run_self_training(
         log.warning("self-training skipped: no unlabeled texts were given")
         return
     pool = sample_pool(pool, train.texts, params.pool_size, np.random.default_rng(ctx.seed))
-    best_score = (
-        valid_score(predict(valid.texts), valid) if valid is not None and len(valid) else None
-    )
     for r in range(1, params.rounds + 1):
         proba = predict(pool)
         idx, y = select_confident(proba, train.multi_label, params.floor, params.per_label)

@@ -209,3 +209,41 @@ def test_self_training_adds_pool_rows(toy_encoder):
     assert r["added"] > 0 and sum(r["added_per_label"].values()) >= r["added"]
     assert "valid_after" in r
     assert m.predict_proba(valid.texts).shape == (12, 3)
+
+
+def test_self_training_is_skipped_for_a_run_that_cannot_win():
+    """``run_self_training`` with a model whose valid accuracy is 1/3: under a bar of .9 it is
+    trained once and never again; under a bar within ``max_gain`` the rounds run."""
+    from label_pipeline.methods.self_training import (
+        SelfTrainingParams,
+        reachable_score,
+        run_self_training,
+    )
+
+    train, valid = single_label_rows(6, 1), single_label_rows(12, 2)
+    pool = single_label_rows(30, 9).texts
+
+    def run(bar):
+        fits = []
+        ctx = FitContext(seed=0, unlabeled_texts=pool, valid_bar=bar)
+        run_self_training(
+            fits.append,
+            lambda texts: np.tile([0.98, 0.01, 0.01], (len(texts), 1)),
+            lambda: None,
+            lambda state: None,
+            train,
+            valid,
+            ctx,
+            SelfTrainingParams(rounds=2, floor=0.9, per_label=4, max_gain=0.1),
+        )
+        return len(fits), ctx.info
+
+    n_fits, info = run(0.9)
+    assert n_fits == 1 and "self_training" not in info
+    assert info["self_training_skipped"].startswith("cannot win: valid 0.333")
+    n_fits, info = run(0.4)
+    assert n_fits == 3 and info["self_training"][0]["added"] == 4  # labelled rows + 2 rounds
+    # multi-label: the score at the best global threshold, not at 0.5
+    rows = multi_label_rows(40, 3)
+    proba = np.where(rows.y == 1, 0.3, 0.1)
+    assert reachable_score(proba, rows) == pytest.approx(1.0)

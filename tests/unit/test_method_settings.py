@@ -98,6 +98,7 @@ DEFAULTS = {
         "self_training_per_label": 64,
         "self_training_weight": 0.5,
         "self_training_pool_size": 2000,
+        "self_training_max_gain": 0.1,
     },
     "setfit": {
         "pairs_per_row": 10,
@@ -117,6 +118,7 @@ DEFAULTS = {
         "self_training_per_label": 64,
         "self_training_weight": 0.5,
         "self_training_pool_size": 2000,
+        "self_training_max_gain": 0.1,
     },
     "prototype": {
         "epochs": 8,
@@ -135,6 +137,7 @@ DEFAULTS = {
         "self_training_weight": 0.5,
         "self_training_epochs": 3,
         "self_training_pool_size": 4000,
+        "self_training_max_gain": 0.1,
         "self_training_keep": "auto",
         "self_training_patience": 1,
     },

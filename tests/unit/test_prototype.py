@@ -152,3 +152,37 @@ def test_self_training_stops_when_valid_stops_improving(toy, monkeypatch, patien
     assert len(rounds) == rounds_run
     assert ("stopped" in rounds[-1]) == (rounds_run < 3)
     assert ctx.info["history"]["valid_best"] == (0.7 if rounds_run == 3 else 0.6)
+
+
+@pytest.mark.parametrize(
+    "bar, max_gain, trained_again",
+    [(0.75, 0.10, False), (0.65, 0.10, True), (0.75, None, True), (None, 0.10, True)],
+)
+def test_a_run_that_cannot_win_is_not_trained_again(toy, monkeypatch, bar, max_gain, trained_again):
+    """Valid .6 after the labelled rows: with the slice's bar at .75 even +.10 cannot reach it,
+    so no self-training round runs and the fit says why; a bar within reach, no bar, or
+    ``self_training_max_gain: None`` keeps the rounds."""
+    from test_finetune import CPU, single_label_rows
+
+    scores = iter([0.5, 0.6, 0.62, 0.63, 0.64])  # zero-shot, labelled rows, rounds 1-3
+    monkeypatch.setattr(Prototype, "_score", lambda self, valid: next(scores))
+    train, valid = single_label_rows(6, 1), single_label_rows(12, 2)
+    ctx = FitContext(
+        device=CPU,
+        encoder=str(toy),
+        seed=0,
+        unlabeled_texts=single_label_rows(30, 4).texts,
+        valid_bar=bar,
+    )
+    Prototype(
+        epochs=1,
+        self_training_rounds=2,
+        self_training_per_label=3,
+        self_training_epochs=1,
+        self_training_max_gain=max_gain,
+    ).fit(train, valid, ctx)
+    assert bool(ctx.info.get("self_training")) == trained_again
+    skipped = ctx.info.get("self_training_skipped", "")
+    assert skipped.startswith("cannot win") != trained_again
+    if not trained_again:
+        assert "0.600" in skipped and "0.750" in skipped

@@ -341,3 +341,27 @@ def test_fit_method_falls_back_to_the_label_prior_without_a_model(diverging_meth
     prior = data.y.mean(axis=0)
     np.testing.assert_allclose(fitted.test_probs, np.tile(prior / prior.sum(), (30, 1)))
     assert set(fitted.uncalibrated) == {"valid", "test"} and fitted.calibration is None
+
+
+class _BarProbe(_Constant):
+    """Records the bar the train stage hands it (``FitContext.valid_bar``)."""
+
+    name = "test_bar_probe"
+
+    def fit(self, train, valid, ctx):
+        ctx.info["seen_bar"] = ctx.valid_bar
+        return self
+
+
+@pytest.mark.parametrize("average_top, rank", [(2, 2), (0, 1), (3, None)])
+def test_each_fit_is_told_the_score_that_wins(tmp_path, average_top, rank):
+    """The bar a run must reach is the ``average_top``-th best valid micro-F1 of the slice's
+    runs before it (the best, with no average); none while fewer runs are done."""
+    with _registered(_BarProbe):
+        ref, runs = _train(tmp_path, methods=[*FAST, "test_bar_probe"], average_top=average_top)
+    scores = sorted((r["valid_micro_f1"] for r in runs if r["method"] in FAST), reverse=True)
+    fit = json.loads((ref.dir / "runs/test_bar_probe/all/fit.json").read_text())
+    expected = None if rank is None else scores[rank - 1]
+    assert fit["info"]["seen_bar"] == (None if expected is None else pytest.approx(expected))
+    first = json.loads((ref.dir / f"runs/{FAST[0]}/all/fit.json").read_text())
+    assert "seen_bar" not in first["info"]
