@@ -18,6 +18,11 @@ The augment stage is off for both: no default method reads its rows (``train.use
 is off), so it changes no figure, but it back-translates every training row.
 - ``goemotions``: the embedded default data (data/goemotions-ekman-sample.csv,
   multi-label) with the default split and every nested slice.
+- ``nlupp``: NLU++ banking (../shared/datasets/nlupp, multi-label intents, 48 labels, short
+  utterances; the 88 rows with no intent are left out, since an empty label cell means
+  "unlabelled"). Fixed folds: 10-19 are test, 8-9 valid, 0-7 train. Training slices of 8,
+  32 and 128 rows (nested, drawn per seed); the other training rows are the unlabeled pool
+  (labels hidden), as a user with a pile of unlabelled utterances has.
 
 Each dataset runs the ``label-bench`` flow (every stage of the pipeline, every slice) with
 ``PipelineConfig()`` defaults: only the input description (file, columns, the fixed split
@@ -70,6 +75,8 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-issues-pref
 NLBSE = DATASETS / "nlbse24-train" / "issues_train.csv"
 NLBSE_LABELS = ["bug", "feature", "question"]
 NLBSE_K = (8, 16, 32, 64)
+NLUPP = DATASETS / "nlupp" / "data" / "banking"
+NLUPP_ROWS = (8, 32, 128)
 RESULTS = ROOT / "bench" / "results" / "bench_issues.json"
 #: the hybrid ablation: its parts alone and together (constructor arguments of each row);
 #: the default hybrid (all four blocks and the zero-shot prior) is a row of the main run
@@ -134,15 +141,55 @@ def nlbse_input(out_dir: Path, seed: int, pool: bool = False) -> tuple[Path, Pat
     return path, slice_path, {str(k * len(NLBSE_LABELS)): k for k in NLBSE_K}
 
 
+def nlupp_input(out_dir: Path, seed: int) -> tuple[Path, Path]:
+    """Write NLU++ banking with a fixed fold split (test 10-19, valid 8-9, train 0-7), the
+    nested training slices of :data:`NLUPP_ROWS` rows drawn with ``seed`` and the training
+    rows outside the largest slice as the unlabeled pool. Returns (csv path, slice JSON)."""
+    rows = []
+    for fold in range(20):
+        for r in json.loads((NLUPP / f"fold{fold}.json").read_text(encoding="utf-8")):
+            if r.get("intents"):
+                split = "test" if fold >= 10 else "valid" if fold >= 8 else "train"
+                rows.append((f"nlupp-{fold}-{len(rows)}", r["text"], r["intents"], split))
+    train = [i for i, r in enumerate(rows) if r[3] == "train"]
+    order = list(np.random.default_rng(seed).permutation(train))
+    slices = {str(n): [rows[i][0] for i in order[:n]] for n in NLUPP_ROWS}
+    labelled = set(order[: max(NLUPP_ROWS)])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "nlupp.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "labels", "split"])
+        for i, (rid, text, intents, split) in enumerate(rows):
+            if split == "train" and i not in labelled:
+                w.writerow([rid, text, "", "unlabeled"])
+            else:
+                w.writerow([rid, text, ";".join(intents), split])
+    slice_path = out_dir / "slices.json"
+    slice_path.write_text(json.dumps(slices))
+    return path, slice_path
+
+
 def dataset_config(
-    name: str, store: Path, work: Path, seed: int, extra: list[str], pool: bool = False
+    name: str,
+    store: Path,
+    work: Path,
+    seed: int,
+    extra: list[str],
+    pool: bool = False,
+    encoder: str = "auto",
 ):
     """The pipeline config: defaults, plus the input description only (``pool``: NLBSE with
-    an unlabeled pool, see :func:`nlbse_input`)."""
+    an unlabeled pool, see :func:`nlbse_input`; ``encoder``: the top-level ``encoder``, whose
+    default ``auto`` picks by device and budget)."""
     from flows.config import PipelineConfig
 
     cfg = PipelineConfig()
-    update: dict[str, Any] = {"store": str(store), "reports_dir": str(work / "reports")}
+    update: dict[str, Any] = {
+        "store": str(store),
+        "reports_dir": str(work / "reports"),
+        "encoder": encoder,
+    }
     if name == "nlbse":
         path, slice_path, per_label = nlbse_input(work / "input", seed, pool)
         update["ingest"] = cfg.ingest.model_copy(
@@ -160,6 +207,20 @@ def dataset_config(
             # every NLBSE row carries a label: there is no unlabeled pool to adapt the
             # encoder on, and the adapt stage says to switch it off in that case
             update["adapt"] = cfg.adapt.model_copy(update={"enabled": False})
+    elif name == "nlupp":
+        path, slice_path = nlupp_input(work / "input", seed)
+        per_label = {}
+        update["ingest"] = cfg.ingest.model_copy(
+            update={
+                "path": str(path),
+                "format": "csv",
+                "text_columns": ["text"],
+                "id_column": "id",
+                "split_column": "split",
+                "slice_file": str(slice_path),
+            }
+        )
+        update["run_name"] = f"bench-issues-nlupp-seed{seed}"
     else:
         per_label = {}
         update["run_name"] = f"bench-issues-goemotions-seed{seed}"
@@ -175,6 +236,20 @@ def dataset_config(
         train = cfg.train.model_copy(update={"methods": [*cfg.train.methods, *extra]})
         cfg = cfg.model_copy(update={"train": train})
     return cfg, per_label
+
+
+def run_encoder_of(refs: dict[str, Any]) -> str | None:
+    """The encoder the run's train stage started from: the adapt stage's base model when the
+    train stage read the adapted encoder, else the train stage's own."""
+    train = json.loads((Path(refs["train"]["path"]) / "manifest.json").read_text())
+    adapt = refs.get("adapt")
+    if (
+        isinstance(adapt, dict)
+        and adapt.get("path")
+        and "adapted" in str(train.get("encoder_choice"))
+    ):
+        return json.loads((Path(adapt["path"]) / "manifest.json").read_text()).get("model")
+    return train.get("encoder")
 
 
 def stage_seconds(refs: dict[str, Any]) -> dict[str, float]:
@@ -256,11 +331,14 @@ def run_dataset(
     do_ablation: bool,
     keep: str | None = None,
     pool: bool = False,
+    encoder: str = "auto",
 ) -> dict[str, Any]:
     from flows.label_bench import label_bench
     from label_pipeline.choice import chosen_per_slice
 
     tag = f"{name}-pool" if pool and name == "nlbse" else name
+    if encoder != "auto":
+        tag += "-" + encoder.split("/")[-1]
     kept = Path(keep) / f"{tag}-{seed}" if keep else None
     place = (
         nullcontext(kept) if kept else tempfile.TemporaryDirectory(prefix=f"bench-issues-{name}-")
@@ -268,7 +346,7 @@ def run_dataset(
     with place as tmp:
         work = Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        cfg, per_label = dataset_config(name, work / "store", work, seed, extra, pool)
+        cfg, per_label = dataset_config(name, work / "store", work, seed, extra, pool, encoder)
         default_methods = list(type(cfg.train)().methods)
         t0 = time.time()
         refs = label_bench(config=cfg)
@@ -336,6 +414,7 @@ def run_dataset(
             "stage_seconds": stage_seconds(refs),
             "fit_seconds": fit_seconds,
             "threshold_rule": cfg.train.threshold,
+            "encoder": run_encoder_of(refs),
         }
 
 
@@ -458,6 +537,12 @@ def main(argv: list[str] | None = None) -> None:
         "(labels hidden), so the adapt stage and the self-training methods run on it",
     )
     parser.add_argument(
+        "--encoder",
+        default="auto",
+        help="the pipeline's encoder (default auto: chosen by device and budget); e.g. "
+        "sentence-transformers/all-MiniLM-L6-v2 or sentence-transformers/all-mpnet-base-v2",
+    )
+    parser.add_argument(
         "--summarize",
         nargs="+",
         default=None,
@@ -475,9 +560,18 @@ def main(argv: list[str] | None = None) -> None:
         if name == "nlbse" and not NLBSE.is_file():
             print(f"skipping nlbse: {NLBSE} not found (set LABEL_PIPELINE_DATASETS)")
             continue
+        if name == "nlupp" and not NLUPP.is_dir():
+            print(f"skipping nlupp: {NLUPP} not found (set LABEL_PIPELINE_DATASETS)")
+            continue
         for seed in args.seeds:
             res = run_dataset(
-                name, seed, args.extra_methods, not args.no_ablation, args.keep, args.nlbse_pool
+                name,
+                seed,
+                args.extra_methods,
+                not args.no_ablation,
+                args.keep,
+                args.nlbse_pool,
+                args.encoder,
             )
             results.append(res)
             print(f"\n## {name}, seed {seed} ({res['wall_seconds']:.0f} s pipeline", end="")
