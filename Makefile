@@ -104,6 +104,8 @@ QUALITY += "bench_label_issues.py --seeds 0 1 2"
 # the final model label-pipeline picks by itself (default config) on NLBSE issues and the
 # embedded data, beside every baseline of the same run, and the hybrid's parts alone
 QUALITY += bench_issues.py
+# the same on NLU++ banking (48 multi-label intents, 8 / 32 / 128 rows, the rest as the pool)
+QUALITY += "bench_issues.py --datasets nlupp --no-ablation --out bench/results/bench_issues_nlupp.json"
 # what the strong encoder (all-mpnet-base-v2) buys over all-MiniLM-L6-v2, method by method
 QUALITY += "bench_encoders.py --k 8 64"
 
