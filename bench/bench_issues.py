@@ -61,7 +61,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import DATASETS  # noqa: E402
+from harness import DATASETS, only_one  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -262,22 +262,15 @@ def stage_seconds(refs: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def ablation(split_dir: Path, train_dir: Path, multi_label: bool, cfg: Any) -> list[dict]:
-    """The hybrid's parts alone, fitted like the train stage on the same rows and slices."""
+def _stage_data(split_dir: Path, train_dir: Path) -> dict[str, Any]:
+    """What a refit beside the train stage needs: labels, slices, the training rows by id,
+    valid and test as ``LabelledTexts``, the unlabeled pool and the train stage's encoder."""
     from label_pipeline.data import label_matrix, load_slices, load_splits, read_label_info
-    from label_pipeline.decision import apply_decision, tune_decision
-    from label_pipeline.devices import choose_device
-    from label_pipeline.methods import FitContext, LabelledTexts
-    from label_pipeline.metrics import classification_metrics
-    from tasks.train import fit_and_predict
+    from label_pipeline.methods import LabelledTexts
 
     labels, multi_label = read_label_info(split_dir)
-    splits, slices = load_splits(split_dir), load_slices(split_dir)
-    encoder = json.loads((train_dir / "manifest.json").read_text()).get("encoder")
+    splits = load_splits(split_dir)
     tr = splits["train"]
-    row_of = {str(i): k for k, i in enumerate(tr["id"])}
-    tr_texts = [str(t) for t in tr["text"]]
-    tr_y = label_matrix([list(x) for x in tr["labels"]], labels)
 
     def lt(ds: Any) -> LabelledTexts:
         return LabelledTexts(
@@ -287,40 +280,139 @@ def ablation(split_dir: Path, train_dir: Path, multi_label: bool, cfg: Any) -> l
             multi_label,
         )
 
-    valid, test = lt(splits["valid"]), lt(splits["test"])
+    train_all = lt(tr)
+    row_of = {str(i): k for k, i in enumerate(tr["id"])}
+    unlabeled = splits.get("unlabeled")
+    return {
+        "labels": labels,
+        "multi_label": multi_label,
+        "slices": load_slices(split_dir),
+        "valid": lt(splits["valid"]),
+        "test": lt(splits["test"]),
+        "pool": [str(t) for t in unlabeled["text"]] if unlabeled is not None else None,
+        "encoder": json.loads((train_dir / "manifest.json").read_text()).get("encoder"),
+        "slice_rows": lambda ids: LabelledTexts(
+            [train_all.texts[row_of[i]] for i in ids],
+            train_all.y[[row_of[i] for i in ids]],
+            labels,
+            multi_label,
+        ),
+    }
+
+
+def _refit_scores(
+    data: dict[str, Any], method: str, params: dict, ids: list[str], cfg: Any, pool: bool
+) -> dict[str, Any]:
+    """Fit ``method`` on the slice ``ids`` like the train stage (its calibration and decision
+    rule on valid); valid and test micro/macro-F1 and the seconds."""
+    from label_pipeline.decision import apply_decision, tune_decision
+    from label_pipeline.devices import choose_device
+    from label_pipeline.methods import FitContext
+    from label_pipeline.metrics import classification_metrics
+    from tasks.train import fit_and_predict
+
+    valid, test, labels, multi = data["valid"], data["test"], data["labels"], data["multi_label"]
+    ctx = FitContext(
+        device=choose_device(cfg.train.device),
+        seed=cfg.train.seed,
+        encoder=data["encoder"],
+        unlabeled_texts=data["pool"] if pool else None,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        pv, pt, _ = fit_and_predict(
+            method,
+            dict(params),
+            data["slice_rows"](ids),
+            valid,
+            test.texts,
+            ctx,
+            Path(tmp) / "m",
+            calibration=cfg.train.calibration if pool else "none",
+            calibration_min_rows=cfg.train.calibration_min_rows,
+        )
+        seconds = time.time() - t0
+    dec = tune_decision(
+        pv,
+        valid.y,
+        multi,
+        cfg.train.threshold,
+        cfg.train.min_valid_rows,
+        min_label_positives=cfg.train.min_label_positives,
+    )
+    m = classification_metrics(test.y, pt, apply_decision(pt, dec), labels, multi)
+    v = classification_metrics(valid.y, pv, apply_decision(pv, dec), labels, multi)
+    return {
+        "slice_size": len(ids),
+        "micro_f1": m["micro_f1"],
+        "macro_f1": m["macro_f1"],
+        "accuracy": m.get("accuracy"),
+        "valid_micro_f1": v["micro_f1"],
+        "seconds": round(seconds, 2),
+        "self_training": ctx.info.get("self_training"),
+    }
+
+
+def ablation(split_dir: Path, train_dir: Path, multi_label: bool, cfg: Any) -> list[dict]:
+    """The hybrid's parts alone, fitted like the train stage on the same rows and slices."""
+    data = _stage_data(split_dir, train_dir)
     out = []
-    device = choose_device(cfg.train.device)
     for name, params in ABLATION.items():
-        for slice_name, ids in slices.items():
-            rows = [row_of[i] for i in ids]
-            train = LabelledTexts([tr_texts[r] for r in rows], tr_y[rows], labels, multi_label)
-            ctx = FitContext(device=device, seed=cfg.train.seed, encoder=encoder)
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.time()
-                pv, pt, _ = fit_and_predict(
-                    "hybrid", dict(params), train, valid, test.texts, ctx, Path(tmp) / "m"
-                )
-                seconds = time.time() - t0
-            dec = tune_decision(
-                pv,
-                valid.y,
-                multi_label,
-                cfg.train.threshold,
-                cfg.train.min_valid_rows,
-                min_label_positives=cfg.train.min_label_positives,
-            )
-            m = classification_metrics(test.y, pt, apply_decision(pt, dec), labels, multi_label)
-            out.append(
-                {
-                    "method": name,
-                    "slice": slice_name,
-                    "slice_size": len(ids),
-                    "micro_f1": m["micro_f1"],
-                    "macro_f1": m["macro_f1"],
-                    "accuracy": m.get("accuracy"),
-                    "seconds": round(seconds, 2),
-                }
-            )
+        for slice_name, ids in data["slices"].items():
+            r = _refit_scores(data, "hybrid", params, ids, cfg, pool=False)
+            r.pop("self_training")
+            r.pop("valid_micro_f1")
+            out.append({"method": name, "slice": slice_name, **r})
+    return out
+
+
+def check_kept(kept: Path) -> list[dict]:
+    """:func:`skipped_check` on a store kept with ``--keep`` (``KEEP/<dataset>-<seed>``), with
+    the train stage's own settings from its manifest."""
+    from types import SimpleNamespace
+
+    from tasks.train import TrainConfig
+
+    store = kept / "store"
+    train_dir = only_one(store, "train/*/runs.json", "train stage").parent
+    split_dir = only_one(store, "split/*/slices.json", "split stage").parent
+    config = json.loads((train_dir / "manifest.json").read_text())["config"]
+    cfg = SimpleNamespace(train=TrainConfig(**config))
+    return skipped_check(split_dir, train_dir, cfg)
+
+
+def skipped_check(split_dir: Path, train_dir: Path, cfg: Any) -> list[dict]:
+    """Each run whose self-training the train stage skipped because it could not win
+    (``self_training_skipped``), refitted with self-training forced on
+    (``self_training_max_gain: None``): would it have reached the bar it was given?"""
+    from tasks.train import valid_bar
+
+    data = _stage_data(split_dir, train_dir)
+    runs = json.loads((train_dir / "runs.json").read_text())
+    out = []
+    for i, run in enumerate(runs):
+        fit = json.loads((train_dir / run["dir"] / "fit.json").read_text())
+        skipped = fit.get("info", {}).get("self_training_skipped", "")
+        if not skipped.startswith("cannot win"):
+            continue
+        before = [r for r in runs[:i] if r["slice"] == run["slice"]]
+        bar = valid_bar(before, cfg.train.average_top)
+        params = {**cfg.train.method_params.get(run["base_method"], {})}
+        params["self_training_max_gain"] = None
+        forced = _refit_scores(
+            data, run["base_method"], params, data["slices"][run["slice"]], cfg, pool=True
+        )
+        out.append(
+            {
+                "method": run["method"],
+                "slice": run["slice"],
+                "bar": bar,
+                "skipped": {k: run.get(k) for k in ("valid_micro_f1", "fit_seconds")},
+                "forced": forced,
+                "would_have_won": forced["valid_micro_f1"] >= bar if bar is not None else None,
+            }
+        )
+        print(json.dumps(out[-1], default=str), flush=True)
     return out
 
 
@@ -543,6 +635,15 @@ def main(argv: list[str] | None = None) -> None:
         "sentence-transformers/all-MiniLM-L6-v2 or sentence-transformers/all-mpnet-base-v2",
     )
     parser.add_argument(
+        "--check-skipped",
+        nargs="+",
+        default=None,
+        metavar="KEPT",
+        help="runs no pipeline: in stores kept with --keep (KEEP/<dataset>-<seed>), refit each "
+        "run whose self-training was skipped as unable to win, with self-training forced on, "
+        "and say whether it would have reached its bar",
+    )
+    parser.add_argument(
         "--summarize",
         nargs="+",
         default=None,
@@ -551,6 +652,12 @@ def main(argv: list[str] | None = None) -> None:
         "(no pipeline runs)",
     )
     args = parser.parse_args(argv)
+    if args.check_skipped:
+        checked = {k: check_kept(Path(k)) for k in args.check_skipped}
+        out = Path(args.out).with_name("bench_issues_skipped.json")
+        out.write_text(json.dumps(checked, indent=1, default=str))
+        print(f"wrote {out}")
+        return
     if args.summarize:
         found = [r for f in args.summarize for r in json.loads(Path(f).read_text())["results"]]
         print(across_seeds(found))

@@ -162,19 +162,21 @@ def valid_score(proba: np.ndarray, valid: LabelledTexts) -> float:
 
 
 def reachable_score(proba: np.ndarray, valid: LabelledTexts) -> float:
-    """The best valid score a decision rule could give these probabilities: accuracy
-    (single-label), or the micro-F1 at the best global threshold (multi-label), comparable
-    with the train stage's valid micro-F1 and never below it for a global threshold."""
+    """At least the valid micro-F1 the train stage can give these probabilities, so that a
+    run below a bar by this score cannot reach it: accuracy (single-label); multi-label, the
+    micro-F1 with every label's threshold tuned on valid itself, over the usual grid and the
+    probabilities' own quantiles. The train stage calibrates each label (a monotone map) and
+    then tunes one threshold, which per-label thresholds on the raw probabilities match or
+    beat (on the embedded data: .489 here against .463 for the train stage's prototype at 8
+    rows; one global threshold on the raw probabilities gave .326, below it)."""
     if not valid.multi_label:
         return valid_score(proba, valid)
-    y = np.asarray(valid.y).astype(bool)
-    best = 0.0
-    for t in np.linspace(0.05, 0.95, 19):
-        pred = proba >= t
-        tp = float((pred & y).sum())
-        denom = float(pred.sum() + y.sum())
-        best = max(best, 2.0 * tp / denom if denom else 0.0)
-    return best
+    from label_pipeline.decision import THRESHOLD_GRID, tune_decision
+
+    proba = np.asarray(proba, dtype=np.float64)
+    grid = np.unique(np.concatenate([THRESHOLD_GRID, np.quantile(proba, np.linspace(0, 1, 101))]))
+    decision = tune_decision(proba, valid.y, True, "per_label", min_valid_rows=1, grid=grid)
+    return float(decision.valid_micro_f1 or 0.0)
 
 
 def cannot_win(reachable: float | None, ctx: FitContext, max_gain: float | None) -> str:

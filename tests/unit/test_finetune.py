@@ -218,6 +218,7 @@ def test_self_training_is_skipped_for_a_run_that_cannot_win():
         SelfTrainingParams,
         reachable_score,
         run_self_training,
+        valid_score,
     )
 
     train, valid = single_label_rows(6, 1), single_label_rows(12, 2)
@@ -243,7 +244,11 @@ def test_self_training_is_skipped_for_a_run_that_cannot_win():
     assert info["self_training_skipped"].startswith("cannot win: valid 0.333")
     n_fits, info = run(0.4)
     assert n_fits == 3 and info["self_training"][0]["added"] == 4  # labelled rows + 2 rounds
-    # multi-label: the score at the best global threshold, not at 0.5
+    # multi-label: each label's own threshold (the train stage calibrates each label before
+    # its one threshold), not 0.5 and not one threshold for all: label 0 separates at .85,
+    # the others at .15, which no single threshold does
     rows = multi_label_rows(40, 3)
-    proba = np.where(rows.y == 1, 0.3, 0.1)
+    proba = np.where(rows.y == 1, 0.2, 0.1)
+    proba[:, 0] = np.where(rows.y[:, 0] == 1, 0.9, 0.8)
     assert reachable_score(proba, rows) == pytest.approx(1.0)
+    assert valid_score(proba, rows) < 0.9
