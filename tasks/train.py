@@ -764,6 +764,7 @@ def fit_run(
         "labels_without_examples": rows.absent,
         "label_issues": {"policy": cfg.label_issues, "rows": len(rows.issue_ids)},
         "info": ctx.info,
+        "valid_bar": ctx.valid_bar,
         **fitted.facts,
     }
     probs = {"valid": fitted.valid_probs, "test": fitted.test_probs}
@@ -920,6 +921,13 @@ def average_members(slice_runs: list[dict[str, Any]], top: int) -> list[dict[str
     """The runs an ``average`` of one slice averages: the ``top`` best on valid (micro-F1, then
     macro-F1, then training order), leaving out fallback runs and a second run of a base
     method already in (``naive_bayes+aug`` after ``naive_bayes``). Fewer than two: none."""
+    members = best_per_method(slice_runs)[:top]
+    return members if len(members) >= 2 else []
+
+
+def best_per_method(slice_runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A slice's runs that may be averaged (no fallback, a valid score, not an average), the
+    best on valid first (micro-F1, then macro-F1, then training order), one per base method."""
     eligible = [
         r
         for r in slice_runs
@@ -928,11 +936,11 @@ def average_members(slice_runs: list[dict[str, Any]], top: int) -> list[dict[str
     ranked = sorted(
         eligible, key=lambda r: (-float(r["valid_micro_f1"]), -float(r["valid_macro_f1"] or 0.0))
     )
-    members: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
     for r in ranked:
-        if len(members) < top and r["base_method"] not in {m["base_method"] for m in members}:
-            members.append(r)
-    return members if len(members) >= 2 else []
+        if r["base_method"] not in {m["base_method"] for m in out}:
+            out.append(r)
+    return out
 
 
 def valid_bar(slice_runs: list[dict[str, Any]], top: int) -> float | None:
@@ -941,14 +949,9 @@ def valid_bar(slice_runs: list[dict[str, Any]], top: int) -> float | None:
     average (``top`` < 2), to be the best run; None while fewer runs than that are done.
     A run below it cannot win, so a method may skip extra training (``FitContext.valid_bar``).
     """
-    best: dict[str, float] = {}  # one run per base method, as in an average
-    for r in slice_runs:
-        if not r["fallback"] and r["valid_micro_f1"] is not None and r["method"] != AVERAGE:
-            score = float(r["valid_micro_f1"])
-            best[r["base_method"]] = max(score, best.get(r["base_method"], score))
-    scores = sorted(best.values(), reverse=True)
+    ranked = best_per_method(slice_runs)
     k = top if top >= 2 else 1
-    return scores[k - 1] if len(scores) >= k else None
+    return float(ranked[k - 1]["valid_micro_f1"]) if len(ranked) >= k else None
 
 
 def average_run(

@@ -220,11 +220,8 @@ class Prototype(TransformerMethod):
         history["valid_after_labelled"] = None if best_score is None else round(best_score, 4)
 
         pool = [t for t in (ctx.unlabeled_texts or []) if t and t.strip()]
-        skip = self._cannot_win(valid, best_score, ctx) if pool else ""
-        if skip:
-            ctx.info["self_training_skipped"] = skip
-            log.info("%s: self-training skipped: %s", self.name, skip)
-        elif self.self_training_rounds > 0:
+        skipped = bool(pool) and self._cannot_win(valid, best_score, ctx)
+        if not skipped and self.self_training_rounds > 0:
             rounds: list[dict[str, Any]] = []
             ctx.info["self_training"] = rounds
             pool = sample_pool(pool, train.texts, self.self_training_pool_size, self._rng)
@@ -366,19 +363,21 @@ class Prototype(TransformerMethod):
             time.time() - started,
         )
 
-    def _cannot_win(self, valid: LabelledTexts | None, score: float | None, ctx: FitContext) -> str:
-        """Why self-training is skipped (see ``self_training.cannot_win``), or ""."""
+    def _cannot_win(
+        self, valid: LabelledTexts | None, score: float | None, ctx: FitContext
+    ) -> bool:
+        """Whether self-training is skipped (see ``self_training.cannot_win``)."""
         if (
             valid is None
             or score is None
             or ctx.valid_bar is None
             or self.self_training_rounds == 0
         ):
-            return ""
+            return False
         reach = score
         if valid.multi_label:
             reach = reachable_score(self.predict_proba(list(valid.texts)), valid)
-        return cannot_win(reach, ctx, self.self_training_max_gain)
+        return cannot_win(reach, ctx, self.self_training_max_gain, self.name)
 
     def _score(self, valid: LabelledTexts) -> float:
         return valid_score(self.predict_proba(list(valid.texts)), valid)

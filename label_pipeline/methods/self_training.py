@@ -16,7 +16,7 @@ A run that cannot win is not trained again: the train stage tells each fit, thro
 ``FitContext.valid_bar``, the valid micro-F1 a run of its slice needs to be chosen or to join
 the slice's ``average``. When the model's valid score after its labelled rows, plus
 ``max_gain`` (the most self-training is expected to add), stays below that bar, the rounds
-are skipped (:func:`cannot_win`) and ``ctx.info["self_training_skipped"]`` says why.
+are skipped and ``ctx.info["self_training_skipped"]`` says why (:func:`cannot_win`).
 """
 
 from __future__ import annotations
@@ -179,19 +179,25 @@ def reachable_score(proba: np.ndarray, valid: LabelledTexts) -> float:
     return float(decision.valid_micro_f1 or 0.0)
 
 
-def cannot_win(reachable: float | None, ctx: FitContext, max_gain: float | None) -> str:
-    """Why a run should skip self-training, or "" when it may still win.
+def cannot_win(
+    reachable: float | None, ctx: FitContext, max_gain: float | None, who: str = ""
+) -> bool:
+    """Whether a run should skip self-training; if so, says why in
+    ``ctx.info["self_training_skipped"]`` and the log (``who``: the method, for the log).
 
     ``reachable``: the run's valid score after its labelled rows (:func:`reachable_score`).
     The run cannot win when ``reachable + max_gain`` is below ``ctx.valid_bar``."""
     bar = ctx.valid_bar
     if bar is None or reachable is None or max_gain is None or reachable + max_gain >= bar:
-        return ""
-    return (
+        return False
+    why = (
         f"cannot win: valid {reachable:.3f} after the labelled rows, and even "
         f"+{max_gain:.2f} from self-training stays below {bar:.3f}, the valid micro-F1 a run "
         "of this slice needs to be chosen or averaged (self_training_max_gain)"
     )
+    ctx.info["self_training_skipped"] = why
+    stage_logger().info("%sself-training skipped: %s", f"{who}: " if who else "", why)
+    return True
 
 
 def run_self_training(
@@ -215,20 +221,18 @@ def run_self_training(
     if params.rounds <= 0:
         return
     log = stage_logger()
-    valid_proba = predict(valid.texts) if valid is not None and len(valid) else None
-    best_score = None if valid_proba is None else valid_score(valid_proba, valid)
-    reachable = None if valid_proba is None else reachable_score(valid_proba, valid)
-    skip = cannot_win(reachable, ctx, params.max_gain)
-    if skip:
-        ctx.info["self_training_skipped"] = skip
-        log.info("self-training skipped: %s", skip)
-        return
-    rounds: list[dict[str, Any]] = []
-    ctx.info["self_training"] = rounds
     if not pool:
+        ctx.info["self_training"] = []
         ctx.info["self_training_skipped"] = "no unlabeled texts were given"
         log.warning("self-training skipped: no unlabeled texts were given")
         return
+    valid_proba = predict(valid.texts) if valid is not None and len(valid) else None
+    best_score = None if valid_proba is None else valid_score(valid_proba, valid)
+    reachable = None if valid_proba is None else reachable_score(valid_proba, valid)
+    if cannot_win(reachable, ctx, params.max_gain):
+        return
+    rounds: list[dict[str, Any]] = []
+    ctx.info["self_training"] = rounds
     pool = sample_pool(pool, train.texts, params.pool_size, np.random.default_rng(ctx.seed))
     for r in range(1, params.rounds + 1):
         proba = predict(pool)

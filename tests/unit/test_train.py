@@ -363,5 +363,6 @@ def test_each_fit_is_told_the_score_that_wins(tmp_path, average_top, rank):
     fit = json.loads((ref.dir / "runs/test_bar_probe/all/fit.json").read_text())
     expected = None if rank is None else scores[rank - 1]
     assert fit["info"]["seen_bar"] == (None if expected is None else pytest.approx(expected))
+    assert fit["valid_bar"] == fit["info"]["seen_bar"]  # recorded for a later check
     first = json.loads((ref.dir / f"runs/{FAST[0]}/all/fit.json").read_text())
     assert "seen_bar" not in first["info"]
