@@ -170,6 +170,21 @@ def nlupp_input(out_dir: Path, seed: int) -> tuple[Path, Path]:
     return path, slice_path
 
 
+def csv_input(ingest: Any, path: Path, slice_path: Path, text_columns: list[str]) -> Any:
+    """The ingest settings of a benchmark CSV written here: ``id``, the text columns,
+    ``labels``, a fixed ``split`` column and the slice file."""
+    return ingest.model_copy(
+        update={
+            "path": str(path),
+            "format": "csv",
+            "text_columns": text_columns,
+            "id_column": "id",
+            "split_column": "split",
+            "slice_file": str(slice_path),
+        }
+    )
+
+
 def dataset_config(
     name: str,
     store: Path,
@@ -192,16 +207,7 @@ def dataset_config(
     }
     if name == "nlbse":
         path, slice_path, per_label = nlbse_input(work / "input", seed, pool)
-        update["ingest"] = cfg.ingest.model_copy(
-            update={
-                "path": str(path),
-                "format": "csv",
-                "text_columns": ["title", "body"],
-                "id_column": "id",
-                "split_column": "split",
-                "slice_file": str(slice_path),
-            }
-        )
+        update["ingest"] = csv_input(cfg.ingest, path, slice_path, ["title", "body"])
         update["run_name"] = f"bench-issues-nlbse{'-pool' if pool else ''}-seed{seed}"
         if not pool:
             # every NLBSE row carries a label: there is no unlabeled pool to adapt the
@@ -210,16 +216,7 @@ def dataset_config(
     elif name == "nlupp":
         path, slice_path = nlupp_input(work / "input", seed)
         per_label = {}
-        update["ingest"] = cfg.ingest.model_copy(
-            update={
-                "path": str(path),
-                "format": "csv",
-                "text_columns": ["text"],
-                "id_column": "id",
-                "split_column": "split",
-                "slice_file": str(slice_path),
-            }
-        )
+        update["ingest"] = csv_input(cfg.ingest, path, slice_path, ["text"])
         update["run_name"] = f"bench-issues-nlupp-seed{seed}"
     else:
         per_label = {}
@@ -301,10 +298,16 @@ def _stage_data(split_dir: Path, train_dir: Path) -> dict[str, Any]:
 
 
 def _refit_scores(
-    data: dict[str, Any], method: str, params: dict, ids: list[str], cfg: Any, pool: bool
+    data: dict[str, Any],
+    method: str,
+    params: dict,
+    ids: list[str],
+    cfg: Any,
+    pool: list[str] | None = None,
+    calibration: str = "none",
 ) -> dict[str, Any]:
-    """Fit ``method`` on the slice ``ids`` like the train stage (its calibration and decision
-    rule on valid); valid and test micro/macro-F1 and the seconds."""
+    """Fit ``method`` on the slice ``ids`` with the unlabeled ``pool`` and ``calibration``,
+    decided on valid like the train stage; valid and test micro/macro-F1 and the seconds."""
     from label_pipeline.decision import apply_decision, tune_decision
     from label_pipeline.devices import choose_device
     from label_pipeline.methods import FitContext
@@ -316,7 +319,7 @@ def _refit_scores(
         device=choose_device(cfg.train.device),
         seed=cfg.train.seed,
         encoder=data["encoder"],
-        unlabeled_texts=data["pool"] if pool else None,
+        unlabeled_texts=pool,
     )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
@@ -328,7 +331,7 @@ def _refit_scores(
             test.texts,
             ctx,
             Path(tmp) / "m",
-            calibration=cfg.train.calibration if pool else "none",
+            calibration=calibration,
             calibration_min_rows=cfg.train.calibration_min_rows,
         )
         seconds = time.time() - t0
@@ -359,7 +362,7 @@ def ablation(split_dir: Path, train_dir: Path, multi_label: bool, cfg: Any) -> l
     out = []
     for name, params in ABLATION.items():
         for slice_name, ids in data["slices"].items():
-            r = _refit_scores(data, "hybrid", params, ids, cfg, pool=False)
+            r = _refit_scores(data, "hybrid", params, ids, cfg)
             r.pop("self_training")
             r.pop("valid_micro_f1")
             out.append({"method": name, "slice": slice_name, **r})
@@ -385,22 +388,25 @@ def skipped_check(split_dir: Path, train_dir: Path, cfg: Any) -> list[dict]:
     """Each run whose self-training the train stage skipped because it could not win
     (``self_training_skipped``), refitted with self-training forced on
     (``self_training_max_gain: None``): would it have reached the bar it was given?"""
-    from tasks.train import valid_bar
-
     data = _stage_data(split_dir, train_dir)
     runs = json.loads((train_dir / "runs.json").read_text())
     out = []
-    for i, run in enumerate(runs):
+    for run in runs:
         fit = json.loads((train_dir / run["dir"] / "fit.json").read_text())
         skipped = fit.get("info", {}).get("self_training_skipped", "")
         if not skipped.startswith("cannot win"):
             continue
-        before = [r for r in runs[:i] if r["slice"] == run["slice"]]
-        bar = valid_bar(before, cfg.train.average_top)
+        bar = fit["valid_bar"]  # the bar the train stage gave the run
         params = {**cfg.train.method_params.get(run["base_method"], {})}
         params["self_training_max_gain"] = None
         forced = _refit_scores(
-            data, run["base_method"], params, data["slices"][run["slice"]], cfg, pool=True
+            data,
+            run["base_method"],
+            params,
+            data["slices"][run["slice"]],
+            cfg,
+            data["pool"],
+            cfg.train.calibration,
         )
         out.append(
             {
@@ -409,7 +415,7 @@ def skipped_check(split_dir: Path, train_dir: Path, cfg: Any) -> list[dict]:
                 "bar": bar,
                 "skipped": {k: run.get(k) for k in ("valid_micro_f1", "fit_seconds")},
                 "forced": forced,
-                "would_have_won": forced["valid_micro_f1"] >= bar if bar is not None else None,
+                "would_have_won": forced["valid_micro_f1"] >= bar,
             }
         )
         print(json.dumps(out[-1], default=str), flush=True)
