@@ -10,7 +10,7 @@ For results comparable with other tools, run it on pre-split input: an input fil
 the ``ingest`` and ``split`` sections, so every tool sees identical rows.
 
 At every slice the evaluate stage picks a model on valid as it picks the final one (never
-below the best baseline, the simplest within the tolerance; ``label_pipeline.choice.choose_final``):
+below the best baseline beyond luck, the simplest within the tolerance; ``label_pipeline.choice.choose_final``):
 the ``chosen`` curve of the learning-curve figures, and ``chosen_per_slice`` in the result.
 
 Run it as a script: ``python -m flows.label_bench --config bench.yaml --variants aug``.

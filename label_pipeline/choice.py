@@ -125,11 +125,14 @@ def choose_final(
     the rest, those within ``tolerance`` of the best score (at least ``1 / n_valid`` on a
     small valid split) are tied, and the simplest wins (``SIMPLICITY``), then the higher
     score, then the earlier run. With ``prefer_average``, the slice's ``average`` run (see
-    ``tasks.train.average_run``) is chosen instead whenever it is healthy and not below the
-    best baseline, unless (``y_valid`` given, ``single_over_average_p`` > 0) the best single
+    ``tasks.train.average_run``) is chosen instead whenever it is healthy, unless a single
     run beats it on valid beyond luck: :func:`label_pipeline.metrics.paired_bootstrap_p` of
     their valid decisions (``run_predictions`` of each ``run_dir``, from ``saved`` when
-    given) below ``single_over_average_p``.
+    given) below ``single_over_average_p``. The best baseline is tested that way when the
+    average is below it (the rule above then picks the model), the best single run when it
+    is above the average (it ships instead). Without ``y_valid`` or with
+    ``single_over_average_p`` 0 nothing is tested: the average ships when it is not below
+    the best baseline.
 
     Returns ``{"run", "reason", "candidates", "best_baseline", "tolerance"}`` or None when
     there are no runs.
@@ -156,35 +159,57 @@ def choose_final(
     top_baseline = max(baselines, key=lambda r: (score(r), -r["order"])) if baselines else None
     eligible = [r for r in healthy if score(r) >= floor - 1e-12 and score(r) >= best_score - tol]
     chosen = min(eligible, key=lambda r: (_simplicity(r), -score(r), r["order"]))
-    average = [r for r in healthy if r["method"] == AVERAGE and score(r) >= floor - 1e-12]
+    average = [r for r in healthy if r["method"] == AVERAGE]
+
+    def luck(rival: dict[str, Any], avg: dict[str, Any]) -> float | None:
+        """Paired bootstrap p that ``rival`` beats ``avg`` on valid; None when not tested."""
+        if (
+            y_valid is None
+            or single_over_average_p <= 0
+            or "run_dir" not in rival
+            or "run_dir" not in avg
+        ):
+            return None
+        return paired_bootstrap_p(
+            y_valid,
+            run_predictions(rival["run_dir"], saved=saved),
+            run_predictions(avg["run_dir"], saved=saved),
+            metric,
+        )
+
+    def beats_note(rival: dict[str, Any], avg: dict[str, Any], p: float) -> str:
+        verdict = "beyond" if p < single_over_average_p else "within"
+        return (
+            f"; {rival['method']} beats the average on valid ({_f(score(rival))} vs "
+            f"{_f(score(avg))}) {verdict} luck: paired bootstrap p = {p:.3f} "
+            f"(evaluate.single_over_average_p = {single_over_average_p:g})"
+        )
+
     single_note = ""
+    tested = None  # the run already compared with the average
+    if prefer_average and average and top_baseline is not None:
+        # below the best baseline on valid: out, unless that is within luck
+        avg = average[0]
+        if score(avg) < floor - 1e-12:
+            p = luck(top_baseline, avg)
+            if p is None or p < single_over_average_p:
+                average = []
+            else:
+                single_note, tested = beats_note(top_baseline, avg, p), top_baseline
     if prefer_average and average:
         chosen = average[0]
         singles = [r for r in healthy if r["method"] != AVERAGE and score(r) >= floor - 1e-12]
         best_single = max(singles, key=lambda r: (score(r), -r["order"]), default=None)
         if (
             best_single is not None
-            and y_valid is not None
-            and single_over_average_p > 0
+            and best_single is not tested
             and score(best_single) > score(chosen)
-            and "run_dir" in best_single
-            and "run_dir" in chosen
         ):
-            p = paired_bootstrap_p(
-                y_valid,
-                run_predictions(best_single["run_dir"], saved=saved),
-                run_predictions(chosen["run_dir"], saved=saved),
-                metric,
-            )
-            verdict = "beyond" if p < single_over_average_p else "within"
-            single_note = (
-                f"; {best_single['method']} beats the average on valid "
-                f"({_f(score(best_single))} vs {_f(score(chosen))}) {verdict} luck: paired "
-                f"bootstrap p = {p:.3f} (evaluate.single_over_average_p = "
-                f"{single_over_average_p:g})"
-            )
-            if p < single_over_average_p:
-                chosen = best_single
+            p = luck(best_single, chosen)
+            if p is not None:
+                single_note += beats_note(best_single, chosen, p)
+                if p < single_over_average_p:
+                    chosen = best_single
     name = metric.replace("_f1", "-F1")
     ranked = sorted(healthy, key=lambda r: (-score(r), r["order"]))
     candidates = [{"method": r["method"], "valid": score(r)} for r in ranked]
@@ -202,7 +227,7 @@ def choose_final(
     if chosen["method"] == AVERAGE:
         reason += (
             f"; the average of {', '.join(average_members_of(chosen, saved))} is preferred to a single "
-            "run when it is not below the best baseline (evaluate.prefer_average)"
+            "run unless a single run beats it on valid beyond luck (evaluate.prefer_average)"
         )
         reason += single_note
     elif single_note:

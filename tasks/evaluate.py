@@ -64,7 +64,7 @@ from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-SPEC = StageSpec("evaluate", "6")
+SPEC = StageSpec("evaluate", "7")
 STAGE, VERSION = SPEC.name, SPEC.version
 
 
@@ -79,15 +79,17 @@ class EvaluateConfig(BaseModel):
             others); on a small valid split the tolerance is at least one valid row's worth
             (``1 / valid rows``). Never below the best baseline's valid score.
         prefer_average: ship the train stage's ``average`` run of a slice (the mean of its
-            best runs on valid, ``train.average_top``) whenever its valid score is not below
-            the best baseline's, instead of the single run the rule above picks: on a small
-            valid split the best single run is partly luck, the average of the best few is
-            steadier.
-        single_over_average_p: with ``prefer_average``, the best single run of the slice
-            still ships instead of the average when it beats the average on valid by more
-            than luck: in a paired bootstrap over the valid rows (2,000 resamples of the same
-            rows for both) it scores no higher than the average in fewer than this fraction
-            of the resamples. 0: always the average.
+            best runs on valid, ``train.average_top``) instead of the single run the rule
+            above picks, unless a single run beats it on valid beyond luck
+            (``single_over_average_p``): on a small valid split the best single run is partly
+            luck, the average of the best few is steadier.
+        single_over_average_p: with ``prefer_average``, a single run beats the average on
+            valid beyond luck when, in a paired bootstrap over the valid rows (2,000
+            resamples of the same rows for both), it scores no higher than the average in
+            fewer than this fraction of the resamples. The best single run above the average
+            then ships instead; the best baseline above the average that way puts the
+            average out (the rule above picks). 0: no test; the average ships whenever it is
+            not below the best baseline.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -478,7 +480,7 @@ def _write_summary(
         )
     lines += ["", md_table(results_table(runs, multi_label))]
     if per_slice and len(per_slice) > 1:
-        lines += ["", "Chosen per slice (valid, never below the best baseline):", ""]
+        lines += ["", "Chosen per slice (valid, never below the best baseline beyond luck):", ""]
         lines.append(md_table(chosen_table(per_slice, multi_label)))
         lines += ["", *label_more_lines(more or [], multi_label)]
     lines += [
