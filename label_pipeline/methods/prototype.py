@@ -103,7 +103,7 @@ class PrototypeSettings(MethodSettings):
     eval_batch_size: int | None = Field(
         None, description="texts per inference step; None = the device's batch size"
     )
-    # a third round took 31-48 % of self-training's time and moved test scores by -3.4 to
+    # a third round took 42-48 % of self-training's time and moved test scores by -3.4 to
     # +2.1 points, mean -0.6 (docs/benchmarks.md, "How many self-training rounds")
     self_training_rounds: Rounds = 2
     self_training_per_label: PerLabel = Field(
