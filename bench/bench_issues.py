@@ -61,7 +61,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import DATASETS, only_one  # noqa: E402
+from harness import DATASETS, only_one, split_rows  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -260,41 +260,10 @@ def stage_seconds(refs: dict[str, Any]) -> dict[str, float]:
 
 
 def _stage_data(split_dir: Path, train_dir: Path) -> dict[str, Any]:
-    """What a refit beside the train stage needs: labels, slices, the training rows by id,
-    valid and test as ``LabelledTexts``, the unlabeled pool and the train stage's encoder."""
-    from label_pipeline.data import label_matrix, load_slices, load_splits, read_label_info
-    from label_pipeline.methods import LabelledTexts
-
-    labels, multi_label = read_label_info(split_dir)
-    splits = load_splits(split_dir)
-    tr = splits["train"]
-
-    def lt(ds: Any) -> LabelledTexts:
-        return LabelledTexts(
-            [str(t) for t in ds["text"]],
-            label_matrix([list(x) for x in ds["labels"]], labels),
-            labels,
-            multi_label,
-        )
-
-    train_all = lt(tr)
-    row_of = {str(i): k for k, i in enumerate(tr["id"])}
-    unlabeled = splits.get("unlabeled")
-    return {
-        "labels": labels,
-        "multi_label": multi_label,
-        "slices": load_slices(split_dir),
-        "valid": lt(splits["valid"]),
-        "test": lt(splits["test"]),
-        "pool": [str(t) for t in unlabeled["text"]] if unlabeled is not None else None,
-        "encoder": json.loads((train_dir / "manifest.json").read_text()).get("encoder"),
-        "slice_rows": lambda ids: LabelledTexts(
-            [train_all.texts[row_of[i]] for i in ids],
-            train_all.y[[row_of[i] for i in ids]],
-            labels,
-            multi_label,
-        ),
-    }
+    """What a refit beside the train stage needs: the split stage's rows
+    (:func:`harness.split_rows`) and the train stage's encoder."""
+    encoder = json.loads((train_dir / "manifest.json").read_text()).get("encoder")
+    return {**split_rows(split_dir), "encoder": encoder}
 
 
 def _refit_scores(

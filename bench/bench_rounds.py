@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import only_one, setup_project, write_results  # noqa: E402
+from harness import only_one, setup_project, split_rows, write_results  # noqa: E402
 
 setup_project()
 
@@ -143,27 +143,16 @@ def bench_emotion(args: argparse.Namespace) -> list[dict]:
 
 
 def bench_kept(args: argparse.Namespace) -> list[dict]:
-    from label_pipeline.data import label_matrix, load_slices, load_splits, read_label_info
-
-    split = only_one(Path(args.kept) / "store", "split/*/", "split stage")
-    splits = load_splits(split)
-    labels, multi = read_label_info(split)
-    slices = load_slices(split)
-
-    def rows(ds: Any) -> Any:
-        return _rows(ds["text"], label_matrix(list(ds["labels"]), labels), labels, multi)
-
-    valid, test = rows(splits["valid"]), rows(splits["test"])
-    pool = [t for t in splits["unlabeled"]["text"] if t and t.strip()]
+    data = split_rows(only_one(Path(args.kept) / "store", "split/*/", "split stage"))
+    pool = [t for t in data["pool"] or [] if t and t.strip()]
     out = []
     for name in args.slices:
-        ids = set(slices[name])
-        train = rows(
-            splits["train"].select(
-                [i for i, row_id in enumerate(splits["train"]["id"]) if row_id in ids]
-            )
+        # the slice's rows in the order of the train split
+        ids = sorted(data["slices"][name], key=data["row_of"].get)
+        train = data["slice_rows"](ids)
+        r = fit_with_checkpoints(
+            train, data["valid"], data["test"], pool, args.seed, args.params, args.encoder_dir
         )
-        r = fit_with_checkpoints(train, valid, test, pool, args.seed, args.params, args.encoder_dir)
         out.append({"slice": name, "train_rows": len(train), **r})
     return out
 
