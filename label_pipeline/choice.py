@@ -159,7 +159,7 @@ def choose_final(
     top_baseline = max(baselines, key=lambda r: (score(r), -r["order"])) if baselines else None
     eligible = [r for r in healthy if score(r) >= floor - 1e-12 and score(r) >= best_score - tol]
     chosen = min(eligible, key=lambda r: (_simplicity(r), -score(r), r["order"]))
-    average = [r for r in healthy if r["method"] == AVERAGE]
+    average = next((r for r in healthy if r["method"] == AVERAGE), None) if prefer_average else None
 
     def luck(rival: dict[str, Any], avg: dict[str, Any]) -> float | None:
         """Paired bootstrap p that ``rival`` beats ``avg`` on valid; None when not tested."""
@@ -187,17 +187,15 @@ def choose_final(
 
     single_note = ""
     tested = None  # the run already compared with the average
-    if prefer_average and average and top_baseline is not None:
+    if average is not None and top_baseline is not None and score(average) < floor - 1e-12:
         # below the best baseline on valid: out, unless that is within luck
-        avg = average[0]
-        if score(avg) < floor - 1e-12:
-            p = luck(top_baseline, avg)
-            if p is None or p < single_over_average_p:
-                average = []
-            else:
-                single_note, tested = beats_note(top_baseline, avg, p), top_baseline
-    if prefer_average and average:
-        chosen = average[0]
+        p = luck(top_baseline, average)
+        if p is None or p < single_over_average_p:
+            average = None
+        else:
+            single_note, tested = beats_note(top_baseline, average, p), top_baseline
+    if average is not None:
+        chosen = average
         singles = [r for r in healthy if r["method"] != AVERAGE and score(r) >= floor - 1e-12]
         best_single = max(singles, key=lambda r: (score(r), -r["order"]), default=None)
         if (
