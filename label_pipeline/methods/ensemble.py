@@ -4,7 +4,8 @@ Members are registered method names with their own parameters (``member_params``
 fitted with the same training and validation rows, seed, encoder and unlabeled pool. The
 ensemble's probability of a label is the weighted mean of the members' probabilities (so it
 stays a probability: rows sum to 1 for single-label tasks, each entry lies in [0, 1] for
-multi-label ones). Each member's validation score and what it reported go to
+multi-label ones). Each member's validation score (accuracy; multi-label, micro-F1 with
+every label's threshold tuned on valid, as the train stage decides) and what it reported go to
 ``ctx.info["members"]``; the saved directory holds one ``members/<name>/`` per member.
 """
 
@@ -30,7 +31,7 @@ from label_pipeline.methods.base import (
     nested_settings_errors,
     register,
 )
-from label_pipeline.methods.self_training import valid_score
+from label_pipeline.methods.self_training import reachable_score
 from label_pipeline.methods.transformer import TransformerMethod, checked_proba, write_method_meta
 from label_pipeline.progress import stage_logger
 from label_pipeline.registry import field_error, setting_error
@@ -155,12 +156,12 @@ class Ensemble(TransformerMethod):
             fact: dict[str, Any] = {"fit_seconds": round(time.time() - started, 2)}
             if has_valid:
                 valid_probs.append(np.asarray(model.predict_proba(list(valid.texts)), np.float64))
-                fact["valid"] = round(valid_score(valid_probs[-1], valid), 4)
+                fact["valid"] = round(reachable_score(valid_probs[-1], valid), 4)
             self.history_["members"][name] = dict(fact)
             facts[name] = {**fact, "info": sub.info}
             log.info("%s: member %s fitted in %.1fs", self.name, name, fact["fit_seconds"])
         if has_valid:
-            score = valid_score(self._average(valid_probs), valid)
+            score = reachable_score(self._average(valid_probs), valid)
             self.history_["valid"] = round(score, 4)
             ctx.info["valid"] = round(score, 4)
         return self

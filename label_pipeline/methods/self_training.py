@@ -10,7 +10,9 @@ Used by the transformer methods through their ``self_training_*`` parameters
    ``1 - floor`` and at least one label is on. At most ``per_label`` rows per label, the most
    confident first, so a frequent label cannot flood the training set;
 3. retrain from the starting encoder on gold rows plus pseudo rows (weight ``weight``);
-4. keep the new model only if it does not score worse on the validation split.
+4. keep the new model only if it does not score worse on the validation split, scored as
+   the train stage decides (:func:`reachable_score`: multi-label, every label's threshold
+   tuned on valid; a round that only moves the probabilities away from 0.5 is not "worse").
 
 A run that cannot win is not trained again: the train stage tells each fit, through
 ``FitContext.valid_bar``, the valid micro-F1 a run of its slice needs to be chosen or to join
@@ -227,9 +229,8 @@ def run_self_training(
         log.warning("self-training skipped: no unlabeled texts were given")
         return
     valid_proba = predict(valid.texts) if valid is not None and len(valid) else None
-    best_score = None if valid_proba is None else valid_score(valid_proba, valid)
-    reachable = None if valid_proba is None else reachable_score(valid_proba, valid)
-    if cannot_win(reachable, ctx, params.max_gain):
+    best_score = None if valid_proba is None else reachable_score(valid_proba, valid)
+    if cannot_win(best_score, ctx, params.max_gain):
         return
     rounds: list[dict[str, Any]] = []
     ctx.info["self_training"] = rounds
@@ -248,7 +249,7 @@ def run_self_training(
         before = snapshot()
         fit_once(with_pseudo_rows(train, [pool[i] for i in idx], y, params.weight))
         if best_score is not None:
-            score = valid_score(predict(valid.texts), valid)
+            score = reachable_score(predict(valid.texts), valid)
             fact["valid_before"], fact["valid_after"] = round(best_score, 4), round(score, 4)
             if score < best_score:
                 restore(before)

@@ -252,3 +252,55 @@ def test_self_training_is_skipped_for_a_run_that_cannot_win():
     proba[:, 0] = np.where(rows.y[:, 0] == 1, 0.9, 0.8)
     assert reachable_score(proba, rows) == pytest.approx(1.0)
     assert valid_score(proba, rows) < 0.9
+
+
+def test_a_multi_label_round_is_judged_as_the_train_stage_decides():
+    """A round whose probabilities rank every valid row right but all sit below 0.5 scores 0
+    at 0.5 and 1.0 with each label's threshold tuned on valid: ``run_self_training`` keeps it
+    over the labelled-rows model (above 0.5, but some rows ranked wrong)."""
+    from label_pipeline.methods.self_training import (
+        SelfTrainingParams,
+        reachable_score,
+        run_self_training,
+        valid_score,
+    )
+
+    train, valid = multi_label_rows(8, 1), multi_label_rows(40, 2)
+    pool = multi_label_rows(30, 9).texts
+    valid_index = {t: i for i, t in enumerate(valid.texts)}
+    rng = np.random.default_rng(0)
+    noisy = np.clip(0.6 + 0.3 * (2 * valid.y - 1) * rng.choice([1, -1], valid.y.shape), 0, 1)
+    sharp_low = np.where(valid.y == 1, 0.3, 0.1)
+    state = {"fits": 0}
+
+    def predict(texts):
+        if texts and texts[0] in valid_index:
+            return (noisy if state["fits"] == 1 else sharp_low)[[valid_index[t] for t in texts]]
+        return np.tile([0.95, 0.02, 0.02], (len(texts), 1))  # the pool: confident rows
+
+    def fit_once(rows):
+        state["fits"] += 1
+
+    def run():
+        state["fits"] = 0
+        ctx = FitContext(seed=0, unlabeled_texts=pool)
+        snapshots = []
+        run_self_training(
+            fit_once,
+            predict,
+            lambda: state["fits"],
+            lambda s: snapshots.append(s),
+            train,
+            valid,
+            ctx,
+            SelfTrainingParams(rounds=1, floor=0.9, per_label=4, max_gain=None),
+        )
+        return ctx.info["self_training"][0], snapshots
+
+    assert valid_score(sharp_low, valid) == 0.0 < valid_score(noisy, valid)
+    assert reachable_score(noisy, valid) < reachable_score(sharp_low, valid) == pytest.approx(1.0)
+    fact, undone = run()
+    assert fact["kept"] is True and not undone
+    assert fact["valid_after"] == pytest.approx(1.0)
+    assert fact["valid_before"] == pytest.approx(reachable_score(noisy, valid), abs=1e-4)
+    assert fact["valid_before"] < 0.9
