@@ -9,7 +9,14 @@ from label_pipeline.devices import choose_device
 from label_pipeline.errors import ConfigError, TrainingDivergedError
 from label_pipeline.methods import FitContext, LabelledTexts, get_method
 from label_pipeline.methods.finetune import FineTune, length_grouped_batches
-from label_pipeline.methods.self_training import select_confident, with_pseudo_rows
+from label_pipeline.methods.self_training import (
+    SelfTrainingParams,
+    reachable_score,
+    run_self_training,
+    select_confident,
+    valid_score,
+    with_pseudo_rows,
+)
 
 WORDS = {
     "joy": ["happy", "great", "good", "love", "smile"],
@@ -214,13 +221,6 @@ def test_self_training_adds_pool_rows(toy_encoder):
 def test_self_training_is_skipped_for_a_run_that_cannot_win():
     """``run_self_training`` with a model whose valid accuracy is 1/3: under a bar of .9 it is
     trained once and never again; under a bar within ``max_gain`` the rounds run."""
-    from label_pipeline.methods.self_training import (
-        SelfTrainingParams,
-        reachable_score,
-        run_self_training,
-        valid_score,
-    )
-
     train, valid = single_label_rows(6, 1), single_label_rows(12, 2)
     pool = single_label_rows(30, 9).texts
 
@@ -258,13 +258,6 @@ def test_a_multi_label_round_is_judged_as_the_train_stage_decides():
     """A round whose probabilities rank every valid row right but all sit below 0.5 scores 0
     at 0.5 and 1.0 with each label's threshold tuned on valid: ``run_self_training`` keeps it
     over the labelled-rows model (above 0.5, but some rows ranked wrong)."""
-    from label_pipeline.methods.self_training import (
-        SelfTrainingParams,
-        reachable_score,
-        run_self_training,
-        valid_score,
-    )
-
     train, valid = multi_label_rows(8, 1), multi_label_rows(40, 2)
     pool = multi_label_rows(30, 9).texts
     valid_index = {t: i for i, t in enumerate(valid.texts)}
