@@ -12,7 +12,8 @@ Used by the transformer methods through their ``self_training_*`` parameters
 3. retrain from the starting encoder on gold rows plus pseudo rows (weight ``weight``);
 4. keep the new model only if it does not score worse on the validation split, scored as
    the train stage decides (:func:`reachable_score`: multi-label, every label's threshold
-   tuned on valid; a round that only moves the probabilities away from 0.5 is not "worse").
+   tuned on valid, so a round that ranks the rows better with probabilities below 0.5 is
+   an improvement, not a loss).
 
 A run that cannot win is not trained again: the train stage tells each fit, through
 ``FitContext.valid_bar``, the valid micro-F1 a run of its slice needs to be chosen or to join

@@ -274,25 +274,22 @@ def test_a_multi_label_round_is_judged_as_the_train_stage_decides():
     def fit_once(rows):
         state["fits"] += 1
 
-    def run():
-        state["fits"] = 0
-        ctx = FitContext(seed=0, unlabeled_texts=pool)
-        snapshots = []
-        run_self_training(
-            fit_once,
-            predict,
-            lambda: state["fits"],
-            lambda s: snapshots.append(s),
-            train,
-            valid,
-            ctx,
-            SelfTrainingParams(rounds=1, floor=0.9, per_label=4, max_gain=None),
-        )
-        return ctx.info["self_training"][0], snapshots
+    ctx = FitContext(seed=0, unlabeled_texts=pool)
+    undone = []
+    run_self_training(
+        fit_once,
+        predict,
+        lambda: state["fits"],
+        undone.append,
+        train,
+        valid,
+        ctx,
+        SelfTrainingParams(rounds=1, floor=0.9, per_label=4, max_gain=None),
+    )
+    (fact,) = ctx.info["self_training"]
 
     assert valid_score(sharp_low, valid) == 0.0 < valid_score(noisy, valid)
     assert reachable_score(noisy, valid) < reachable_score(sharp_low, valid) == pytest.approx(1.0)
-    fact, undone = run()
     assert fact["kept"] is True and not undone
     assert fact["valid_after"] == pytest.approx(1.0)
     assert fact["valid_before"] == pytest.approx(reachable_score(noisy, valid), abs=1e-4)
