@@ -10,7 +10,8 @@ classifier (:mod:`label_pipeline.zeroshot.embedding`), and the few labelled rows
 and the label vectors from there instead of from a random head: with 8-64 rows per label this
 keeps what the label names already tell.
 
-Self-training (``self_training_rounds``, on by default when the pool is given): each round the
+Self-training (``self_training_rounds``, on by default when the pool is given: ``auto`` runs
+three rounds for a single-label task and two for a multi-label one): each round the
 model labels up to ``self_training_pool_size`` pool rows, takes the ``per_label * round`` rows
 ranked highest for each label it predicts (no probability floor for single-label, so every
 label gets rows even while its probabilities are low; multi-label rows need >= 0.5), and
@@ -70,6 +71,12 @@ from label_pipeline.registry import setting_error
 
 HEAD_FILE = "head.npz"
 AUTO_VALID_ROWS = 200  # self_training_keep="auto": fewest validation rows to choose a round by
+#: ``self_training_rounds: auto``. A third round lifted single-label test accuracy on NLBSE'24
+#: in all six runs (three seeds: mean +1.8 points at 8 rows per class, +3.6 at 64), moved
+#: emotion at 8 rows per label by -0.5 (three seeds), and lowered multi-label micro-F1 on the
+#: embedded data (-3.4 / +2.1 / -1.9 at 8 / 32 / 128 rows) for 42-48 % of self-training's
+#: time (docs/benchmarks.md, "How many self-training rounds").
+AUTO_ROUNDS = {"single": 3, "multi": 2}
 
 
 class PrototypeSettings(MethodSettings):
@@ -103,9 +110,12 @@ class PrototypeSettings(MethodSettings):
     eval_batch_size: int | None = Field(
         None, description="texts per inference step; None = the device's batch size"
     )
-    # a third round took 42-48 % of self-training's time and moved test scores by -3.4 to
-    # +2.1 points, mean -0.6 (docs/benchmarks.md, "How many self-training rounds")
-    self_training_rounds: Rounds = 2
+    self_training_rounds: Rounds | Literal["auto"] = Field(
+        "auto",
+        description="rounds of self-training on the unlabeled pool (0 = off); ``auto``: "
+        f"{AUTO_ROUNDS['single']} for a single-label task, {AUTO_ROUNDS['multi']} for a "
+        "multi-label one",
+    )
     self_training_per_label: PerLabel = Field(
         64,
         description="pseudo-labelled rows per label in round 1 (``r`` times that in round ``r``)",
@@ -221,8 +231,10 @@ class Prototype(TransformerMethod):
         history["valid_after_labelled"] = None if best_score is None else round(best_score, 4)
 
         pool = [t for t in (ctx.unlabeled_texts or []) if t and t.strip()]
-        skipped = bool(pool) and self._cannot_win(valid, best_score, ctx)
-        if not skipped and self.self_training_rounds > 0:
+        n_rounds = self.rounds()
+        history["self_training_rounds"] = n_rounds
+        skipped = bool(pool) and n_rounds > 0 and self._cannot_win(valid, best_score, ctx)
+        if not skipped and n_rounds > 0:
             rounds: list[dict[str, Any]] = []
             ctx.info["self_training"] = rounds
             pool = sample_pool(pool, train.texts, self.self_training_pool_size, self._rng)
@@ -230,7 +242,7 @@ class Prototype(TransformerMethod):
                 ctx.info["self_training_skipped"] = "no unlabeled texts were given"
                 log.warning("%s: self-training skipped: no unlabeled texts were given", self.name)
             worse = 0  # rounds in a row below the best valid score
-            for r in range(1, (self.self_training_rounds if pool else 0) + 1):
+            for r in range(1, (n_rounds if pool else 0) + 1):
                 proba = self.predict_proba(pool)
                 floor = 0.5 if self.multi_label_ else 0.0
                 idx, y = select_confident(
@@ -264,7 +276,7 @@ class Prototype(TransformerMethod):
                     fact.get("valid"),
                 )
                 patience = self.self_training_patience
-                if keep_best and patience and worse >= patience and r < self.self_training_rounds:
+                if keep_best and patience and worse >= patience and r < n_rounds:
                     fact["stopped"] = (
                         f"valid below the best ({round(best_score, 4)}) for {worse} round(s) "
                         "in a row (self_training_patience)"
@@ -368,14 +380,16 @@ class Prototype(TransformerMethod):
         self, valid: LabelledTexts | None, score: float | None, ctx: FitContext
     ) -> bool:
         """Whether self-training is skipped (see ``self_training.cannot_win``)."""
-        if (
-            valid is None
-            or score is None
-            or ctx.valid_bar is None
-            or self.self_training_rounds == 0
-        ):
+        if valid is None or score is None or ctx.valid_bar is None:
             return False
         return cannot_win(score, ctx, self.self_training_max_gain, self.name)
+
+    def rounds(self) -> int:
+        """The self-training rounds of this fit: ``self_training_rounds``, with ``auto``
+        resolved by the task (:data:`AUTO_ROUNDS`; known once ``fit`` has read the rows)."""
+        if self.self_training_rounds != "auto":
+            return int(self.self_training_rounds)
+        return AUTO_ROUNDS["multi" if self.multi_label_ else "single"]
 
     def _score(self, valid: LabelledTexts) -> float:
         """Accuracy (single-label); multi-label, micro-F1 with per-label thresholds tuned on

@@ -132,7 +132,7 @@ DEFAULTS = {
         "label_texts": None,
         "class_weighting": "none",
         "eval_batch_size": None,
-        "self_training_rounds": 2,
+        "self_training_rounds": "auto",
         "self_training_per_label": 64,
         "self_training_weight": 0.5,
         "self_training_epochs": 3,

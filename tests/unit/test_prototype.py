@@ -106,6 +106,24 @@ def test_best_valid_keeps_the_best_round(toy):
     assert hist["valid_final"] == hist["valid_best"] == max(scores)
 
 
+@pytest.mark.parametrize("multi, rounds_run", [(False, 3), (True, 2)])
+def test_auto_runs_three_rounds_for_single_label_and_two_for_multi_label(toy, multi, rounds_run):
+    """``self_training_rounds: auto`` (the default) resolves by the task once the rows are
+    read, and every resolved round runs when valid is too small to stop them."""
+    from test_finetune import CPU, multi_label_rows, single_label_rows
+
+    rows = multi_label_rows if multi else single_label_rows
+    ctx = FitContext(device=CPU, encoder=str(toy), seed=0, unlabeled_texts=rows(30, 4).texts)
+    m = Prototype(
+        epochs=2, lr=1e-3, head_lr=1e-2, self_training_per_label=3, self_training_epochs=1
+    )
+    assert m.self_training_rounds == "auto"
+    m.fit(rows(12, 1), rows(12, 2), ctx)
+    assert m.rounds() == rounds_run == ctx.info["history"]["self_training_rounds"]
+    assert [r["round"] for r in ctx.info["self_training"]] == list(range(1, rounds_run + 1))
+    assert all(r["added"] > 0 for r in ctx.info["self_training"])
+
+
 def test_self_training_without_pool_is_reported(toy):
     from test_finetune import CPU, single_label_rows
 
