@@ -72,10 +72,10 @@ from label_pipeline.registry import setting_error
 HEAD_FILE = "head.npz"
 AUTO_VALID_ROWS = 200  # self_training_keep="auto": fewest validation rows to choose a round by
 #: ``self_training_rounds: auto``. A third round lifted single-label test accuracy on NLBSE'24
-#: in all six runs (three seeds: mean +1.8 points at 8 rows per class, +3.6 at 64), moved
-#: emotion at 8 rows per label by -0.5 (three seeds), and lowered multi-label micro-F1 on the
-#: embedded data (-3.4 / +2.1 / -1.9 at 8 / 32 / 128 rows) for 42-48 % of self-training's
-#: time (docs/benchmarks.md, "How many self-training rounds").
+#: in all six runs (three seeds: mean +1.8 points at 8 rows per class, +3.6 at 64) and emotion
+#: at 64 rows per label (+1.2), moved emotion at 8 by -0.5 (three seeds), and lowered
+#: multi-label micro-F1 on the embedded data (-3.4 / +2.1 / -1.9 at 8 / 32 / 128 rows) for
+#: 42-48 % of self-training's time (docs/benchmarks.md, "How many self-training rounds").
 AUTO_ROUNDS = {"single": 3, "multi": 2}
 
 
