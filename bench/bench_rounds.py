@@ -11,7 +11,9 @@ scores valid) this benchmark also predicts test and scores it as the pipeline wo
 - ``kept`` (a stage store kept by ``bench_issues.py --keep DIR``, e.g. the embedded default
   data in ``DIR/goemotions-0``): its split stage's slices, valid, test and unlabeled rows;
   multi-label rows are decided by thresholds tuned on valid (``threshold: auto``, per label
-  where a label has enough valid positives), single-label rows by the argmax.
+  where a label has enough valid positives), single-label rows by the argmax. The fit starts
+  from the encoder the kept run's train stage read: the store's adapt stage model when the
+  adapt stage ran (``--encoder`` overrides it).
 
 A round's seconds leave out the benchmark's own test and pool predictions.
 
@@ -142,8 +144,20 @@ def bench_emotion(args: argparse.Namespace) -> list[dict]:
     return out
 
 
+def kept_encoder(kept: Path) -> str | None:
+    """The domain-adapted encoder of a kept store (its adapt stage's model), which the kept
+    run's train stage fine-tuned; None when the adapt stage did not run."""
+    found = sorted((kept / "store").glob("adapt/*/model"))
+    if len(found) > 1:
+        sys.exit(f"expected one adapt stage model under {kept}/store, found {len(found)}")
+    return str(found[0]) if found else None
+
+
 def bench_kept(args: argparse.Namespace) -> list[dict]:
     data = split_rows(only_one(Path(args.kept) / "store", "split/*/", "split stage"))
+    if args.encoder_dir is None:
+        args.encoder_dir = kept_encoder(Path(args.kept))
+    print(f"encoder: {args.encoder_dir or 'the method default'}", flush=True)
     pool = [t for t in data["pool"] or [] if t and t.strip()]
     out = []
     for name in args.slices:
@@ -181,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
 
         args.encoder_dir = str(resolve_model(args.encoder, "bench_rounds --encoder"))
     results = bench_emotion(args) if args.mode == "emotion" else bench_kept(args)
-    write_results(f"bench_rounds_{args.mode}", {"params": args.params, "runs": results}, args.tag)
+    out = {"params": args.params, "encoder": args.encoder_dir, "runs": results}
+    write_results(f"bench_rounds_{args.mode}", out, args.tag)
 
 
 if __name__ == "__main__":
