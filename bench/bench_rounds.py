@@ -147,10 +147,10 @@ def bench_emotion(args: argparse.Namespace) -> list[dict]:
 def kept_encoder(kept: Path) -> str | None:
     """The domain-adapted encoder of a kept store (its adapt stage's model), which the kept
     run's train stage fine-tuned; None when the adapt stage did not run."""
-    found = sorted((kept / "store").glob("adapt/*/model"))
-    if len(found) > 1:
-        sys.exit(f"expected one adapt stage model under {kept}/store, found {len(found)}")
-    return str(found[0]) if found else None
+    store = kept / "store"
+    if not any(store.glob("adapt/*/model")):
+        return None
+    return str(only_one(store, "adapt/*/model", "adapt stage model"))
 
 
 def bench_kept(args: argparse.Namespace) -> list[dict]:

@@ -233,8 +233,7 @@ class Prototype(TransformerMethod):
         pool = [t for t in (ctx.unlabeled_texts or []) if t and t.strip()]
         n_rounds = self.rounds()
         history["self_training_rounds"] = n_rounds
-        skipped = bool(pool) and n_rounds > 0 and self._cannot_win(valid, best_score, ctx)
-        if not skipped and n_rounds > 0:
+        if n_rounds > 0 and not (pool and self._cannot_win(valid, best_score, ctx)):
             rounds: list[dict[str, Any]] = []
             ctx.info["self_training"] = rounds
             pool = sample_pool(pool, train.texts, self.self_training_pool_size, self._rng)
