@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from tqdm.auto import tqdm
@@ -89,19 +90,25 @@ class Progress:
         return self
 
     def eta_seconds(self) -> float | None:
+        """Seconds left if every unit left takes as long as the units done so far did."""
         if self.done <= 0:
             return None
         elapsed = time.time() - self._started
         return elapsed / self.done * (self.total - self.done)
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, eta: float | None = None) -> None:
+        """Count ``n`` more units done. ``eta``: the caller's own estimate of the seconds left,
+        for work whose units differ in cost (see :func:`eta_by_kind`); by default every unit
+        left is taken to cost the mean of those done."""
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
+            if eta is not None and self.done < self.total:
+                self._bar.set_postfix_str(f"about {eta:.0f}s left", refresh=False)
         now = time.time()
         if now - self._last_log >= self.log_every_s or self.done >= self.total:
             self._last_log = now
-            eta = self.eta_seconds()
+            eta = self.eta_seconds() if eta is None else eta
             pct = 100.0 * self.done / self.total if self.total else 100.0
             msg = f"{self.desc}: {self.done}/{self.total} {self.unit} ({pct:.0f}%)"
             if eta is not None and self.done < self.total:
@@ -130,6 +137,17 @@ class Progress:
                 update_progress_artifact(artifact_id=self._artifact_id, progress=100.0)
             except Exception:
                 pass
+
+
+def eta_by_kind(seconds: Mapping[str, float], remaining: Sequence[str]) -> float | None:
+    """Seconds left for the units of work ``remaining`` (each named by its kind, e.g. the method
+    a training run fits) when units of one kind cost about the same and kinds differ widely:
+    each unit is taken to cost what the last unit of its kind took (``seconds``); a kind not
+    yet timed, the mean of the kinds that were. None before anything is timed."""
+    if not seconds:
+        return None
+    mean = sum(seconds.values()) / len(seconds)
+    return float(sum(seconds.get(kind, mean) for kind in remaining))
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:

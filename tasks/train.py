@@ -48,7 +48,7 @@ from label_pipeline.methods.base import FitContext, LabelledTexts, check_method_
 from label_pipeline.metrics import f1_micro_macro
 from label_pipeline.models import DEFAULT_ENCODER, resolve_model
 from label_pipeline.orchestration import write_summary
-from label_pipeline.progress import Progress, stage_logger
+from label_pipeline.progress import Progress, eta_by_kind, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
 SPEC = StageSpec("train", "12", select=lambda cfg, refs: reads(cfg, refs))
@@ -877,13 +877,21 @@ def _builder(
         device = choose_device(cfg.device)
 
         runs: list[dict[str, Any]] = []
-        total = len(cfg.methods) * len(data.names)
-        with Progress(total, STAGE, "training", unit="runs") as progress:
+        order = [spec for _ in data.names for spec in cfg.methods]
+        # methods differ in cost by a hundredfold (a self-training prototype against naive
+        # Bayes), so the time left counts each run left at its method's last time
+        seconds: dict[str, float] = {}
+        with Progress(len(order), STAGE, "training", unit="runs") as progress:
+            started = time.perf_counter()
             for run in train_runs(data, cfg, device, encoder_dir, warnings):
                 write_run(ctx.dir, run)
                 runs.append(run.entry)
                 if run.ensemble is None:
-                    progress.update(1)
+                    now = time.perf_counter()
+                    seconds[run.entry["method"]] = now - started
+                    started = now
+                    eta = eta_by_kind(seconds, order[progress.done + 1 :])
+                    progress.update(1, eta=eta)
 
         write_label_info(ctx.dir, data.labels, data.multi_label)
         (ctx.dir / "runs.json").write_text(json.dumps(_jsonable(runs), indent=2))
