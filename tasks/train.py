@@ -51,7 +51,7 @@ from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, eta_by_kind, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-SPEC = StageSpec("train", "12", select=lambda cfg, refs: reads(cfg, refs))
+SPEC = StageSpec("train", "13", select=lambda cfg, refs: reads(cfg, refs))
 STAGE, VERSION = SPEC.name, SPEC.version
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
@@ -192,6 +192,16 @@ def resolve_encoder(cfg: TrainConfig, adapted: StageRef | None) -> tuple[str, st
     if cfg.encoder == "base":
         return str(resolve_model(DEFAULT_ENCODER, "train.encoder")), "base encoder"
     return str(resolve_model(cfg.encoder, "train.encoder")), f"encoder {cfg.encoder}"
+
+
+def adaptation_start(cfg: TrainConfig, adapted: StageRef | None) -> str | None:
+    """When the train stage reads the adapt stage's encoder (see :func:`resolve_encoder`): the
+    local directory of the encoder the adaptation started from, for the methods that start
+    there (``prototype``'s ``encoder: base``); else None."""
+    if cfg.encoder != "adapted" or adapted is None or not (adapted.dir / "model").is_dir():
+        return None
+    start = adapted.manifest().get("config", {}).get("model") or DEFAULT_ENCODER
+    return str(resolve_model(start, "adapt.model"))
 
 
 # ---------------------------------------------------------------- reading the inputs
@@ -677,10 +687,13 @@ def train_runs(
     device: DeviceChoice,
     encoder: str | None,
     warnings: list[str],
+    base_encoder: str | None = None,
 ) -> Iterator[RunResult]:
     """Fit every method of ``cfg`` on every slice of ``data`` (slice by slice, in the
     configured order), each slice's runs followed by their average (see
-    ``TrainConfig.average_top``); notes for the summary go into ``warnings``.
+    ``TrainConfig.average_top``); notes for the summary go into ``warnings``. ``encoder``:
+    the encoder the fits start from; ``base_encoder``: the one its adaptation started from,
+    when ``encoder`` is the adapt stage's (``FitContext.base_encoder``).
 
     Yields each run as it is done, so the caller saves one model before the next is fitted
     (an average is made of saved members); a run's ``model`` is let go once the caller
@@ -702,6 +715,7 @@ def train_runs(
                     device=device,
                     seed=cfg.seed,
                     encoder=encoder,
+                    base_encoder=base_encoder,
                     unlabeled_texts=data.unlabeled,
                     work_dir=Path(work),
                     valid_bar=valid_bar(
@@ -824,6 +838,7 @@ def score_run(
         "decision_fallback": decision.note if decision.fallback else "",
         "fallback": fit_facts.get("fallback", ""),
         "fit_seconds": fit_facts.get("fit_seconds"),
+        "encoder": (fit_facts.get("info") or {}).get("encoder"),
         "label_issue_rows": fit_facts["label_issues"]["rows"],
         "unlearnable": fit_facts["labels_without_examples"],
         "calibration": _calibration_entry(cal_facts),
@@ -874,6 +889,7 @@ def _builder(
             parse_method(spec)[0] not in {"naive_bayes", "tfidf_nb"} for spec in cfg.methods
         )
         encoder_dir, encoder_note = resolve_encoder(cfg, adapted) if needs_encoder else (None, "")
+        base_encoder = adaptation_start(cfg, adapted) if needs_encoder else None
         device = choose_device(cfg.device)
 
         runs: list[dict[str, Any]] = []
@@ -883,7 +899,7 @@ def _builder(
         seconds: dict[str, float] = {}
         with Progress(len(order), STAGE, "training", unit="runs") as progress:
             started = time.perf_counter()
-            for run in train_runs(data, cfg, device, encoder_dir, warnings):
+            for run in train_runs(data, cfg, device, encoder_dir, warnings, base_encoder):
                 write_run(ctx.dir, run)
                 runs.append(run.entry)
                 if run.ensemble is None:
@@ -896,6 +912,11 @@ def _builder(
         write_label_info(ctx.dir, data.labels, data.multi_label)
         (ctx.dir / "runs.json").write_text(json.dumps(_jsonable(runs), indent=2))
         n_valid = len(data.valid.y)
+        from_base = sorted(
+            {r["method"] for r in runs if base_encoder and r.get("encoder") == base_encoder}
+        )
+        if from_base:
+            encoder_note += f"; {', '.join(from_base)} from the encoder it was adapted from"
         _write_summary(ctx.dir, cfg, runs, warnings, encoder_note, device.describe(), n_valid)
         return {
             "label_issues": {"policy": cfg.label_issues, "flagged_training_rows": len(data.fixes)},

@@ -77,6 +77,9 @@ class FitContext:
     device: DeviceChoice | None = None
     seed: int = 0
     encoder: str | None = None  # resolved directory of the encoder to start from
+    #: when ``encoder`` is the adapt stage's domain-adapted encoder: the resolved directory of
+    #: the encoder the adaptation started from (None: ``encoder`` was not adapted)
+    base_encoder: str | None = None
     unlabeled_texts: list[str] | None = None
     work_dir: Path | None = None  # scratch space for checkpoints
     #: the valid micro-F1 a run must reach to be chosen or join its slice's ``average``, from

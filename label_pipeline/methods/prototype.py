@@ -139,6 +139,15 @@ class PrototypeSettings(MethodSettings):
         "stops after this many rounds in a row that score below the best so far (their rounds "
         "would not be kept); 0 = every round runs",
     )
+    encoder: Literal["base", "adapted"] = Field(
+        "base",
+        description="the encoder the fit starts from when the train stage reads the adapt "
+        "stage's domain-adapted one: ``base`` (the encoder the adaptation started from) or "
+        "``adapted``. Masked-LM adaptation moves the sentence embeddings the label-name head "
+        "starts from: from the base encoder, test accuracy after three self-training rounds "
+        "was higher in all six paired fits on NLBSE'24 (docs/benchmarks.md, \"Which encoder "
+        '`prototype` starts from")',
+    )
 
     @field_validator("label_template")
     @classmethod
@@ -181,6 +190,9 @@ class Prototype(TransformerMethod):
 
         self._check_labels(list(train.label_names))
         valid, start = self._start_fit(train, valid, ctx)
+        if self.encoder == "base" and ctx.base_encoder:
+            start = Path(ctx.base_encoder)
+            ctx.info["encoder"] = str(start)
         log = stage_logger()
         seed_everything(ctx.seed)
         # quiet: an adapted encoder's masked-LM head and the pooler are unused here

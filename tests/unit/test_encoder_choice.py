@@ -68,3 +68,23 @@ def test_auto_costs_the_strong_encoder_on_the_rows_and_takes_it_on_a_gpu():
     assert many[0] == DEFAULT_ENCODER and "budget" in many[1]
     assert few[0] == STRONG_ENCODER and gpu[0] == STRONG_ENCODER
     assert missing[0] == DEFAULT_ENCODER and "not installed" in missing[1]
+
+
+def test_the_train_stage_passes_on_the_encoder_the_adaptation_started_from(tmp_path):
+    """When train reads the adapt stage's encoder, the methods also get the one the adaptation
+    started from (the adapt stage's ``model``, e.g. the run's ``encoder: auto`` choice), so
+    ``prototype`` can start there; with no adaptation, or another train encoder, there is none."""
+    from tasks.train import TrainConfig, adaptation_start
+
+    start = tmp_path / "start-encoder"
+    start.mkdir()
+    (start / "config.json").write_text("{}")
+    adapt = tmp_path / "adapt"
+    (adapt / "model").mkdir(parents=True)
+    (adapt / "manifest.json").write_text(json.dumps({"config": {"model": str(start)}}))
+    ref = StageRef(stage="adapt", fingerprint="a", path=str(adapt))
+
+    assert adaptation_start(TrainConfig(), ref) == str(start.resolve())
+    assert adaptation_start(TrainConfig(), None) is None
+    assert adaptation_start(TrainConfig(encoder="base"), ref) is None
+    assert adaptation_start(TrainConfig(encoder=str(start)), ref) is None

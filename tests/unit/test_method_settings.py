@@ -140,6 +140,7 @@ DEFAULTS = {
         "self_training_max_gain": 0.1,
         "self_training_keep": "auto",
         "self_training_patience": 1,
+        "encoder": "base",
     },
     "distill": {
         "teacher": "ensemble",
