@@ -916,7 +916,7 @@ def _builder(
             {r["method"] for r in runs if base_encoder and r.get("encoder") == base_encoder}
         )
         if from_base:
-            encoder_note += f"; {', '.join(from_base)} from the encoder it was adapted from"
+            encoder_note += f"; {', '.join(from_base)} started from the encoder before adaptation"
         _write_summary(ctx.dir, cfg, runs, warnings, encoder_note, device.describe(), n_valid)
         return {
             "label_issues": {"policy": cfg.label_issues, "flagged_training_rows": len(data.fixes)},
