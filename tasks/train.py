@@ -181,11 +181,20 @@ def check_methods(cfg: TrainConfig) -> None:
         )
 
 
+def _adapted_model(cfg: TrainConfig, adapted: StageRef | None) -> Path | None:
+    """The adapt stage's encoder directory when the train stage reads it (``encoder:
+    adapted`` and the adapt stage ran), else None."""
+    if cfg.encoder != "adapted" or adapted is None or not (adapted.dir / "model").is_dir():
+        return None
+    return adapted.dir / "model"
+
+
 def resolve_encoder(cfg: TrainConfig, adapted: StageRef | None) -> tuple[str, str]:
     """(local encoder directory, how it was chosen)."""
+    model = _adapted_model(cfg, adapted)
+    if model is not None:
+        return str(resolve_model(model, "train.encoder")), "adapted encoder"
     if cfg.encoder == "adapted":
-        if adapted is not None and (adapted.dir / "model").is_dir():
-            return str(resolve_model(adapted.dir / "model", "train.encoder")), "adapted encoder"
         return str(resolve_model(DEFAULT_ENCODER, "train.encoder")), (
             "base encoder (the adapt stage did not run)"
         )
@@ -198,7 +207,7 @@ def adaptation_start(cfg: TrainConfig, adapted: StageRef | None) -> str | None:
     """When the train stage reads the adapt stage's encoder (see :func:`resolve_encoder`): the
     local directory of the encoder the adaptation started from, for the methods that start
     there (``prototype``'s ``encoder: base``); else None."""
-    if cfg.encoder != "adapted" or adapted is None or not (adapted.dir / "model").is_dir():
+    if adapted is None or _adapted_model(cfg, adapted) is None:
         return None
     start = adapted.manifest().get("config", {}).get("model") or DEFAULT_ENCODER
     return str(resolve_model(start, "adapt.model"))
