@@ -45,6 +45,7 @@ from label_pipeline.methods.self_training import (
 # the helpers the transformer methods share, importable from here as before
 from label_pipeline.methods.transformer import (  # noqa: F401
     PARAMS_FILE,
+    START_ENCODER_HELP,
     TransformerMethod,
     autocast,
     check_labelled,
@@ -143,6 +144,10 @@ class FineTuneSettings(MethodSettings):
     )
     dropout: float | None = Field(
         None, description="dropout of the classification head (None = the encoder's config)"
+    )
+    encoder: Literal["base", "adapted"] = Field(
+        "adapted",
+        description=f"{START_ENCODER_HELP}",
     )
     self_training_rounds: Rounds = 0
     self_training_floor: Floor = 0.9

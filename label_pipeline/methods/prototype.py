@@ -57,6 +57,7 @@ from label_pipeline.methods.self_training import (
     with_pseudo_rows,
 )
 from label_pipeline.methods.transformer import (
+    START_ENCODER_HELP,
     TransformerMethod,
     autocast,
     checked_proba,
@@ -141,10 +142,8 @@ class PrototypeSettings(MethodSettings):
     )
     encoder: Literal["base", "adapted"] = Field(
         "base",
-        description="the encoder the fit starts from when the train stage reads the adapt "
-        "stage's domain-adapted one: ``base`` (the encoder the adaptation started from) or "
-        "``adapted``. Masked-LM adaptation moves the sentence embeddings the label-name head "
-        "starts from: from the base encoder, test accuracy after three self-training rounds "
+        description=f"{START_ENCODER_HELP}. Masked-LM adaptation moves the sentence "
+        "embeddings the label-name head starts from: from the base encoder, test accuracy after three self-training rounds "
         "was higher in all six paired fits on NLBSE'24, and micro-F1 on the embedded "
         "multi-label data 1.9 points higher on average over three slices (docs/benchmarks.md, "
         '"Which encoder `prototype` starts from")',
@@ -191,9 +190,6 @@ class Prototype(TransformerMethod):
 
         self._check_labels(list(train.label_names))
         valid, start = self._start_fit(train, valid, ctx)
-        if self.encoder == "base" and ctx.base_encoder:
-            start = Path(ctx.base_encoder)
-            ctx.info["encoder"] = str(start)
         log = stage_logger()
         seed_everything(ctx.seed)
         # quiet: an adapted encoder's masked-LM head and the pooler are unused here

@@ -26,6 +26,13 @@ from label_pipeline.models import model_loading
 
 PARAMS_FILE = "method.json"
 
+#: what the ``encoder`` setting of a method that fine-tunes the encoder means (``prototype``,
+#: ``finetune``); each method words its own default's reason after it
+START_ENCODER_HELP = (
+    "the encoder the fit starts from when the train stage reads the adapt stage's "
+    "domain-adapted one: ``base`` (the encoder the adaptation started from) or ``adapted``"
+)
+
 
 class TransformerMethod(Method):
     """A method saved as ``method.json`` plus its weights, fitted on a device.
@@ -49,7 +56,9 @@ class TransformerMethod(Method):
     ) -> tuple[LabelledTexts | None, Path | None]:
         """Check ``train``; take its labels, task kind and the device. Returns ``valid``
         (None when empty) and, with ``encoder``, the encoder directory to start from
-        (recorded in ``ctx.info`` with the device)."""
+        (recorded in ``ctx.info`` with the device): the context's, or for a method whose
+        ``encoder`` setting is ``base`` the one its adaptation started from
+        (``ctx.base_encoder``, when the context's encoder is domain-adapted)."""
         check_labelled(train, "train", self.name)
         if valid is not None and len(valid) == 0:
             valid = None
@@ -59,6 +68,8 @@ class TransformerMethod(Method):
         if not encoder:
             return valid, None
         start = encoder_dir(ctx)
+        if getattr(self, "encoder", "adapted") == "base" and ctx.base_encoder:
+            start = Path(ctx.base_encoder)  # see START_ENCODER_HELP
         ctx.info.setdefault("encoder", str(start))
         ctx.info.setdefault("device", self.device_.describe())
         return valid, start

@@ -1,0 +1,292 @@
+"""What a kept pipeline would have shipped with one method's settings changed: the method
+refitted on every slice as the train stage fits it, each slice's ``average`` rebuilt from the
+refitted run and the others as saved, and the evaluate stage's choice made again.
+
+Everything else is the kept run's: its split, its adapted encoder (and the encoder the
+adaptation started from), its train and evaluate settings, the other methods' saved
+probabilities. So the comparison with the kept run is paired; the refit with no setting
+changed reproduces the kept run (``--set`` left out: a check of this benchmark).
+
+One thing is not replayed: a method fitted after the refitted one in a slice was given a
+valid bar by the runs before it (it skips self-training that cannot reach the bar); that
+run stays as saved, and the output lists the runs whose bar would have moved.
+
+    .venv/bin/python bench/bench_issues.py --datasets nlbse --seeds 0 --nlbse-pool --keep DIR
+    .venv/bin/python bench/bench_refit.py DIR/nlbse-pool-0 finetune --set encoder=base
+    .venv/bin/python bench/bench_refit.py DIR/nlbse-pool-0 finetune --slices 24 192
+
+Writes ``bench/results/bench_refit_<method><tag>.json`` (``--tag``): per slice the kept and
+the refitted method's valid/test scores and fit seconds, and the chosen model's before and
+after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import only_one, setup_project, write_results  # noqa: E402
+
+setup_project()
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``name=value`` pairs; a value is read as JSON when it parses (numbers, null, true)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            sys.exit(f"--set takes name=value, got {pair!r}")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def _stage_ref(directory: Path) -> Any:
+    from label_pipeline.store import StageRef
+
+    return StageRef(stage=directory.parent.name, fingerprint=directory.name, path=str(directory))
+
+
+def _saved(stage_dir: Path, entry: dict[str, Any]) -> SimpleNamespace:
+    """A saved run as :func:`tasks.train.average_run` reads it: ``entry``, ``dir``, ``probs``."""
+    run_dir = stage_dir / entry["dir"]
+    probs = {s: np.load(run_dir / f"{s}_probs.npy") for s in ("valid", "test")}
+    return SimpleNamespace(entry=entry, dir=entry["dir"], probs=probs)
+
+
+def _chosen(stage_dir: Path, runs: list[dict[str, Any]], ys: dict, ev_cfg: Any, info: Any) -> list:
+    from tasks.evaluate import evaluate_trained, read_saved_runs
+
+    saved = read_saved_runs(stage_dir, runs)
+    ev = evaluate_trained(runs, saved, ys, info["labels"], info["multi_label"], None, ev_cfg)
+    by_dir = {r["run_dir"]: r for r in ev.runs}
+    out = []
+    for c in ev.per_slice:
+        r = by_dir[c["run_dir"]]
+        out.append(
+            {
+                "slice": c["slice"],
+                "size": c["size"],
+                "method": c["method"],
+                "valid_micro_f1": r["valid"]["micro_f1"],
+                **{k: c[k] for k in ("micro_f1", "macro_f1", "accuracy")},
+            }
+        )
+    return out
+
+
+def _scores(stage_dir: Path, entry: dict[str, Any], ys: dict, info: dict[str, Any]) -> dict:
+    """Test micro/macro-F1 (and accuracy) of one run as the evaluate stage scores it."""
+    from label_pipeline.choice import load_saved_run
+    from label_pipeline.decision import apply_decision
+    from label_pipeline.metrics import classification_metrics
+
+    saved = load_saved_run(stage_dir / entry["dir"])
+    probs = saved.probs["test"]
+    pred = apply_decision(probs, saved.decision)
+    m = classification_metrics(ys["test"], probs, pred, info["labels"], info["multi_label"])
+    return {
+        "valid_micro_f1": entry["valid_micro_f1"],
+        "valid_macro_f1": entry["valid_macro_f1"],
+        **{k: m.get(k) for k in ("micro_f1", "macro_f1", "accuracy")},
+        "fit_seconds": entry.get("fit_seconds"),
+        "encoder": entry.get("encoder"),
+    }
+
+
+def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] | None) -> dict:
+    from label_pipeline.data import label_matrix, load_splits
+    from label_pipeline.devices import choose_device
+    from label_pipeline.methods import FitContext
+    from tasks.evaluate import EvaluateConfig
+    from tasks.train import (
+        TrainConfig,
+        _link_tree,
+        adaptation_start,
+        average_run,
+        fit_run,
+        read_train_data,
+        resolve_encoder,
+        slice_rows,
+        valid_bar,
+        write_run,
+    )
+
+    store = kept / "store"
+    train_dir = only_one(store, "train/*/runs.json", "train stage").parent
+    manifest = json.loads((train_dir / "manifest.json").read_text())
+    inputs = {k: store / v["stage"] / v["fingerprint"] for k, v in manifest["inputs"].items()}
+    split_dir = inputs["splits"]
+    adapted = _stage_ref(inputs["adapted"]) if "adapted" in inputs else None
+    ev_dir = next(
+        d.parent
+        for d in store.glob("evaluate/*/manifest.json")
+        if json.loads(d.read_text())["inputs"]["trained"]["fingerprint"] == train_dir.name
+    )
+    cfg = TrainConfig(**manifest["config"])
+    ev_cfg = EvaluateConfig(**json.loads((ev_dir / "manifest.json").read_text())["config"])
+    specs = [s for s in cfg.methods if s.split("+")[0] == method]
+    if not specs:
+        sys.exit(f"the kept train stage did not run {method!r} (its methods: {cfg.methods})")
+    params = {**cfg.method_params.get(method, {}), **settings}
+    new_cfg = cfg.model_copy(update={"method_params": {**cfg.method_params, method: params}})
+    for name in ("augmented", "pseudo", "quality"):  # what the train stage read besides
+        if name in inputs:
+            sys.exit(f"the kept train stage read the {name} stage; this benchmark does not")
+
+    warnings: list[str] = []
+    data = read_train_data(new_cfg, _stage_ref(split_dir), None, None, None, warnings)
+    encoder, _ = resolve_encoder(cfg, adapted)
+    base_encoder = adaptation_start(cfg, adapted)
+    device = choose_device(cfg.device)
+    top = cfg.average_top if data.shift_pool is None else 1  # as the train stage gives bars
+    splits = load_splits(split_dir)
+    info = {"labels": data.labels, "multi_label": data.multi_label}
+    ys = {
+        s: label_matrix([list(x) for x in splits[s]["labels"]], data.labels)
+        for s in ("valid", "test")
+    }
+    runs = json.loads((train_dir / "runs.json").read_text())
+    before = _chosen(train_dir, runs, ys, ev_cfg, info)
+    out: dict[str, Any] = {"kept": str(kept), "method": method, "settings": settings}
+    out["encoder"], out["base_encoder"] = encoder, base_encoder
+    per_slice, moved_bars = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-refit-") as tmp:
+        stage = Path(tmp) / "train"
+        _link_tree(train_dir, stage)  # hard links: the saved runs, replaced one by one
+        for slice_name in data.names:
+            if slices and slice_name not in slices:
+                continue
+            rows = slice_rows(data, slice_name, cfg.label_issues)
+            in_slice = [r for r in runs if r["slice"] == slice_name and r["method"] != "average"]
+            for spec in specs:
+                k = next(
+                    i
+                    for i, r in enumerate(runs)
+                    if r["slice"] == slice_name and r["method"] == spec
+                )
+                old = runs[k]
+                earlier = [
+                    r for r in in_slice if cfg.methods.index(r["method"]) < cfg.methods.index(spec)
+                ]
+                with tempfile.TemporaryDirectory(prefix="lp-train-") as work:
+                    ctx = FitContext(
+                        device=device,
+                        seed=cfg.seed,
+                        encoder=encoder,
+                        base_encoder=base_encoder,
+                        unlabeled_texts=data.unlabeled,
+                        work_dir=Path(work),
+                        valid_bar=valid_bar(earlier, top),
+                    )
+                    run = fit_run(data, new_cfg, rows, spec, ctx, warnings)
+                shutil.rmtree(stage / run.dir)
+                write_run(stage, run)
+                run.model = None
+                runs[k] = run.entry
+                in_slice = [run.entry if r is old else r for r in in_slice]
+                later = [
+                    r for r in in_slice if cfg.methods.index(r["method"]) > cfg.methods.index(spec)
+                ]
+                for r in later:
+                    prior = [
+                        x
+                        for x in in_slice
+                        if cfg.methods.index(x["method"]) < cfg.methods.index(r["method"])
+                    ]
+                    fit = json.loads((stage / r["dir"] / "fit.json").read_text())
+                    bar = valid_bar(prior, top)
+                    if fit.get("valid_bar") != bar:
+                        moved_bars.append(
+                            {
+                                "run": r["dir"],
+                                "was": fit.get("valid_bar"),
+                                "now": bar,
+                                "skipped": fit.get("info", {}).get("self_training_skipped", ""),
+                            }
+                        )
+                per_slice.append(
+                    {
+                        "slice": slice_name,
+                        "method": spec,
+                        "kept": _scores(train_dir, old, ys, info),
+                        "refit": _scores(stage, run.entry, ys, info),
+                    }
+                )
+                print(json.dumps(per_slice[-1]), flush=True)
+            a = next(
+                (
+                    i
+                    for i, r in enumerate(runs)
+                    if r["slice"] == slice_name and r["method"] == "average"
+                ),
+                None,
+            )
+            if a is not None:
+                avg = average_run([_saved(stage, r) for r in in_slice], cfg, data, warnings)
+                shutil.rmtree(stage / runs[a]["dir"])
+                if avg is None:
+                    runs.pop(a)
+                else:
+                    write_run(stage, avg)
+                    runs[a] = avg.entry
+        (stage / "runs.json").unlink()
+        (stage / "runs.json").write_text(json.dumps(runs, indent=2))
+        after = _chosen(stage, runs, ys, ev_cfg, info)
+    out["method_runs"] = per_slice
+    out["chosen"] = {"kept": before, "refit": after}
+    out["moved_bars"] = moved_bars
+    out["warnings"] = warnings
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    """The method's and the chosen model's test score per slice, kept → refitted."""
+    multi = result["method_runs"] and result["method_runs"][0]["kept"]["accuracy"] is None
+    key = "micro_f1" if multi else "accuracy"
+    lines = [
+        f"{result['kept']}: {result['method']} with {result['settings'] or 'its kept settings'}",
+        f"| slice | {result['method']} kept | refit | chosen kept | refit |",
+        "|---|---|---|---|---|",
+    ]
+    after = {c["slice"]: c for c in result["chosen"]["refit"]}
+    before = {c["slice"]: c for c in result["chosen"]["kept"]}
+    for r in result["method_runs"]:
+        s = r["slice"]
+        b, a = before.get(s, {}), after.get(s, {})
+        lines.append(
+            f"| {s} | {r['kept'][key]:.3f} ({r['kept']['fit_seconds']:.0f} s) | "
+            f"{r['refit'][key]:.3f} ({r['refit']['fit_seconds']:.0f} s) | "
+            f"{b.get(key, float('nan')):.3f} {b.get('method', '')} | "
+            f"{a.get(key, float('nan')):.3f} {a.get('method', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kept", help="KEEP/<dataset>-<seed>, a store kept by bench_issues --keep")
+    parser.add_argument("method", help="the method to refit (its runs with modifiers too)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="settings")
+    parser.add_argument("--slices", nargs="*", default=None, help="only these slices")
+    parser.add_argument("--tag", default="", help="suffix of the results file")
+    args = parser.parse_args(argv)
+    result = refit(Path(args.kept), args.method, parse_settings(args.set), args.slices)
+    print(table(result), flush=True)
+    write_results(f"bench_refit_{args.method}", result, args.tag)
+
+
+if __name__ == "__main__":
+    main()
