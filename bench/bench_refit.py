@@ -14,6 +14,7 @@ run stays as saved, and the output lists the runs whose bar would have moved.
     .venv/bin/python bench/bench_issues.py --datasets nlbse --seeds 0 --nlbse-pool --keep DIR
     .venv/bin/python bench/bench_refit.py DIR/nlbse-pool-0 finetune --set encoder=base
     .venv/bin/python bench/bench_refit.py DIR/nlbse-pool-0 finetune --slices 24 192
+    .venv/bin/python bench/bench_refit.py --summarize bench/results/bench_refit_finetune_*.json
 
 Writes ``bench/results/bench_refit_<method><tag>.json`` (``--tag``): per slice the kept and
 the refitted method's valid/test scores and fit seconds, and the chosen model's before and
@@ -252,37 +253,86 @@ def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] |
     return out
 
 
+def _score(r: dict[str, Any], multi: bool) -> str:
+    """Accuracy (single-label) or micro / macro-F1 (multi-label), or a dash."""
+    if not r:
+        return "–"
+    return f"{r['micro_f1']:.3f} / {r['macro_f1']:.3f}" if multi else f"{r['accuracy']:.3f}"
+
+
 def table(result: dict[str, Any]) -> str:
-    """The method's and the chosen model's test score per slice, kept → refitted."""
-    multi = result["method_runs"] and result["method_runs"][0]["kept"]["accuracy"] is None
-    key = "micro_f1" if multi else "accuracy"
+    """The method's and the chosen model's test score per slice, kept and refitted."""
+    runs = result["method_runs"]
+    multi = bool(runs) and runs[0]["kept"]["accuracy"] is None
+    before = {c["slice"]: c for c in result["chosen"]["kept"]}
+    after = {c["slice"]: c for c in result["chosen"]["refit"]}
+    m = result["method"]
     lines = [
-        f"{result['kept']}: {result['method']} with {result['settings'] or 'its kept settings'}",
-        f"| slice | {result['method']} kept | refit | chosen kept | refit |",
+        f"{result['kept']}: {m} with {result['settings'] or 'its kept settings'}",
+        f"| slice | {m}, kept | {m}, refitted | chosen, kept | chosen, refitted |",
         "|---|---|---|---|---|",
     ]
-    after = {c["slice"]: c for c in result["chosen"]["refit"]}
-    before = {c["slice"]: c for c in result["chosen"]["kept"]}
-    for r in result["method_runs"]:
-        s = r["slice"]
-        b, a = before.get(s, {}), after.get(s, {})
+    for r in runs:
+        b, a = before.get(r["slice"], {}), after.get(r["slice"], {})
         lines.append(
-            f"| {s} | {r['kept'][key]:.3f} ({r['kept']['fit_seconds']:.0f} s) | "
-            f"{r['refit'][key]:.3f} ({r['refit']['fit_seconds']:.0f} s) | "
-            f"{b.get(key, float('nan')):.3f} {b.get('method', '')} | "
-            f"{a.get(key, float('nan')):.3f} {a.get('method', '')} |"
+            f"| {r['slice']} | {_score(r['kept'], multi)} ({r['kept']['fit_seconds']:.0f} s) | "
+            f"{_score(r['refit'], multi)} ({r['refit']['fit_seconds']:.0f} s) | "
+            f"{_score(b, multi)} {b.get('method', '')} | {_score(a, multi)} {a.get('method', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def across(results: list[dict[str, Any]]) -> str:
+    """Per slice, the mean over several results (seeds) of the method's and the chosen
+    model's test score, kept and refitted, and the refitted − kept difference in points."""
+    multi = results[0]["method_runs"][0]["kept"]["accuracy"] is None
+    key = "micro_f1" if multi else "accuracy"
+    cells: dict[str, dict[str, list[float]]] = {}
+    for res in results:
+        chosen = {w: {c["slice"]: c[key] for c in res["chosen"][w]} for w in ("kept", "refit")}
+        for r in res["method_runs"]:
+            c = cells.setdefault(r["slice"], {})
+            for w in ("kept", "refit"):
+                c.setdefault(f"method {w}", []).append(r[w][key])
+                c.setdefault(f"chosen {w}", []).append(chosen[w][r["slice"]])
+    m = results[0]["method"]
+    lines = [
+        f"mean of {len(results)} ({key}): {m} with {results[0]['settings']}",
+        f"| slice | {m}, kept | refitted | Δ points | chosen, kept | refitted | Δ points |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, c in cells.items():
+        mean = {k: sum(v) / len(v) for k, v in c.items()}
+        lines.append(
+            f"| {name} ({len(c['method kept'])}) | {mean['method kept']:.3f} | "
+            f"{mean['method refit']:.3f} | "
+            f"{100 * (mean['method refit'] - mean['method kept']):+.1f} | "
+            f"{mean['chosen kept']:.3f} | {mean['chosen refit']:.3f} | "
+            f"{100 * (mean['chosen refit'] - mean['chosen kept']):+.1f} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kept", help="KEEP/<dataset>-<seed>, a store kept by bench_issues --keep")
-    parser.add_argument("method", help="the method to refit (its runs with modifiers too)")
+    parser.add_argument(
+        "kept", nargs="?", help="KEEP/<dataset>-<seed>, a store kept by bench_issues --keep"
+    )
+    parser.add_argument(
+        "method", nargs="?", help="the method to refit (its runs with modifiers too)"
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="settings")
     parser.add_argument("--slices", nargs="*", default=None, help="only these slices")
     parser.add_argument("--tag", default="", help="suffix of the results file")
+    parser.add_argument(
+        "--summarize", nargs="+", metavar="JSON", help="the mean of earlier results (seeds)"
+    )
     args = parser.parse_args(argv)
+    if args.summarize:
+        print(across([json.loads(Path(f).read_text()) for f in args.summarize]))
+        return
+    if not (args.kept and args.method):
+        parser.error("give the kept store and the method to refit (or --summarize)")
     result = refit(Path(args.kept), args.method, parse_settings(args.set), args.slices)
     print(table(result), flush=True)
     write_results(f"bench_refit_{args.method}", result, args.tag)
