@@ -110,7 +110,6 @@ def _scores(stage_dir: Path, entry: dict[str, Any], ys: dict, info: dict[str, An
 def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] | None) -> dict:
     from label_pipeline.data import label_matrix, load_splits
     from label_pipeline.devices import choose_device
-    from label_pipeline.methods import FitContext
     from tasks.evaluate import EvaluateConfig
     from tasks.train import (
         TrainConfig,
@@ -120,6 +119,7 @@ def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] |
         fit_run,
         read_train_data,
         resolve_encoder,
+        run_context,
         slice_rows,
         valid_bar,
         write_run,
@@ -183,15 +183,7 @@ def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] |
                     r for r in in_slice if cfg.methods.index(r["method"]) < cfg.methods.index(spec)
                 ]
                 with tempfile.TemporaryDirectory(prefix="lp-train-") as work:
-                    ctx = FitContext(
-                        device=device,
-                        seed=cfg.seed,
-                        encoder=encoder,
-                        base_encoder=base_encoder,
-                        unlabeled_texts=data.unlabeled,
-                        work_dir=Path(work),
-                        valid_bar=valid_bar(earlier, top),
-                    )
+                    ctx = run_context(data, cfg, device, encoder, base_encoder, work, earlier)
                     run = fit_run(data, new_cfg, rows, spec, ctx, warnings)
                 shutil.rmtree(stage / run.dir)
                 write_run(stage, run)

@@ -720,18 +720,8 @@ def train_runs(
         slice_runs = []
         for spec in cfg.methods:
             with tempfile.TemporaryDirectory(prefix="lp-train-") as work:
-                fit_ctx = FitContext(
-                    device=device,
-                    seed=cfg.seed,
-                    encoder=encoder,
-                    base_encoder=base_encoder,
-                    unlabeled_texts=data.unlabeled,
-                    work_dir=Path(work),
-                    valid_bar=valid_bar(
-                        [r.entry for r in slice_runs],
-                        cfg.average_top if data.shift_pool is None else 1,
-                    ),
-                )
+                earlier = [r.entry for r in slice_runs]
+                fit_ctx = run_context(data, cfg, device, encoder, base_encoder, work, earlier)
                 run = fit_run(data, cfg, rows, spec, fit_ctx, warnings)
                 yield run
                 run.model = None
@@ -740,6 +730,28 @@ def train_runs(
             average = average_run(slice_runs, cfg, data, warnings)
             if average is not None:
                 yield average
+
+
+def run_context(
+    data: TrainData,
+    cfg: TrainConfig,
+    device: DeviceChoice,
+    encoder: str | None,
+    base_encoder: str | None,
+    work_dir: str | Path,
+    earlier: list[dict[str, Any]],
+) -> FitContext:
+    """The context of one run of a slice (see :func:`train_runs`): ``earlier``, the
+    ``runs.json`` entries of the slice's runs fitted before it, set its valid bar."""
+    return FitContext(
+        device=device,
+        seed=cfg.seed,
+        encoder=encoder,
+        base_encoder=base_encoder,
+        unlabeled_texts=data.unlabeled,
+        work_dir=Path(work_dir),
+        valid_bar=valid_bar(earlier, cfg.average_top if data.shift_pool is None else 1),
+    )
 
 
 def fit_run(

@@ -1,14 +1,19 @@
 """The pipeline's ``encoder`` (``auto`` by default) reaches every stage that embeds or fine-tunes,
-unless the stage names its own; ``auto`` is costed on the run's rows and device."""
+unless the stage names its own; ``auto`` is costed on the run's rows and device; a method that
+fine-tunes starts from the adapted encoder or the one before adaptation, as its setting says."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+import test_contrastive
+
 from label_pipeline.models import DEFAULT_ENCODER, STRONG_ENCODER
 from label_pipeline.store import StageRef
 
 OTHER = "some-org/other-encoder"
+toy = test_contrastive.toy  # the tiny encoder fixture, shared with the setfit tests
 
 
 def _splits(tmp_path, **rows):
@@ -88,3 +93,50 @@ def test_the_train_stage_passes_on_the_encoder_the_adaptation_started_from(tmp_p
     assert adaptation_start(TrainConfig(), None) is None
     assert adaptation_start(TrainConfig(encoder="base"), ref) is None
     assert adaptation_start(TrainConfig(encoder=str(start)), ref) is None
+
+
+#: the method's call that receives the encoder directory its fit starts from, and where
+START_CALL = {"prototype": ("_load_encoder", 0), "finetune": ("_fit_once", 3)}
+
+
+@pytest.mark.parametrize("method", sorted(START_CALL))
+@pytest.mark.parametrize(
+    "setting, adapted_run, starts_from",
+    [("base", True, "base"), ("adapted", True, "adapted"), ("base", False, "adapted")],
+)
+def test_a_fit_starts_from_the_encoder_its_setting_names(
+    toy, tmp_path, monkeypatch, method, setting, adapted_run, starts_from
+):
+    """``encoder: base`` starts the fit from the encoder the adapt stage started from
+    (``FitContext.base_encoder``), ``encoder: adapted`` from the adapted one; with no
+    adaptation (no ``base_encoder``) both start from the context's encoder."""
+    import shutil
+
+    from test_finetune import CPU, single_label_rows
+
+    from label_pipeline.methods import FitContext, get_method
+
+    adapted = tmp_path / "adapted"
+    shutil.copytree(toy, adapted)
+    cls = get_method(method)
+    name, at = START_CALL[method]
+    started: list[str] = []
+    real = getattr(cls, name)
+
+    def spy(self, *args, **kwargs):
+        started.append(str(args[at]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, spy)
+    ctx = FitContext(
+        device=CPU,
+        encoder=str(adapted),
+        base_encoder=str(toy) if adapted_run else None,
+        seed=0,
+    )
+    params = {"prototype": {"self_training_rounds": 0}, "finetune": {"batch_size": 8}}[method]
+    model = cls(encoder=setting, epochs=1, **params)
+    model.fit(single_label_rows(6, 1), single_label_rows(12, 2), ctx)
+    expected = str(toy) if starts_from == "base" else str(adapted)
+    assert started == [expected] and ctx.info["encoder"] == expected
+    assert model.predict_proba(["a text"]).shape == (1, 3)

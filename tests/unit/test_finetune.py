@@ -294,39 +294,3 @@ def test_a_multi_label_round_is_judged_as_the_train_stage_decides():
     assert fact["valid_after"] == pytest.approx(1.0)
     assert fact["valid_before"] == pytest.approx(reachable_score(noisy, valid), abs=1e-4)
     assert fact["valid_before"] < 0.9
-
-
-@pytest.mark.parametrize(
-    "setting, adapted_run, starts_from",
-    [("base", True, "base"), ("adapted", True, "adapted"), ("base", False, "adapted")],
-)
-def test_the_fit_starts_from_the_encoder_its_setting_names(
-    toy_encoder, tmp_path, monkeypatch, setting, adapted_run, starts_from
-):
-    """``encoder: base`` starts the fine-tune from the encoder the adapt stage started from
-    (``FitContext.base_encoder``), ``encoder: adapted`` from the adapted one; with no
-    adaptation (no ``base_encoder``) both start from the context's encoder."""
-    import shutil
-
-    adapted = tmp_path / "adapted"
-    shutil.copytree(toy_encoder, adapted)
-    started: list[str] = []
-    fit_once = FineTune._fit_once
-
-    def spy(self, train, valid, ctx, start):
-        started.append(str(start))
-        return fit_once(self, train, valid, ctx, start)
-
-    monkeypatch.setattr(FineTune, "_fit_once", spy)
-    ctx = FitContext(
-        device=CPU,
-        encoder=str(adapted),
-        base_encoder=str(toy_encoder) if adapted_run else None,
-        seed=0,
-    )
-    m = FineTune(**fast_params(epochs=1, encoder=setting))
-    m.fit(single_label_rows(6, 1), single_label_rows(12, 2), ctx)
-    expected = str(toy_encoder) if starts_from == "base" else str(adapted)
-    assert started == [expected] and ctx.info["encoder"] == expected
-    # the fitted model predicts from what it was trained on
-    assert m.predict_proba(["a text"]).shape == (1, 3)

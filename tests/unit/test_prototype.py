@@ -204,39 +204,3 @@ def test_a_run_that_cannot_win_is_not_trained_again(toy, monkeypatch, bar, max_g
     assert skipped.startswith("cannot win") != trained_again
     if not trained_again:
         assert "0.600" in skipped and "0.750" in skipped
-
-
-@pytest.mark.parametrize(
-    "setting, adapted_run, starts_from",
-    [("base", True, "base"), ("adapted", True, "adapted"), ("base", False, "adapted")],
-)
-def test_the_fit_starts_from_the_encoder_the_adaptation_started_from(
-    toy, tmp_path, monkeypatch, setting, adapted_run, starts_from
-):
-    """By default ``prototype`` starts from the encoder the adapt stage started from
-    (``FitContext.base_encoder``), ``encoder: adapted`` from the adapted one; with no
-    adaptation (no ``base_encoder``) both start from the context's encoder."""
-    import shutil
-
-    from test_finetune import CPU, single_label_rows
-
-    adapted = tmp_path / "adapted"
-    shutil.copytree(toy, adapted)
-    loaded: list[str] = []
-    load = Prototype._load_encoder
-
-    def spy(self, directory, quiet=False):
-        loaded.append(str(directory))
-        return load(self, directory, quiet=quiet)
-
-    monkeypatch.setattr(Prototype, "_load_encoder", spy)
-    ctx = FitContext(
-        device=CPU,
-        encoder=str(adapted),
-        base_encoder=str(toy) if adapted_run else None,
-        seed=0,
-    )
-    m = Prototype(encoder=setting, epochs=1, self_training_rounds=0)
-    m.fit(single_label_rows(6, 1), single_label_rows(12, 2), ctx)
-    expected = str(toy) if starts_from == "base" else str(adapted)
-    assert loaded == [expected] and ctx.info["encoder"] == expected
