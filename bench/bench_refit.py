@@ -3,8 +3,8 @@ refitted on every slice as the train stage fits it, each slice's ``average`` reb
 refitted run and the others as saved, and the evaluate stage's choice made again.
 
 Everything else is the kept run's: its split, its adapted encoder (and the encoder the
-adaptation started from), its train and evaluate settings, the other methods' saved
-probabilities. So the comparison with the kept run is paired; the refit with no setting
+adaptation started from), its train and evaluate settings (a setting its config does not
+name takes today's default), the other methods' saved probabilities. So the comparison with the kept run is paired; the refit with no setting
 changed reproduces the kept run (``--set`` left out: a check of this benchmark).
 
 One thing is not replayed: a method fitted after the refitted one in a slice was given a

@@ -51,7 +51,7 @@ from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, eta_by_kind, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-SPEC = StageSpec("train", "13", select=lambda cfg, refs: reads(cfg, refs))
+SPEC = StageSpec("train", "14", select=lambda cfg, refs: reads(cfg, refs))
 STAGE, VERSION = SPEC.name, SPEC.version
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]

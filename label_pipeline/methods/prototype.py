@@ -140,13 +140,13 @@ class PrototypeSettings(MethodSettings):
         "stops after this many rounds in a row that score below the best so far (their rounds "
         "would not be kept); 0 = every round runs",
     )
-    encoder: Literal["base", "adapted"] = Field(
+    encoder: Literal["auto", "base", "adapted"] = Field(
         "base",
         description=f"{START_ENCODER_HELP}. Masked-LM adaptation moves the sentence "
-        "embeddings the label-name head starts from: from the base encoder, test accuracy after three self-training rounds "
-        "was higher in all six paired fits on NLBSE'24, and micro-F1 on the embedded "
-        "multi-label data 1.9 points higher on average over three slices (docs/benchmarks.md, "
-        '"Which encoder `prototype` starts from")',
+        "embeddings the label-name head starts from: from the base encoder, test accuracy "
+        "after three self-training rounds was higher in all six paired fits on NLBSE'24, and "
+        "micro-F1 on the embedded multi-label data 1.9 points higher on average over three "
+        'slices (docs/benchmarks.md, "Which encoder `prototype` starts from")',
     )
 
     @field_validator("label_template")

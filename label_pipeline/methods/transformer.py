@@ -30,7 +30,8 @@ PARAMS_FILE = "method.json"
 #: ``finetune``); each method words its own default's reason after it
 START_ENCODER_HELP = (
     "the encoder the fit starts from when the train stage reads the adapt stage's "
-    "domain-adapted one: ``base`` (the encoder the adaptation started from) or ``adapted``"
+    "domain-adapted one: ``base`` (the encoder the adaptation started from), ``adapted``, or "
+    "``auto`` (``base`` for a single-label task, ``adapted`` for a multi-label one)"
 )
 
 
@@ -57,8 +58,8 @@ class TransformerMethod(Method):
         """Check ``train``; take its labels, task kind and the device. Returns ``valid``
         (None when empty) and, with ``encoder``, the encoder directory to start from
         (recorded in ``ctx.info`` with the device): the context's, or for a method whose
-        ``encoder`` setting is ``base`` the one its adaptation started from
-        (``ctx.base_encoder``, when the context's encoder is domain-adapted)."""
+        ``encoder`` setting is ``base`` (``auto`` on single-label rows) the one its adaptation
+        started from (``ctx.base_encoder``, when the context's encoder is domain-adapted)."""
         check_labelled(train, "train", self.name)
         if valid is not None and len(valid) == 0:
             valid = None
@@ -68,8 +69,11 @@ class TransformerMethod(Method):
         if not encoder:
             return valid, None
         start = encoder_dir(ctx)
-        if getattr(self, "encoder", "adapted") == "base" and ctx.base_encoder:
-            start = Path(ctx.base_encoder)  # see START_ENCODER_HELP
+        setting = getattr(self, "encoder", "adapted")  # see START_ENCODER_HELP
+        if setting == "auto":
+            setting = "adapted" if self.multi_label_ else "base"
+        if setting == "base" and ctx.base_encoder:
+            start = Path(ctx.base_encoder)
         ctx.info.setdefault("encoder", str(start))
         ctx.info.setdefault("device", self.device_.describe())
         return valid, start

@@ -101,18 +101,26 @@ START_CALL = {"prototype": ("_load_encoder", 0), "finetune": ("_fit_once", 3)}
 
 @pytest.mark.parametrize("method", sorted(START_CALL))
 @pytest.mark.parametrize(
-    "setting, adapted_run, starts_from",
-    [("base", True, "base"), ("adapted", True, "adapted"), ("base", False, "adapted")],
+    "setting, adapted_run, multi_label, starts_from",
+    [
+        ("base", True, False, "base"),
+        ("adapted", True, False, "adapted"),
+        ("base", False, False, "adapted"),
+        ("auto", True, False, "base"),
+        ("auto", True, True, "adapted"),
+        ("auto", False, False, "adapted"),
+    ],
 )
 def test_a_fit_starts_from_the_encoder_its_setting_names(
-    toy, tmp_path, monkeypatch, method, setting, adapted_run, starts_from
+    toy, tmp_path, monkeypatch, method, setting, adapted_run, multi_label, starts_from
 ):
     """``encoder: base`` starts the fit from the encoder the adapt stage started from
-    (``FitContext.base_encoder``), ``encoder: adapted`` from the adapted one; with no
-    adaptation (no ``base_encoder``) both start from the context's encoder."""
+    (``FitContext.base_encoder``), ``encoder: adapted`` from the adapted one, ``auto`` from
+    the base one for single-label rows and the adapted one for multi-label rows; with no
+    adaptation (no ``base_encoder``) each starts from the context's encoder."""
     import shutil
 
-    from test_finetune import CPU, single_label_rows
+    from test_finetune import CPU, multi_label_rows, single_label_rows
 
     from label_pipeline.methods import FitContext, get_method
 
@@ -136,7 +144,9 @@ def test_a_fit_starts_from_the_encoder_its_setting_names(
     )
     params = {"prototype": {"self_training_rounds": 0}, "finetune": {"batch_size": 8}}[method]
     model = cls(encoder=setting, epochs=1, **params)
-    model.fit(single_label_rows(6, 1), single_label_rows(12, 2), ctx)
+    rows = multi_label_rows if multi_label else single_label_rows
+    train, valid = rows(6, 1), rows(12, 2)
+    model.fit(train, valid, ctx)
     expected = str(toy) if starts_from == "base" else str(adapted)
     assert started == [expected] and ctx.info["encoder"] == expected
-    assert model.predict_proba(["a text"]).shape == (1, 3)
+    assert model.predict_proba(["a text"]).shape == (1, len(train.label_names))

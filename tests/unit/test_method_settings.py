@@ -93,7 +93,7 @@ DEFAULTS = {
         "class_weighting": "balanced",
         "max_pos_weight": 10.0,
         "dropout": None,
-        "encoder": "adapted",
+        "encoder": "auto",
         "self_training_rounds": 0,
         "self_training_floor": 0.9,
         "self_training_per_label": 64,
