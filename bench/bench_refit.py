@@ -67,41 +67,41 @@ def _saved(stage_dir: Path, entry: dict[str, Any]) -> SimpleNamespace:
     return SimpleNamespace(entry=entry, dir=entry["dir"], probs=probs)
 
 
-def _chosen(stage_dir: Path, runs: list[dict[str, Any]], ys: dict, ev_cfg: Any, info: Any) -> list:
+def _evaluate(
+    stage_dir: Path, runs: list[dict[str, Any]], ys: dict, ev_cfg: Any, info: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The evaluate stage on a train stage's runs: the chosen model of each slice, and each
+    run's test micro/macro-F1 (and accuracy) by its ``dir`` in ``runs.json``."""
     from tasks.evaluate import evaluate_trained, read_saved_runs
 
     saved = read_saved_runs(stage_dir, runs)
     ev = evaluate_trained(runs, saved, ys, info["labels"], info["multi_label"], None, ev_cfg)
     by_dir = {r["run_dir"]: r for r in ev.runs}
-    out = []
-    for c in ev.per_slice:
-        r = by_dir[c["run_dir"]]
-        out.append(
-            {
-                "slice": c["slice"],
-                "size": c["size"],
-                "method": c["method"],
-                "valid_micro_f1": r["valid"]["micro_f1"],
-                **{k: c[k] for k in ("micro_f1", "macro_f1", "accuracy")},
-            }
-        )
-    return out
+    chosen = [
+        {
+            "slice": c["slice"],
+            "size": c["size"],
+            "method": c["method"],
+            "valid_micro_f1": by_dir[c["run_dir"]]["valid"]["micro_f1"],
+            **{k: c[k] for k in ("micro_f1", "macro_f1", "accuracy")},
+        }
+        for c in ev.per_slice
+    ]
+    scores = {
+        str(Path(d).relative_to(stage_dir)): {
+            k: r["test"].get(k) for k in ("micro_f1", "macro_f1", "accuracy")
+        }
+        for d, r in by_dir.items()
+    }
+    return chosen, scores
 
 
-def _scores(stage_dir: Path, entry: dict[str, Any], ys: dict, info: dict[str, Any]) -> dict:
-    """Test micro/macro-F1 (and accuracy) of one run as the evaluate stage scores it."""
-    from label_pipeline.choice import load_saved_run
-    from label_pipeline.decision import apply_decision
-    from label_pipeline.metrics import classification_metrics
-
-    saved = load_saved_run(stage_dir / entry["dir"])
-    probs = saved.probs["test"]
-    pred = apply_decision(probs, saved.decision)
-    m = classification_metrics(ys["test"], probs, pred, info["labels"], info["multi_label"])
+def _run_facts(entry: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
+    """One run's valid scores (``runs.json``), test scores, fit seconds and encoder."""
+    keep = ("valid_micro_f1", "valid_macro_f1")
     return {
-        "valid_micro_f1": entry["valid_micro_f1"],
-        "valid_macro_f1": entry["valid_macro_f1"],
-        **{k: m.get(k) for k in ("micro_f1", "macro_f1", "accuracy")},
+        **{k: entry[k] for k in keep},
+        **test,
         "fit_seconds": entry.get("fit_seconds"),
         "encoder": entry.get("encoder"),
     }
@@ -120,8 +120,8 @@ def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] |
         read_train_data,
         resolve_encoder,
         run_context,
+        slice_bar,
         slice_rows,
-        valid_bar,
         write_run,
     )
 
@@ -152,7 +152,6 @@ def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] |
     encoder, _ = resolve_encoder(cfg, adapted)
     base_encoder = adaptation_start(cfg, adapted)
     device = choose_device(cfg.device)
-    top = cfg.average_top if data.shift_pool is None else 1  # as the train stage gives bars
     splits = load_splits(split_dir)
     info = {"labels": data.labels, "multi_label": data.multi_label}
     ys = {
@@ -160,10 +159,13 @@ def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] |
         for s in ("valid", "test")
     }
     runs = json.loads((train_dir / "runs.json").read_text())
-    before = _chosen(train_dir, runs, ys, ev_cfg, info)
-    out: dict[str, Any] = {"kept": str(kept), "method": method, "settings": settings}
-    out["encoder"], out["base_encoder"] = encoder, base_encoder
-    per_slice, moved_bars = [], []
+    before, kept_scores = _evaluate(train_dir, runs, ys, ev_cfg, info)
+
+    def fitted_before(spec: str, slice_runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The runs of ``slice_runs`` the train stage fits before the method ``spec``."""
+        return [r for r in slice_runs if cfg.methods.index(r["method"]) < cfg.methods.index(spec)]
+
+    refitted, moved_bars = [], []  # (slice, spec, kept entry, refitted entry)
     with tempfile.TemporaryDirectory(prefix="bench-refit-") as tmp:
         stage = Path(tmp) / "train"
         _link_tree(train_dir, stage)  # hard links: the saved runs, replaced one by one
@@ -171,36 +173,30 @@ def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] |
             if slices and slice_name not in slices:
                 continue
             rows = slice_rows(data, slice_name, cfg.label_issues)
-            in_slice = [r for r in runs if r["slice"] == slice_name and r["method"] != "average"]
+            at = {r["method"]: k for k, r in enumerate(runs) if r and r["slice"] == slice_name}
             for spec in specs:
-                k = next(
-                    i
-                    for i, r in enumerate(runs)
-                    if r["slice"] == slice_name and r["method"] == spec
-                )
-                old = runs[k]
-                earlier = [
-                    r for r in in_slice if cfg.methods.index(r["method"]) < cfg.methods.index(spec)
-                ]
+                old = runs[at[spec]]
+                in_slice = [runs[k] for m, k in at.items() if m != "average"]
                 with tempfile.TemporaryDirectory(prefix="lp-train-") as work:
+                    earlier = fitted_before(spec, in_slice)
                     ctx = run_context(data, cfg, device, encoder, base_encoder, work, earlier)
                     run = fit_run(data, new_cfg, rows, spec, ctx, warnings)
                 shutil.rmtree(stage / run.dir)
                 write_run(stage, run)
                 run.model = None
-                runs[k] = run.entry
-                in_slice = [run.entry if r is old else r for r in in_slice]
-                later = [
-                    r for r in in_slice if cfg.methods.index(r["method"]) > cfg.methods.index(spec)
-                ]
-                for r in later:
-                    prior = [
-                        x
-                        for x in in_slice
-                        if cfg.methods.index(x["method"]) < cfg.methods.index(r["method"])
-                    ]
+                runs[at[spec]] = run.entry
+                refitted.append((slice_name, spec, old, run.entry))
+                print(
+                    f"{spec} / {slice_name}: valid micro-F1 {old['valid_micro_f1']:.3f} -> "
+                    f"{run.entry['valid_micro_f1']:.3f}, {run.entry['fit_seconds']:.0f} s",
+                    flush=True,
+                )
+                in_slice = [runs[k] for m, k in at.items() if m != "average"]
+                for r in in_slice:  # the runs fitted after it, given a bar by the runs before
+                    if cfg.methods.index(r["method"]) <= cfg.methods.index(spec):
+                        continue
                     fit = json.loads((stage / r["dir"] / "fit.json").read_text())
-                    bar = valid_bar(prior, top)
+                    bar = slice_bar(data, cfg, fitted_before(r["method"], in_slice))
                     if fit.get("valid_bar") != bar:
                         moved_bars.append(
                             {
@@ -210,39 +206,39 @@ def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] |
                                 "skipped": fit.get("info", {}).get("self_training_skipped", ""),
                             }
                         )
-                per_slice.append(
-                    {
-                        "slice": slice_name,
-                        "method": spec,
-                        "kept": _scores(train_dir, old, ys, info),
-                        "refit": _scores(stage, run.entry, ys, info),
-                    }
-                )
-                print(json.dumps(per_slice[-1]), flush=True)
-            a = next(
-                (
-                    i
-                    for i, r in enumerate(runs)
-                    if r["slice"] == slice_name and r["method"] == "average"
-                ),
-                None,
-            )
-            if a is not None:
+            if "average" in at:
+                a = at["average"]
+                in_slice = [runs[k] for m, k in at.items() if m != "average"]
                 avg = average_run([_saved(stage, r) for r in in_slice], cfg, data, warnings)
                 shutil.rmtree(stage / runs[a]["dir"])
                 if avg is None:
-                    runs.pop(a)
+                    runs[a] = None  # left out below, once every slice is done
                 else:
                     write_run(stage, avg)
                     runs[a] = avg.entry
-        (stage / "runs.json").unlink()
+        runs = [r for r in runs if r is not None]
+        (stage / "runs.json").unlink()  # a hard link to the kept file: write a new one
         (stage / "runs.json").write_text(json.dumps(runs, indent=2))
-        after = _chosen(stage, runs, ys, ev_cfg, info)
-    out["method_runs"] = per_slice
-    out["chosen"] = {"kept": before, "refit": after}
-    out["moved_bars"] = moved_bars
-    out["warnings"] = warnings
-    return out
+        after, refit_scores = _evaluate(stage, runs, ys, ev_cfg, info)
+    return {
+        "kept": str(kept),
+        "method": method,
+        "settings": settings,
+        "encoder": encoder,
+        "base_encoder": base_encoder,
+        "method_runs": [
+            {
+                "slice": slice_name,
+                "method": spec,
+                "kept": _run_facts(old, kept_scores[old["dir"]]),
+                "refit": _run_facts(new, refit_scores[new["dir"]]),
+            }
+            for slice_name, spec, old, new in refitted
+        ],
+        "chosen": {"kept": before, "refit": after},
+        "moved_bars": moved_bars,
+        "warnings": warnings,
+    }
 
 
 def _score(r: dict[str, Any], multi: bool) -> str:

@@ -206,8 +206,8 @@ def resolve_encoder(cfg: TrainConfig, adapted: StageRef | None) -> tuple[str, st
 def adaptation_start(cfg: TrainConfig, adapted: StageRef | None) -> str | None:
     """When the train stage reads the adapt stage's encoder (see :func:`resolve_encoder`): the
     local directory of the encoder the adaptation started from, for the methods that start
-    there (``prototype``'s ``encoder: base``); else None."""
-    if adapted is None or _adapted_model(cfg, adapted) is None:
+    there (``encoder: base`` of ``prototype`` and ``finetune``); else None."""
+    if _adapted_model(cfg, adapted) is None:
         return None
     start = adapted.manifest().get("config", {}).get("model") or DEFAULT_ENCODER
     return str(resolve_model(start, "adapt.model"))
@@ -750,8 +750,14 @@ def run_context(
         base_encoder=base_encoder,
         unlabeled_texts=data.unlabeled,
         work_dir=Path(work_dir),
-        valid_bar=valid_bar(earlier, cfg.average_top if data.shift_pool is None else 1),
+        valid_bar=slice_bar(data, cfg, earlier),
     )
+
+
+def slice_bar(data: TrainData, cfg: TrainConfig, earlier: list[dict[str, Any]]) -> float | None:
+    """:func:`valid_bar` of a run after ``earlier`` in its slice: to join the slice's average,
+    or with a label-shift pool (no average) to be the best run."""
+    return valid_bar(earlier, cfg.average_top if data.shift_pool is None else 1)
 
 
 def fit_run(
