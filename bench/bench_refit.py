@@ -142,7 +142,12 @@ def refit(kept: Path, method: str, settings: dict[str, Any], slices: list[str] |
     if not specs:
         sys.exit(f"the kept train stage did not run {method!r} (its methods: {cfg.methods})")
     params = {**cfg.method_params.get(method, {}), **settings}
-    new_cfg = cfg.model_copy(update={"method_params": {**cfg.method_params, method: params}})
+    try:  # checked as the config is loaded: a bad --set is named before any fit
+        new_cfg = TrainConfig(
+            **{**manifest["config"], "method_params": {**cfg.method_params, method: params}}
+        )
+    except ValueError as exc:
+        sys.exit(f"--set: {exc}")
     for name in ("augmented", "pseudo", "quality"):  # what the train stage read besides
         if name in inputs:
             sys.exit(f"the kept train stage read the {name} stage; this benchmark does not")
