@@ -51,7 +51,7 @@ from label_pipeline.orchestration import write_summary
 from label_pipeline.progress import Progress, eta_by_kind, stage_logger
 from label_pipeline.store import BuildContext, StageRef, StageSpec, StageStore
 
-SPEC = StageSpec("train", "14", select=lambda cfg, refs: reads(cfg, refs))
+SPEC = StageSpec("train", "15", select=lambda cfg, refs: reads(cfg, refs))
 STAGE, VERSION = SPEC.name, SPEC.version
 
 BASELINES = ["naive_bayes", "tfidf_nb", "embed_lr", "knn"]
@@ -1010,6 +1010,22 @@ def valid_bar(slice_runs: list[dict[str, Any]], top: int) -> float | None:
     return float(ranked[k - 1]["valid_micro_f1"]) if len(ranked) >= k else None
 
 
+def unseen_label_members(
+    members: list[dict[str, Any]], unseen: list[str]
+) -> dict[str, list[str]] | None:
+    """The ``label_members`` of an average of ``members`` (``runs.json`` entries): each label
+    of ``unseen`` (no training example in the slice) is averaged over the members whose method
+    reads the label names (``Method.reads_label_names``). The others can only guess at such a
+    label, and their guesses pulled the mean down: on NLU++ at 32 rows, 13 intents unseen,
+    the shipped average gained 2.3 points of test micro-F1 and 8.2 of macro-F1 once they were
+    left out (docs/benchmarks.md). None when no label is unseen or no member (or every member)
+    reads the names."""
+    readers = [m["base_method"] for m in members if get_method(m["base_method"]).reads_label_names]
+    if not unseen or not readers or len(readers) == len(members):
+        return None
+    return {label: readers for label in unseen}
+
+
 def average_run(
     slice_runs: list[RunResult], cfg: TrainConfig, data: TrainData, warnings: list[str]
 ) -> RunResult | None:
@@ -1031,10 +1047,15 @@ def average_run(
     started = time.time()
     first = members[0]
     probs_of = {r.dir: r.probs for r in slice_runs}
+    ensemble = Ensemble(
+        members=[m["base_method"] for m in members],
+        label_members=unseen_label_members(members, first["unlearnable"]),
+    )
+    ensemble.label_names_, ensemble.multi_label_ = list(labels), multi_label
+    ensemble.history_ = {"averaged_runs": [m["dir"] for m in members]}
     raw = {
-        split: np.mean(
-            [probs_of[m["dir"]][split].astype(np.float32).astype(np.float64) for m in members],
-            axis=0,
+        split: ensemble._average(
+            [probs_of[m["dir"]][split].astype(np.float32).astype(np.float64) for m in members]
         )
         for split in ("valid", "test")
     }
@@ -1048,13 +1069,10 @@ def average_run(
         labels=labels,
         what=f"valid ({AVERAGE})",
     )
-    ensemble = Ensemble(members=[m["base_method"] for m in members])
-    ensemble.label_names_, ensemble.multi_label_ = list(labels), multi_label
-    ensemble.history_ = {"averaged_runs": [m["dir"] for m in members]}
     facts: dict[str, Any] = {
         "method": AVERAGE,
         "base_method": Ensemble.name,
-        "params": {"members": ensemble.members},
+        "params": {"members": ensemble.members, "label_members": ensemble.label_members},
         "slice": first["slice"],
         "slice_size": first["slice_size"],
         "train_rows": max(m["train_rows"] for m in members),

@@ -106,6 +106,10 @@ class Method(ABC):
     name: ClassVar[str]
     #: the method's settings model; None: its own ``__init__`` (not checked at config load)
     Settings: ClassVar[type[MethodSettings] | None] = None
+    #: whether the method reads the label names, so that it can predict a label the training
+    #: rows hold no example of (the train stage's ``average`` takes such a label from these
+    #: methods only)
+    reads_label_names: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -4,7 +4,10 @@ Members are registered method names with their own parameters (``member_params``
 fitted with the same training and validation rows, seed, encoder and unlabeled pool. The
 ensemble's probability of a label is the weighted mean of the members' probabilities (so it
 stays a probability: rows sum to 1 for single-label tasks, each entry lies in [0, 1] for
-multi-label ones). Each member's validation score (accuracy; multi-label, micro-F1 with
+multi-label ones). A label named in ``label_members`` takes the weighted mean of only the
+members listed for it (single-label rows are then rescaled to sum to 1): the train stage's
+``average`` uses it for a label its slice has no example of, which only a member that reads
+the label names can predict. Each member's validation score (accuracy; multi-label, micro-F1 with
 every label's threshold tuned on valid, as the train stage decides) and what it reported go to
 ``ctx.info["members"]``; the saved directory holds one ``members/<name>/`` per member.
 """
@@ -58,6 +61,13 @@ class EnsembleSettings(MethodSettings):
     weights: list[float] | None = Field(
         None, description="one positive weight per member (default: equal)"
     )
+    label_members: dict[str, list[str]] | None = Field(
+        None,
+        description="labels whose probability is the weighted mean of only the members named "
+        "here (the others cannot speak for them, e.g. a label the training rows hold no "
+        "example of); single-label rows are then rescaled to sum to 1. The train stage's "
+        "``average`` sets it for such labels to the members that read the label names",
+    )
 
     @field_validator("members", "member_params", mode="before")
     @classmethod
@@ -90,6 +100,19 @@ class EnsembleSettings(MethodSettings):
                 "member_params",
                 f"member_params names {extra}, which are not in members",
                 self.member_params,
+            )
+        odd = {
+            label: names
+            for label, names in (self.label_members or {}).items()
+            if not names or set(names) - set(self.members)
+        }
+        if odd:
+            raise field_error(
+                title,
+                "label_members",
+                f"label_members must name one or more of the members {self.members} per "
+                f"label, got {odd}",
+                self.label_members,
             )
         if self.weights is not None and (
             len(self.weights) != len(self.members) or min(self.weights) <= 0
@@ -135,6 +158,12 @@ class Ensemble(TransformerMethod):
         """Fit every member on the same rows; record each one's validation score."""
         self._check_members()
         self._start_fit(train, valid, ctx, encoder=False)  # members get valid as it is
+        unknown = sorted(set(self.label_members or {}) - set(self.label_names_))
+        if unknown:
+            raise ConfigError(
+                f"train.method_params.{self.name}.label_members names {unknown}, which are "
+                f"not labels of the data ({', '.join(self.label_names_)})"
+            )
         self.history_: dict[str, Any] = {"members": {}}
         self.members_: dict[str, Method] = {}
         facts: dict[str, Any] = {}
@@ -179,10 +208,20 @@ class Ensemble(TransformerMethod):
         )
 
     def _average(self, member_probs: list[np.ndarray]) -> np.ndarray:
-        """Weighted mean of the members' probabilities, in ``members`` order."""
-        out = np.zeros_like(member_probs[0])
-        for wi, probs in zip(self._weights(), member_probs, strict=True):
+        """Weighted mean of the members' probabilities, in ``members`` order; a label of
+        ``label_members`` takes the mean of its members only."""
+        weights = self._weights()
+        out = np.zeros_like(member_probs[0], dtype=np.float64)
+        for wi, probs in zip(weights, member_probs, strict=True):
             out += wi * probs
+        if self.label_members:
+            for label, names in self.label_members.items():
+                j = self.label_names_.index(label)
+                at = [self.members.index(n) for n in names]
+                w = weights[at] / weights[at].sum()
+                out[:, j] = sum(wk * member_probs[k][:, j] for wk, k in zip(w, at, strict=True))
+            if not self.multi_label_:
+                out /= np.maximum(out.sum(axis=1, keepdims=True), 1e-12)
         return checked_proba(out, self.name)
 
     def save(self, path: Path) -> None:

@@ -166,6 +166,7 @@ class Prototype(TransformerMethod):
 
     name = "prototype"
     Settings = PrototypeSettings
+    reads_label_names = True  # each label starts from its name's embedding
 
     def balances_labels(self) -> bool:
         """``class_weighting="balanced"``; otherwise the gold rows' label frequencies stand

@@ -35,6 +35,27 @@ def test_probabilities_are_the_weighted_member_mean_and_survive_save_load(tmp_pa
     np.testing.assert_allclose(back.source_prior(train), [0.5, 0.5])
 
 
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_a_label_of_label_members_is_the_mean_of_its_members_only(tmp_path, multi_label):
+    train, valid, test = (_toy(multi_label, seed=s) for s in (0, 1, 2))
+    test.texts[0] = "great awful"
+    model = get_method("ensemble")(
+        members=MEMBERS, weights=[3, 1], label_members={"neg": ["tfidf_nb"]}
+    ).fit(train, valid, FitContext(seed=0))
+    nb, tfidf = (model.members_[m].predict_proba(test.texts) for m in MEMBERS)
+    expected = 0.75 * nb + 0.25 * tfidf
+    expected[:, 1] = tfidf[:, 1]  # "neg" from tfidf_nb alone, whatever the weights
+    if not multi_label:
+        expected /= expected.sum(axis=1, keepdims=True)
+    probs = model.predict_proba(test.texts)
+    np.testing.assert_allclose(probs, expected)
+    assert not np.allclose(probs, 0.75 * nb + 0.25 * tfidf)
+    model.save(tmp_path / "model")
+    np.testing.assert_allclose(
+        load_saved("ensemble", tmp_path / "model").predict_proba(test.texts), probs
+    )
+
+
 @pytest.mark.parametrize(
     ("params", "match"),
     [
@@ -44,6 +65,9 @@ def test_probabilities_are_the_weighted_member_mean_and_survive_save_load(tmp_pa
         ({"members": ["nope"]}, r"\['nope'\] cannot be members"),
         ({"members": MEMBERS, "member_params": {"knn": {}}}, "not in members"),
         ({"members": MEMBERS, "weights": [1.0]}, "one positive weight per member"),
+        ({"members": MEMBERS, "label_members": {"neg": ["knn"]}}, "one or more of the members"),
+        ({"members": MEMBERS, "label_members": {"neg": []}}, "one or more of the members"),
+        ({"members": MEMBERS, "label_members": {"maybe": MEMBERS}}, r"\['maybe'\], which are not"),
     ],
 )
 def test_bad_parameters_are_named(params, match):

@@ -366,3 +366,52 @@ def test_each_fit_is_told_the_score_that_wins(tmp_path, average_top, rank):
     assert fit["valid_bar"] == fit["info"]["seen_bar"]  # recorded for a later check
     first = json.loads((ref.dir / f"runs/{FAST[0]}/all/fit.json").read_text())
     assert "seen_bar" not in first["info"]
+
+
+def test_a_label_a_slice_never_shows_is_averaged_over_the_runs_that_read_label_names(tmp_path):
+    """Only a method that reads the label names can speak for a label without a training
+    example; the average takes that label from it alone, and the saved model agrees."""
+    from label_pipeline.data import load_splits
+    from label_pipeline.methods.base import load_saved
+    from label_pipeline.methods.baselines import NaiveBayes
+
+    class _Reader(NaiveBayes):
+        """Naive Bayes that finds "question" in every text, as if by its name."""
+
+        name = "test_reader"
+        reads_label_names = True
+
+        def predict_proba(self, texts):
+            probs = super().predict_proba(texts)
+            probs[:, LABELS.index("question")] = 0.9
+            return probs
+
+    with _registered(_Reader):
+        ref, runs = _train(
+            tmp_path,
+            methods=[*FAST, "test_reader"],
+            slices=["8", "all"],
+            drop="question",
+            average_top=3,
+            calibration="none",
+        )
+        texts = [str(t) for t in load_splits(tmp_path / "split")["test"]["text"]]
+        for slice_name, unseen in (("8", ["question"]), ("all", [])):
+            average = next(r for r in runs if r["method"] == "average" and r["slice"] == slice_name)
+            fit = json.loads((ref.dir / average["dir"] / "fit.json").read_text())
+            assert fit["params"]["label_members"] == (
+                {"question": ["test_reader"]} if unseen else None
+            )
+            member = {
+                m: np.load(ref.dir / f"runs/{m}/{slice_name}/test_probs.npy")
+                for m in [*FAST, "test_reader"]
+            }
+            probs = np.load(ref.dir / average["dir"] / "test_probs.npy")
+            expected = np.mean(list(member.values()), axis=0)
+            if unseen:
+                q = LABELS.index("question")
+                expected[:, q] = member["test_reader"][:, q]
+                assert not np.allclose(expected[:, q], np.mean(list(member.values()), axis=0)[:, q])
+            np.testing.assert_allclose(probs, expected, atol=1e-6)
+            model = load_saved("ensemble", ref.dir / average["dir"] / "model")
+            np.testing.assert_allclose(model.predict_proba(texts), probs, atol=1e-5)
