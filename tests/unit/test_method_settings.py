@@ -153,7 +153,12 @@ DEFAULTS = {
         "label_shift": "none",
         "soft": True,
     },
-    "ensemble": {"members": ["setfit", "finetune"], "member_params": {}, "weights": None},
+    "ensemble": {
+        "members": ["setfit", "finetune"],
+        "member_params": {},
+        "weights": None,
+        "label_members": None,
+    },
 }
 
 
