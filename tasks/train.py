@@ -1054,7 +1054,7 @@ def average_run(
     ensemble.label_names_, ensemble.multi_label_ = list(labels), multi_label
     ensemble.history_ = {"averaged_runs": [m["dir"] for m in members]}
     raw = {
-        split: ensemble._average(
+        split: ensemble.combine(
             [probs_of[m["dir"]][split].astype(np.float32).astype(np.float64) for m in members]
         )
         for split in ("valid", "test")

@@ -190,7 +190,7 @@ class Ensemble(TransformerMethod):
             facts[name] = {**fact, "info": sub.info}
             log.info("%s: member %s fitted in %.1fs", self.name, name, fact["fit_seconds"])
         if has_valid:
-            score = reachable_score(self._average(valid_probs), valid)
+            score = reachable_score(self.combine(valid_probs), valid)
             self.history_["valid"] = round(score, 4)
             ctx.info["valid"] = round(score, 4)
         return self
@@ -203,13 +203,14 @@ class Ensemble(TransformerMethod):
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Weighted mean of the members' probabilities (n_texts, n_labels)."""
         texts = list(texts)
-        return self._average(
+        return self.combine(
             [np.asarray(self.members_[m].predict_proba(texts), np.float64) for m in self.members]
         )
 
-    def _average(self, member_probs: list[np.ndarray]) -> np.ndarray:
+    def combine(self, member_probs: list[np.ndarray]) -> np.ndarray:
         """Weighted mean of the members' probabilities, in ``members`` order; a label of
-        ``label_members`` takes the mean of its members only."""
+        ``label_members`` takes the mean of its members only. The train stage's ``average``
+        combines its members' saved probabilities with it, so the saved model predicts the same."""
         weights = self._weights()
         out = np.zeros_like(member_probs[0], dtype=np.float64)
         for wi, probs in zip(weights, member_probs, strict=True):
