@@ -315,6 +315,15 @@ def _run_logs(api: str, run_id) -> str:
     return _client_call(api, read)
 
 
+def _logs_once(api: str, run_id, text: str, timeout_s: float = 30) -> str:
+    """The run's logs once they hold ``text`` (or at ``timeout_s``): a run's last log lines
+    can reach the API a moment after its final state does."""
+    deadline = time.time() + timeout_s
+    while text not in (logs := _run_logs(api, run_id)) and time.time() < deadline:
+        time.sleep(1)
+    return logs
+
+
 def _run_artifacts(api: str, run_id) -> dict:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -383,6 +392,7 @@ def test_gpu_deployment_run_with_one_field_keeps_every_other_setting(deployed, t
             ):
                 assert kept in logs, (kept, logs)
             if run.state.type.value == "FAILED":
+                logs = _logs_once(api, run.id, "device.device='cuda'")
                 assert "device.device='cuda'" in logs and "allow_cpu_fallback" in logs
         # Ctrl-C: the worker is gone within seconds (Prefect's own worker lingers)
         started = time.time()
