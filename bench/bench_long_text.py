@@ -22,8 +22,8 @@ Parts:
   repository and the issue template's section names), default-cleaned;
 - ``finetune``: the fine-tuned classifier reading the default-cleaned text in each way of
   ``FINETUNE_READS`` (first tokens, first and last, the whole text in windows with mean or
-  max pooling of their logits; the first tokens through a new pooler or their mean; the first
-  tokens with another learning rate or more epochs; ``--finetune-reads`` picks some).
+  max pooling of their logits; the first tokens with another learning rate or more epochs;
+  ``--finetune-reads`` picks some).
 
 Window vectors are cached per process (``label_pipeline.embeddings``), so policies that
 share windows (every short text) encode them once.
@@ -108,8 +108,6 @@ FINETUNE_READS: dict[str, dict] = {
     "head_tail_128": {"truncation": "head_tail"},
     "chunks_128x4_mean": {"truncation": "chunks", "max_chunks": 4},
     "chunks_128x4_max": {"truncation": "chunks", "max_chunks": 4, "chunk_pooling": "max"},
-    "head_128_mean": {"pooling": "mean"},
-    "head_128_cls_fresh": {"pooling": "cls_fresh"},
     "head_128_lr5e-5": {"lr": 5e-5},
     "head_128_lr2e-4": {"lr": 2e-4},
     "head_128_20_epochs": {"epochs": 20, "patience": 6},

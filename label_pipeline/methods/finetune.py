@@ -145,13 +145,6 @@ class FineTuneSettings(MethodSettings):
     dropout: float | None = Field(
         None, description="dropout of the classification head (None = the encoder's config)"
     )
-    pooling: Literal["cls", "cls_fresh", "mean"] = Field(
-        "cls",
-        description="what the head reads: ``cls``, the first token through the checkpoint's "
-        "pooler (transformers' sequence classifier); ``cls_fresh``, the same through a newly "
-        "initialised pooler; or ``mean``, the mean of the token vectors, which a sentence "
-        "encoder was trained to fill",
-    )
     encoder: Literal["auto", "base", "adapted"] = Field(
         "auto",
         description=f"{START_ENCODER_HELP}. Refitted on the same runs from the base encoder, "
@@ -254,46 +247,11 @@ class FineTune(TransformerMethod):
         base = 32 if self.device_.device != "cpu" else 16
         return max(4, min(base, math.ceil(n / 8)))
 
-    def _new_model(self, start: Path, id2label: dict[int, str], extra: dict[str, Any]) -> Any:
-        """The untrained classifier on the encoder in ``start``: a mean-pooled head
-        (``pooling: mean``) or transformers' sequence classifier."""
-        if self.pooling == "mean":
-            from transformers import AutoModel
-
-            from label_pipeline.methods.mean_pooled import MeanPooledClassifier
-
-            return MeanPooledClassifier(
-                AutoModel.from_pretrained(str(start)), len(id2label), self.dropout
-            )
-        from transformers import AutoModelForSequenceClassification
-
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(start),
-            num_labels=len(self.label_names_),
-            id2label=id2label,
-            label2id={v: k for k, v in id2label.items()},
-            problem_type="multi_label_classification"
-            if self.multi_label_
-            else "single_label_classification",
-            ignore_mismatched_sizes=True,
-            **extra,
-        )
-        pooler = getattr(model.base_model, "pooler", None)
-        if self.pooling == "cls_fresh" and pooler is not None:
-            import torch
-
-            std = float(getattr(model.config, "initializer_range", 0.02))
-            for module in pooler.modules():
-                if isinstance(module, torch.nn.Linear):
-                    torch.nn.init.normal_(module.weight, mean=0.0, std=std)
-                    torch.nn.init.zeros_(module.bias)
-        return model
-
     def _fit_once(
         self, train: LabelledTexts, valid: LabelledTexts | None, ctx: FitContext, start: Path
     ) -> None:
         import torch
-        from transformers import AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         log = stage_logger()
         seed_everything(ctx.seed)
@@ -304,7 +262,17 @@ class FineTune(TransformerMethod):
             extra["classifier_dropout"] = self.dropout
         with model_loading(quiet=True):  # the classification head is new on purpose
             tokenizer = AutoTokenizer.from_pretrained(str(start))
-            model = self._new_model(start, id2label, extra)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(start),
+                num_labels=len(self.label_names_),
+                id2label=id2label,
+                label2id={v: k for k, v in id2label.items()},
+                problem_type="multi_label_classification"
+                if self.multi_label_
+                else "single_label_classification",
+                ignore_mismatched_sizes=True,
+                **extra,
+            )
         model.to(dev.device)
         self.model_, self.tokenizer_ = model, tokenizer
 
@@ -517,13 +485,6 @@ class FineTune(TransformerMethod):
         self = cls._start_load(path, device)
         with model_loading():
             self.tokenizer_ = AutoTokenizer.from_pretrained(str(path / "model"))
-            if self.pooling == "mean":
-                from label_pipeline.methods.mean_pooled import MeanPooledClassifier
-
-                self.model_ = MeanPooledClassifier.from_pretrained(path / "model")
-            else:
-                self.model_ = AutoModelForSequenceClassification.from_pretrained(
-                    str(path / "model")
-                )
+            self.model_ = AutoModelForSequenceClassification.from_pretrained(str(path / "model"))
         self.model_.to(self.device_.device).eval()
         return self

@@ -87,11 +87,10 @@ def test_registered():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_single_label_learns_and_softmax(toy_encoder, tmp_path, pooling):
+def test_single_label_learns_and_softmax(toy_encoder, tmp_path):
     train, valid, test = (single_label_rows(n, s) for n, s in [(48, 1), (24, 2), (60, 3)])
     ctx = FitContext(device=CPU, encoder=str(toy_encoder), seed=0)
-    m = FineTune(**fast_params(pooling=pooling)).fit(train, valid, ctx)
+    m = FineTune(**fast_params()).fit(train, valid, ctx)
     p = m.predict_proba(test.texts)
     assert p.shape == (60, 3)
     assert ((p >= 0) & (p <= 1)).all()
@@ -106,53 +105,16 @@ def test_single_label_learns_and_softmax(toy_encoder, tmp_path, pooling):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_multi_label_learns_sigmoid_and_weights(toy_encoder, tmp_path, pooling):
+def test_multi_label_learns_sigmoid_and_weights(toy_encoder):
     train, valid, test = (multi_label_rows(n, s) for n, s in [(60, 4), (24, 5), (60, 6)])
     ctx = FitContext(device=CPU, encoder=str(toy_encoder), seed=0)
-    m = FineTune(**fast_params(pooling=pooling)).fit(train, valid, ctx)
+    m = FineTune(**fast_params()).fit(train, valid, ctx)
     p = m.predict_proba(test.texts)
     assert ((p >= 0) & (p <= 1)).all()
     # sigmoid outputs are independent: rows do not sum to 1
     assert not np.allclose(p.sum(axis=1), 1.0)
     baseline = micro_f1(np.tile(train.y.mean(axis=0) >= 0.5, (60, 1)).astype(float), test.y)
     assert micro_f1(p, test.y) > max(0.8, baseline + 0.2)
-
-    m.save(tmp_path / "m")
-    again = FineTune.load(tmp_path / "m", device=CPU)
-    np.testing.assert_allclose(again.predict_proba(test.texts), p, atol=1e-6)
-
-
-def test_mean_pooling_reads_the_mean_of_the_token_vectors(toy_encoder, tmp_path):
-    """The head reads the mean over a text's real tokens: padding a text in a batch with a
-    longer one leaves its logits as they are, and they equal the head applied to the mean of
-    the encoder's last hidden states; the saved model reloads to the same logits."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    from label_pipeline.methods.mean_pooled import MeanPooledClassifier
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(str(toy_encoder))
-    model = MeanPooledClassifier(AutoModel.from_pretrained(str(toy_encoder)), 3).eval()
-    short, long = "happy today", "angry and mad and furious today it was so dark"
-    with torch.inference_mode():
-        alone = model(**tok([short], return_tensors="pt")).logits[0]
-        batch = tok([short, long], padding=True, return_tensors="pt")
-        assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # padded
-        both = model(**batch).logits
-        hidden = model.encoder(**tok([long], return_tensors="pt")).last_hidden_state[0]
-        by_hand, first_token = model.classifier(hidden.mean(dim=0)), model.classifier(hidden[0])
-    torch.testing.assert_close(both[0], alone, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(both[1], by_hand, atol=1e-5, rtol=1e-5)
-    # the first token reads differently: the mean is what the head sees
-    assert not torch.allclose(first_token, both[1], atol=1e-3)
-
-    model.save_pretrained(tmp_path / "saved")
-    again = MeanPooledClassifier.from_pretrained(tmp_path / "saved").eval()
-    with torch.inference_mode():
-        torch.testing.assert_close(again(**batch).logits, both)
-    assert again.dropout.p == model.dropout.p
 
 
 def test_sample_weight_scales_the_loss():
